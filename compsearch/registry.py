@@ -1,0 +1,71 @@
+"""A small, loud name -> object registry used for spaces, strategies and criteria."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Generic, TypeVar, overload
+
+from compsearch.errors import DuplicateNameError, UnknownNameError
+
+T = TypeVar("T")
+
+
+class Registry(Generic[T]):
+    """Maps names to objects; registering a name twice or asking for an unknown one raises.
+
+    Args:
+        kind: what is registered (``"space"``, ``"strategy"``, ...), used in messages.
+    """
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._items: dict[str, T] = {}
+
+    @overload
+    def register(self, name: str) -> Callable[[T], T]: ...
+
+    @overload
+    def register(self, name: str, obj: T) -> T: ...
+
+    def register(self, name: str, obj: T | None = None) -> T | Callable[[T], T]:
+        """Register ``obj`` under ``name``; without ``obj`` return a decorator."""
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"{self.kind} name must be a non-empty string, got {name!r}")
+
+        def add(item: T) -> T:
+            if name in self._items:
+                raise DuplicateNameError(
+                    f"{self.kind} {name!r} is already registered; choose another name "
+                    f"or unregister the existing one first"
+                )
+            self._items[name] = item
+            return item
+
+        return add if obj is None else add(obj)
+
+    def unregister(self, name: str) -> None:
+        """Remove ``name`` (for tests and plug-in reloading)."""
+        self.get(name)
+        del self._items[name]
+
+    def get(self, name: str) -> T:
+        """Return the object registered as ``name``; unknown names raise listing the known ones."""
+        try:
+            return self._items[name]
+        except (KeyError, TypeError):
+            raise UnknownNameError(
+                f"unknown {self.kind} {name!r}; registered: {sorted(self._items)}"
+            ) from None
+
+    def names(self) -> list[str]:
+        """Registered names, sorted."""
+        return sorted(self._items)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._items
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+    def __len__(self) -> int:
+        return len(self._items)

@@ -1,0 +1,188 @@
+"""The search-space contract and its registry.
+
+A space turns a flat dict of named discrete choices ("params", what Optuna, Ray
+Tune and NNI see) into a :class:`Policy` and back. Every space is described by a
+list of :class:`Dimension` objects; all the host-specific views (Optuna
+distributions, Ray Tune ``param_space``, NNI search space, RL action sizes,
+surrogate features) derive from it, so a new space only writes
+``dimensions``, ``decode`` and ``encode``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+from compsearch.errors import ConfigError, PolicyError
+from compsearch.registry import Registry
+from compsearch.spaces.policy import Policy
+from compsearch.spaces.units import Unit
+
+Choice = int | float | str
+
+
+@dataclass(frozen=True)
+class Dimension:
+    """One discrete choice of a space.
+
+    Attributes:
+        name: parameter name (``"layer1.0.conv1.w_bits"``, ``"block:layer1.0.keep"``, ...).
+        choices: allowed values, in order.
+        ordinal: the choices are ordered numbers (featurized as ``index / (n - 1)`` in [0, 1]);
+            otherwise categorical (featurized one-hot).
+    """
+
+    name: str
+    choices: tuple[Choice, ...]
+    ordinal: bool
+
+    @property
+    def size(self) -> int:
+        return len(self.choices)
+
+    def index(self, value: Choice) -> int:
+        for i, c in enumerate(self.choices):
+            if c == value or (isinstance(c, float) and isinstance(value, (int, float)) and abs(c - value) < 1e-9):
+                return i
+        raise PolicyError(f"parameter {self.name!r} = {value!r} is not one of its choices {list(self.choices)}")
+
+
+class Space(ABC):
+    """A pluggable set of discrete compression choices over units.
+
+    Args:
+        units: the model's units (from :func:`discover_units`).
+    """
+
+    name: ClassVar[str] = ""
+
+    def __init__(self, units: Sequence[Unit]) -> None:
+        if not units:
+            raise ConfigError("units is empty: a space needs at least one unit from discover_units()")
+        self.all_units: tuple[Unit, ...] = tuple(units)
+
+    @abstractmethod
+    def dimensions(self) -> list[Dimension]:
+        """The searched choices, in a fixed order (also the RL action order)."""
+
+    @abstractmethod
+    def decode(self, params: Mapping[str, Any]) -> Policy:
+        """Policy from a full params dict (one value per dimension)."""
+
+    @abstractmethod
+    def encode(self, policy: Policy) -> dict[str, Any]:
+        """Params dict from a policy this space can express; ``decode(encode(p)) == p``."""
+
+    # ---- derived views -------------------------------------------------------------
+    def param_names(self) -> list[str]:
+        return [d.name for d in self.dimensions()]
+
+    def optuna_distributions(self) -> dict[str, Any]:
+        """``{param: optuna.distributions.CategoricalDistribution}``."""
+        from optuna.distributions import CategoricalDistribution
+
+        return {d.name: CategoricalDistribution(list(d.choices)) for d in self.dimensions()}
+
+    def suggest(self, trial: Any) -> Policy:
+        """Ask an Optuna trial for every dimension and decode the answer."""
+        params = {d.name: trial.suggest_categorical(d.name, list(d.choices)) for d in self.dimensions()}
+        return self.decode(params)
+
+    def tune_param_space(self) -> dict[str, Any]:
+        """Ray Tune ``param_space`` (``tune.choice`` per dimension); imports ray lazily."""
+        from ray import tune
+
+        return {d.name: tune.choice(list(d.choices)) for d in self.dimensions()}
+
+    def nni_search_space(self) -> dict[str, dict[str, Any]]:
+        """NNI search space: ``{param: {"_type": "choice", "_value": [...]}}``."""
+        return {d.name: {"_type": "choice", "_value": list(d.choices)} for d in self.dimensions()}
+
+    def action_sizes(self) -> list[int]:
+        """``MultiDiscrete`` sizes, one per dimension."""
+        return [d.size for d in self.dimensions()]
+
+    def params_from_actions(self, actions: Sequence[int]) -> dict[str, Any]:
+        """Params from one choice index per dimension."""
+        dims = self.dimensions()
+        if len(actions) != len(dims):
+            raise ConfigError(f"actions has {len(actions)} entries; this space has {len(dims)} dimensions")
+        return {d.name: d.choices[int(a)] for d, a in zip(dims, actions, strict=True)}
+
+    def actions_from_params(self, params: Mapping[str, Any]) -> list[int]:
+        """Choice index per dimension (inverse of :meth:`params_from_actions`)."""
+        return [d.index(params[d.name]) for d in self.dimensions()]
+
+    def feature_names(self) -> list[str]:
+        names: list[str] = []
+        for d in self.dimensions():
+            names += [d.name] if d.ordinal else [f"{d.name}={c}" for c in d.choices]
+        return names
+
+    def features(self, policy: Policy) -> np.ndarray:
+        """Numeric vector for surrogates, shape ``d``: ordinal choices as ``index / (n-1)``
+        in [0, 1] (0 for a single choice), categorical ones one-hot."""
+        return self.features_from_params(self.encode(policy))
+
+    def features_from_params(self, params: Mapping[str, Any]) -> np.ndarray:
+        out: list[float] = []
+        for d in self.dimensions():
+            i = d.index(params[d.name])
+            if d.ordinal:
+                out.append(i / (d.size - 1) if d.size > 1 else 0.0)
+            else:
+                out += [1.0 if j == i else 0.0 for j in range(d.size)]
+        return np.asarray(out, dtype=np.float64)
+
+    def sample(self, rng: np.random.Generator) -> Policy:
+        """A uniformly random policy of this space."""
+        return self.decode(self.params_from_actions([int(rng.integers(n)) for n in self.action_sizes()]))
+
+    def contains(self, params: Mapping[str, Any]) -> bool:
+        """Whether ``params`` holds exactly this space's parameters, each with a valid choice."""
+        dims = self.dimensions()
+        if set(params) != {d.name for d in dims}:
+            return False
+        try:
+            self.actions_from_params(params)
+        except PolicyError:
+            return False
+        return True
+
+    def _check_params(self, params: Mapping[str, Any]) -> None:
+        missing = [d.name for d in self.dimensions() if d.name not in params]
+        if missing:
+            raise PolicyError(f"params lack {len(missing)} parameter(s) of space {self.name!r}, e.g. {missing[:3]}")
+
+
+SPACES: Registry[Callable[..., Space]] = Registry("space")
+
+
+def register_space(name: str) -> Callable[[type[Space]], type[Space]]:
+    """Class decorator registering a :class:`Space` subclass under ``name``.
+
+    Example::
+
+        @register_space("my-space")
+        class MySpace(Space): ...
+    """
+
+    def deco(cls: type[Space]) -> type[Space]:
+        SPACES.register(name, cls)
+        cls.name = name
+        return cls
+
+    return deco
+
+
+def get_space(name: str, units: Sequence[Unit], **choices: Any) -> Space:
+    """Build the space registered as ``name`` over ``units``; ``choices`` go to its constructor."""
+    return SPACES.get(name)(units, **choices)
+
+
+def list_spaces() -> list[str]:
+    return SPACES.names()
