@@ -1,0 +1,168 @@
+"""The thin Optuna shell every compression strategy shares.
+
+A :class:`CompressionSampler` proposes one whole policy of its :class:`Space`
+per trial in ``sample_relative``. Everything else is Optuna glue that keeps it
+a well-behaved sampler:
+
+* parameters outside its compression space (or a foreign search space handed
+  to ``sample_relative``) are sampled by an independent fallback sampler;
+* its learnt state is rebuilt from the study's trials (``observations``), so a
+  resumed or multi-worker study continues where it stopped;
+* proposals of running trials are passed in as ``pending`` so a strategy can
+  avoid giving two running trials the same policy.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from compsearch.search.registry import SearchContext
+from optuna.distributions import BaseDistribution
+from optuna.samplers import BaseSampler, RandomSampler
+from optuna.trial import FrozenTrial, TrialState
+
+if TYPE_CHECKING:
+    from compsearch.spaces.base import Space
+    from optuna.study import Study
+
+
+@dataclass(frozen=True)
+class Observation:
+    """One finished trial of the compression space.
+
+    Attributes:
+        number: Optuna trial number.
+        params: the space's params (one value per dimension).
+        values: the study's objective values, in ``SearchContext.objectives`` order.
+        metrics: every metric the evaluator stored (``trial.user_attrs["metrics"]``), may be empty.
+    """
+
+    number: int
+    params: dict[str, Any]
+    values: tuple[float, ...]
+    metrics: dict[str, Any]
+
+    def signed(self, directions: Sequence[str]) -> np.ndarray:
+        """Values oriented so that larger is better for every objective, shape ``m``."""
+        return np.array([v if d == "maximize" else -v for v, d in zip(self.values, directions, strict=True)])
+
+
+def observations(study: Study, space: Space) -> list[Observation]:
+    """COMPLETE trials of ``study`` whose params are exactly a point of ``space``."""
+    out = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        if t.values is None or not space.contains(t.params):
+            continue
+        metrics = t.user_attrs.get("metrics", {})
+        out.append(Observation(t.number, dict(t.params), tuple(t.values), dict(metrics) if isinstance(metrics, Mapping) else {}))
+    return out
+
+
+def pending_params(study: Study, space: Space, exclude: int | None = None) -> list[dict[str, Any]]:
+    """Params of RUNNING/WAITING trials in ``space`` (except trial ``exclude``), plus the
+    proposals other processes have stored but not yet suggested (system attr ``compsearch:proposal``)."""
+    out = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)):
+        if t.number == exclude:
+            continue
+        proposal = t.system_attrs.get("compsearch:proposal")
+        if isinstance(proposal, Mapping):
+            out.append(dict(proposal))
+        elif space.contains(t.params):
+            out.append(dict(t.params))
+    return out
+
+
+def params_key(params: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
+    """Hashable key of a params dict (for de-duplicating proposals)."""
+    return tuple(sorted(params.items()))
+
+
+class CompressionSampler(BaseSampler, ABC):
+    """Base of compsearch's own strategies: subclasses implement :meth:`propose`.
+
+    Args:
+        ctx: the search context (space, seed, evaluator, objectives, constraints).
+    """
+
+    def __init__(self, ctx: SearchContext) -> None:
+        self.ctx = ctx
+        self.space = ctx.space
+        self._distributions = ctx.space.optuna_distributions()
+        self._fallback = RandomSampler(seed=ctx.seed)
+        self._rng = np.random.default_rng(ctx.seed)
+
+    @abstractmethod
+    def propose(
+        self,
+        study: Study,
+        history: list[Observation],
+        pending: list[dict[str, Any]],
+    ) -> dict[str, Any]:
+        """Params for the next trial: one value per dimension of ``self.space``.
+
+        Args:
+            study: the Optuna study (read-only use).
+            history: finished trials of this space, oldest first.
+            pending: params proposed to running trials; avoid repeating them.
+        """
+
+    # ---- Optuna BaseSampler API -------------------------------------------------------
+    def infer_relative_search_space(self, study: Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
+        done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+        if not done or any(self.space.contains(t.params) for t in done[-20:]):
+            return dict(self._distributions)
+        return {}
+
+    def sample_relative(
+        self, study: Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
+    ) -> dict[str, Any]:
+        if not search_space:
+            return {}
+        if search_space != self._distributions:
+            return {
+                name: self._fallback.sample_independent(study, trial, name, dist)
+                for name, dist in search_space.items()
+            }
+        history = observations(study, self.space)
+        params = self.propose(study, history, pending_params(study, self.space, exclude=trial.number))
+        study._storage.set_trial_system_attr(trial._trial_id, "compsearch:proposal", dict(params))
+        return params
+
+    def sample_independent(
+        self, study: Study, trial: FrozenTrial, param_name: str, param_distribution: BaseDistribution
+    ) -> Any:
+        return self._fallback.sample_independent(study, trial, param_name, param_distribution)
+
+    def reseed_rng(self) -> None:
+        self._fallback.reseed_rng()
+        self._rng = np.random.default_rng()
+
+    # ---- helpers for subclasses -----------------------------------------------------
+    def random_params(self, avoid: set[tuple[tuple[str, Any], ...]] | None = None, tries: int = 100) -> dict[str, Any]:
+        """A uniformly random point of the space, avoiding keys in ``avoid`` when possible."""
+        sizes = self.space.action_sizes()
+        params: dict[str, Any] = {}
+        for _ in range(tries):
+            params = self.space.params_from_actions([int(self._rng.integers(n)) for n in sizes])
+            if not avoid or params_key(params) not in avoid:
+                break
+        return params
+
+
+def is_multi_objective(study: Study) -> bool:
+    return len(study.directions) > 1
+
+
+__all__ = [
+    "CompressionSampler",
+    "Observation",
+    "is_multi_objective",
+    "observations",
+    "params_key",
+    "pending_params",
+]
