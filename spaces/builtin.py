@@ -99,7 +99,7 @@ class TiedSpace(Space):
             )
         self.groups: dict[str, list[Unit]] = self._groups()
         self._dims = [
-            Dimension(self._param(g, f), self.choices[f], f in ORDINAL)
+            self._dim(g, f)
             for g in self.groups
             for f in FIELDS
             if len(self.choices[f]) > 1
@@ -116,6 +116,9 @@ class TiedSpace(Space):
     def _param(group: str, field: str) -> str:
         return f"{group}.{field}" if group else field
 
+    def _dim(self, group: str, field: str) -> Dimension:
+        return Dimension(self._param(group, field), self.choices[field], field in ORDINAL)
+
     def dimensions(self) -> list[Dimension]:
         return list(self._dims)
 
@@ -125,9 +128,9 @@ class TiedSpace(Space):
         for g, members in self.groups.items():
             fields = {}
             for f in FIELDS:
-                fixed = self.choices[f]
-                value = fixed[0] if len(fixed) == 1 else params[self._param(g, f)]
-                fields[f] = fixed[Dimension(f, fixed, f in ORDINAL).index(value)]
+                dim = self._dim(g, f)
+                value = dim.choices[0] if dim.size == 1 else params[dim.name]
+                fields[f] = dim.choices[dim.index(value)]
             up = UnitPolicy(**fields)  # type: ignore[arg-type]
             units.update({u.name: up for u in members})
         return Policy(units)
@@ -140,9 +143,8 @@ class TiedSpace(Space):
                 raise PolicyError(f"space {self.name!r} ties group {g or 'all units'!r}, but the policy gives its units different settings")
             up = ups.pop()
             for f in FIELDS:
-                value = getattr(up, f)
-                dim = Dimension(self._param(g, f), self.choices[f], f in ORDINAL)
-                value = dim.choices[dim.index(value)]
+                dim = self._dim(g, f)
+                value = dim.choices[dim.index(getattr(up, f))]
                 if dim.size > 1:
                     params[dim.name] = value
         outside = [n for n, up in policy.items() if n not in {u.name for u in self.units} and up != IDENTITY]

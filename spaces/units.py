@@ -80,7 +80,7 @@ def _numeric(part: str) -> bool:
 def default_block_name(name: str, unit_counts: Mapping[str, int]) -> str:
     """Block of a unit by module path.
 
-    The candidates are the path prefixes that end in a numeric index (``layer1.0``,
+    The candidates are the path prefixes (the name itself included) ending in a numeric index (``layer1.0``,
     ``blocks.3``, ``stages.1.blocks.0``, ``features.4``). The block is the deepest
     candidate holding at least two units, else the shallowest candidate, else the
     first path component (``conv1``, ``fc``, ``head``, ``patch_embed``).
@@ -90,7 +90,7 @@ def default_block_name(name: str, unit_counts: Mapping[str, int]) -> str:
         unit_counts: number of units under every module-path prefix.
     """
     parts = name.split(".")
-    candidates = [".".join(parts[: i + 1]) for i in range(len(parts) - 1) if _numeric(parts[i])]
+    candidates = [".".join(parts[: i + 1]) for i in range(len(parts)) if _numeric(parts[i])]
     if not candidates:
         return parts[0] if len(parts) > 1 else name
     rich = [c for c in candidates if unit_counts.get(c, 0) >= 2]
