@@ -1,4 +1,15 @@
-"""compsearch: multi-objective search for neural-network compression policies."""
+"""compsearch: multi-objective search for neural-network compression policies.
+
+The light core (errors, units, policies, spaces) is imported eagerly; the
+evaluator, the strategies, the studies and the Ray/NNI adapters are resolved
+lazily on first attribute access (PEP 562), so ``import compsearch`` never
+imports ray, nni or botorch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 from compsearch.errors import (
     CompsearchError,
@@ -23,6 +34,29 @@ from compsearch.spaces import (
 
 __version__ = "0.1.0"
 
+_LAZY = {
+    "CompressionEvaluator": "compsearch.evaluators",
+    "EvaluatorConfig": "compsearch.evaluators",
+    "FineTuneConfig": "compsearch.evaluators",
+    "EvalResult": "compsearch.evaluators",
+    "DataSplits": "compsearch.evaluators",
+    "load_dataset": "compsearch.evaluators",
+    "build_model": "compsearch.evaluators",
+    "optuna_objective": "compsearch.evaluators",
+    "register_criterion": "compsearch.evaluators",
+    "list_criteria": "compsearch.evaluators",
+    "get_strategy": "compsearch.search.registry",
+    "list_strategies": "compsearch.search.registry",
+    "register_strategy": "compsearch.search.registry",
+    "SearchContext": "compsearch.search.registry",
+    "load_spec": "compsearch.studies.spec",
+    "run_study": "compsearch.studies.runner",
+    "build_report": "compsearch.studies.report",
+    "tune_trainable": "compsearch.search.tune",
+    "tune_searcher": "compsearch.search.tune",
+    "nni_tuner": "compsearch.search.nni_tuner",
+}
+
 __all__ = [
     "CompsearchError",
     "ConfigError",
@@ -40,4 +74,12 @@ __all__ = [
     "get_space",
     "list_spaces",
     "register_space",
+    *sorted(_LAZY),
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'compsearch' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
