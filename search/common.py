@@ -20,14 +20,16 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from compsearch.search.registry import SearchContext
 from optuna.distributions import BaseDistribution
 from optuna.samplers import BaseSampler, RandomSampler
 from optuna.trial import FrozenTrial, TrialState
 
+from compsearch.search.registry import SearchContext
+
 if TYPE_CHECKING:
-    from compsearch.spaces.base import Space
     from optuna.study import Study
+
+    from compsearch.spaces.base import Space
 
 
 @dataclass(frozen=True)
@@ -51,14 +53,27 @@ class Observation:
         return np.array([v if d == "maximize" else -v for v, d in zip(self.values, directions, strict=True)])
 
 
+def space_params(params: Mapping[str, Any], space: Space) -> dict[str, Any] | None:
+    """The part of ``params`` that is a point of ``space`` (one valid choice per dimension),
+    or None if a dimension is missing or invalid. Extra params (a learning rate the
+    objective also suggests) are dropped, so such trials still count for the strategy."""
+    names = space.param_names()
+    if not all(n in params for n in names):
+        return None
+    point = {n: params[n] for n in names}
+    return point if space.contains(point) else None
+
+
 def observations(study: Study, space: Space) -> list[Observation]:
-    """COMPLETE trials of ``study`` whose params are exactly a point of ``space``."""
+    """COMPLETE trials of ``study`` that hold a point of ``space`` (see :func:`space_params`);
+    ``Observation.params`` holds only the space's params."""
     out = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        if t.values is None or not space.contains(t.params):
+        point = space_params(t.params, space)
+        if t.values is None or point is None:
             continue
         metrics = t.user_attrs.get("metrics", {})
-        out.append(Observation(t.number, dict(t.params), tuple(t.values), dict(metrics) if isinstance(metrics, Mapping) else {}))
+        out.append(Observation(t.number, point, tuple(t.values), dict(metrics) if isinstance(metrics, Mapping) else {}))
     return out
 
 
@@ -70,10 +85,9 @@ def pending_params(study: Study, space: Space, exclude: int | None = None) -> li
         if t.number == exclude:
             continue
         proposal = t.system_attrs.get("compsearch:proposal")
-        if isinstance(proposal, Mapping):
-            out.append(dict(proposal))
-        elif space.contains(t.params):
-            out.append(dict(t.params))
+        point = space_params(proposal, space) if isinstance(proposal, Mapping) else space_params(t.params, space)
+        if point is not None:
+            out.append(point)
     return out
 
 
@@ -114,7 +128,7 @@ class CompressionSampler(BaseSampler, ABC):
     # ---- Optuna BaseSampler API -------------------------------------------------------
     def infer_relative_search_space(self, study: Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
         done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
-        if not done or any(self.space.contains(t.params) for t in done[-20:]):
+        if not done or any(space_params(t.params, self.space) is not None for t in done[-20:]):
             return dict(self._distributions)
         return {}
 
@@ -165,4 +179,5 @@ __all__ = [
     "observations",
     "params_key",
     "pending_params",
+    "space_params",
 ]
