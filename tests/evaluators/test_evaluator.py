@@ -1,0 +1,177 @@
+"""CompressionEvaluator on a tiny CNN: masks and grid survive fine-tuning, reuse, determinism, errors."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import pytest
+import torch
+from torch import nn
+
+from compsearch.errors import ConfigError, DataError, ModelError, PolicyError, UnknownNameError
+from compsearch.evaluators import CompressionEvaluator, EvaluatorConfig, FineTuneConfig
+from compsearch.evaluators.masks import keep_count
+from compsearch.evaluators.quant import fake_quantize_weight
+from compsearch.evaluators.types import DataSplits
+from compsearch.spaces import Policy, UnitPolicy
+
+FT = FineTuneConfig(steps=12, batch_size=32, optimizer="sgd", lr=0.05, seed=1)
+
+# units of conftest.make_cnn: "0" conv 8x1x3x3, "2" depthwise 8x1x3x3, "4" conv 8x8x3x3, "9" linear 4x8
+MIXED = Policy({
+    "0": UnitPolicy(w_bits=4, a_bits=8, scheme="asymmetric", granularity="tensor"),
+    "2": UnitPolicy(w_bits=3, keep=0.5, structure="channel"),
+    "4": UnitPolicy(w_bits=32, a_bits=6, keep=0.3, structure="unstructured"),
+    "9": UnitPolicy(w_bits=2, scheme="symmetric", granularity="channel"),
+})
+
+
+@pytest.fixture
+def ev(tiny_cnn: nn.Module, tiny_data: DataSplits) -> CompressionEvaluator:
+    return CompressionEvaluator(tiny_cnn, tiny_data, finetune=FT, device="auto")
+
+
+def test_units_device_and_identity_cost(ev: CompressionEvaluator) -> None:
+    assert [u.name for u in ev.units] == ["0", "2", "4", "9"]
+    assert ev.device == torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    total = sum(p.numel() for p in ev.model.parameters())  # 80 + 80 + 584 + 16 (bn) + 36 = 796
+    assert total == 796
+    assert ev.cost(Policy())["size_bits"] == 32 * total
+
+
+def test_masks_and_grid_survive_finetuning(ev: CompressionEvaluator) -> None:
+    base = {n: w.clone() for n, w in ev.effective_weights().items()}
+    result = ev.evaluate(MIXED)
+    assert result.steps == FT.steps
+    eff = ev.effective_weights()
+    stored = {u.name: ev.model.get_submodule(u.name).weight.detach() for u in ev.units}
+    # "2": 4 of 8 depthwise channels pruned; stored and effective rows exactly zero
+    assert int((stored["2"].flatten(1) == 0).all(dim=1).sum()) == 8 - keep_count(0.5, 8) == 4
+    assert int((eff["2"].flatten(1) == 0).all(dim=1).sum()) >= 4
+    # "4": unstructured, unquantized: exactly floor(0.3 * 576 + 0.5) = 173 weights left
+    assert int((eff["4"] != 0).sum()) == keep_count(0.3, 576) == 173
+    # every quantized unit's effective weight sits on its grid and has <= 2^bits levels
+    for name, bits, scheme, per_channel in (("0", 4, "asymmetric", False), ("2", 3, "symmetric", True), ("9", 2, "symmetric", True)):
+        w = eff[name]
+        torch.testing.assert_close(fake_quantize_weight(w, bits=bits, scheme=scheme, per_channel=per_channel), w)
+        rows = [w] if not per_channel else list(w)
+        assert all(r.unique().numel() <= 2**bits for r in rows)
+    # fine-tuning moved the weights
+    assert not torch.equal(stored["9"], base["9"])
+
+
+def test_binary_weights_keep_pruned_rows_at_zero(ev: CompressionEvaluator) -> None:
+    ev.evaluate(Policy({"4": UnitPolicy(w_bits=1, keep=0.25)}), steps=3)
+    w = ev.effective_weights()["4"]
+    assert int((w.flatten(1) == 0).all(dim=1).sum()) == 8 - keep_count(0.25, 8) == 6
+    kept = w.flatten(1)[(w.flatten(1) != 0).any(dim=1)]
+    assert all(row.abs().unique().numel() == 1 for row in kept)  # {-a, +a} per channel
+
+
+def test_reuse_restores_the_base_model(ev: CompressionEvaluator, tiny_cnn: nn.Module) -> None:
+    original = [p.detach().clone() for p in tiny_cnn.parameters()]
+    first = ev.evaluate(MIXED)
+    ev.evaluate(Policy.uniform([u.name for u in ev.units], UnitPolicy(w_bits=2, keep=0.25)))
+    again = ev.evaluate(MIXED)
+    assert (again.accuracy, again.loss) == (first.accuracy, first.loss)
+    assert all(torch.equal(a, b) for a, b in zip(original, tiny_cnn.parameters(), strict=True))
+
+
+def test_same_seed_same_result(tiny_data: DataSplits, cnn_factory: Callable[..., nn.Module]) -> None:
+    results = [CompressionEvaluator(cnn_factory(), tiny_data, finetune=FT).evaluate(MIXED) for _ in range(2)]
+    untimed = [{k: v for k, v in r.metrics().items() if not k.startswith("seconds_")} for r in results]
+    assert untimed[0] == untimed[1]
+    other = CompressionEvaluator(cnn_factory(), tiny_data, finetune=FineTuneConfig(**{**FT.__dict__, "seed": 2}))
+    assert other.evaluate(MIXED).loss != results[0].loss
+
+
+def test_base_metrics_and_costs_in_result(ev: CompressionEvaluator) -> None:
+    base = ev.base_metrics()
+    assert base.compression_ratio == 1.0 and base.sparsity == 0.0 and base.steps == 0
+    assert ev.evaluate(Policy(), steps=0).accuracy == base.accuracy
+    result = ev.evaluate(MIXED, test=True)
+    cost = ev.cost(MIXED)
+    assert (result.size_bits, result.bops, result.sparsity) == (cost["size_bits"], cost["bops"], cost["sparsity"])
+    assert result.test_accuracy is not None and 0.0 <= result.test_accuracy <= 1.0
+    assert set(result.seconds) == {"prepare", "finetune", "validate", "total"}
+
+
+def test_proxy(ev: CompressionEvaluator) -> None:
+    names = [u.name for u in ev.units]
+    assert ev.proxy(Policy()) == 0.0
+    coarse = ev.proxy(Policy.uniform(names, UnitPolicy(w_bits=2)))
+    fine = ev.proxy(Policy.uniform(names, UnitPolicy(w_bits=8)))
+    assert coarse > fine > 0.0
+    assert ev.proxy(Policy.uniform(names, UnitPolicy(w_bits=2))) == coarse
+
+
+def test_sensitivity(ev: CompressionEvaluator) -> None:
+    sens = ev.sensitivity()
+    assert list(sens) == ["0", "2", "4", "9"]
+    assert all(math.isfinite(v) and v >= 0 for v in sens.values())
+    assert sum(sens.values()) > 0
+    assert ev.sensitivity() == sens
+
+
+@pytest.mark.parametrize("criterion", ["taylor", "fisher", "l2"])
+def test_gradient_criteria(tiny_cnn: nn.Module, tiny_data: DataSplits, criterion: str) -> None:
+    ev = CompressionEvaluator(tiny_cnn, tiny_data, finetune=FT, criterion=criterion)
+    ev.evaluate(Policy({"4": UnitPolicy(keep=0.5, structure="unstructured")}), steps=2)
+    assert int((ev.effective_weights()["4"] != 0).sum()) == 288
+
+
+def test_ema_ranges_and_distillation(tiny_cnn: nn.Module, tiny_data: DataSplits) -> None:
+    config = EvaluatorConfig(act_range="ema", finetune=FineTuneConfig(steps=4, distill=0.5), calib_batches=1)
+    result = CompressionEvaluator(tiny_cnn, tiny_data, config=config).evaluate(MIXED)
+    assert result.steps == 4 and math.isfinite(result.loss)
+
+
+def test_reporter_receives_validation_accuracy(ev: CompressionEvaluator) -> None:
+    calls: list[tuple[int, float]] = []
+
+    class Rec:
+        def report(self, step: int, value: float, metrics: dict[str, float] | None = None) -> None:
+            calls.append((step, value))
+
+        def final(self, metrics: dict[str, object]) -> None:
+            pass
+
+    ev.evaluate(MIXED, reporter=Rec())  # 144 samples / 32 = 5 batches per epoch -> steps 5 and 10
+    assert [s for s, _ in calls] == [5, 10]
+    assert all(0.0 <= v <= 1.0 for _, v in calls)
+
+
+def test_bad_policies(ev: CompressionEvaluator) -> None:
+    with pytest.raises(PolicyError, match=r"policy names unit\(s\) \['layer9'\] that the model does not have"):
+        ev.evaluate(Policy({"layer9": UnitPolicy(w_bits=4)}))
+    with pytest.raises(PolicyError, match=r"unit\(s\) \['fc'\]"):
+        ev.proxy({"fc": UnitPolicy()})
+    with pytest.raises(PolicyError, match="w_bits=0 is invalid"):
+        UnitPolicy(w_bits=0)
+    with pytest.raises(PolicyError, match=r"keep=1.5 is invalid: the kept fraction must be in \(0, 1\]"):
+        UnitPolicy(keep=1.5)
+    with pytest.raises(PolicyError, match="policy must be a Policy or a mapping"):
+        ev.cost([("0", UnitPolicy())])  # type: ignore[arg-type]
+
+
+def test_bad_construction(
+    tiny_cnn: nn.Module, tiny_data: DataSplits, data_factory: Callable[..., DataSplits], cnn_factory: Callable[..., nn.Module]
+) -> None:
+    with pytest.raises(UnknownNameError, match=r"unknown criterion 'snip'; registered: \["):
+        CompressionEvaluator(tiny_cnn, tiny_data, criterion="snip")
+    with pytest.raises(ModelError, match="has no compressible layer"):
+        CompressionEvaluator(nn.Sequential(nn.Flatten()), data_factory(shape=(4,), num_classes=4))
+    with pytest.raises(DataError, match=r"sample shape \(3, 6, 6\) does not fit model Sequential"):
+        CompressionEvaluator(tiny_cnn, data_factory(shape=(3, 6, 6)))
+    with pytest.raises(DataError, match=r"to \(2, 3\), but data 'tiny' has num_classes=4"):
+        CompressionEvaluator(cnn_factory(num_classes=3), tiny_data)
+    bad_labels = DataSplits(**{**tiny_data.__dict__, "y_val": tiny_data.y_val + 10})
+    with pytest.raises(DataError, match=r"val labels must be integers in \[0, 4\)"):
+        CompressionEvaluator(tiny_cnn, bad_labels)
+    with pytest.raises(ConfigError, match="act_range='median' is unknown"):
+        EvaluatorConfig(act_range="median")
+    with pytest.raises(ConfigError, match="calib_batches=0 must be an integer >= 1"):
+        EvaluatorConfig(calib_batches=0)
+    with pytest.raises(ConfigError, match="device='tpu9' is not a torch device"):
+        CompressionEvaluator(tiny_cnn, tiny_data, device="tpu9")
