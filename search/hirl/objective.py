@@ -1,0 +1,255 @@
+"""What the RL strategies optimize for one study: goals, exact costs, surrogate rewards.
+
+:class:`StrategyObjective` ties together the space's block layout and features
+(:mod:`~compsearch.search.hirl.state`), the exact :class:`~compsearch.search.hirl.reward.GroupCost`,
+the objective roles and scalarization (:mod:`~compsearch.search.hirl.reward`), and the
+surrogate. One *goal* ``g`` in ``(0, 1]`` conditions each episode and proposal:
+
+* ``budget`` mode: ``g = T``, the target of the primary cost ratio. Proposal ``n``
+  uses ``T = sweep_target(vdc(n + 1), r_min, r_max)`` (``vdc`` = base-2 van der Corput),
+  so successive proposals spread log-evenly along the cost axis of the front; training
+  episodes draw ``T`` log-uniformly from the same range (goal-conditioned agents).
+  ``r_min`` is the ratio of the cheapest choices, ``r_max`` = 1 or the constraint's ratio.
+* ``chebyshev`` mode: ``g = w_0``, the weight of the first objective; the others share
+  ``1 - w_0`` equally.
+* ``single`` mode: ``g`` = the constraint's ratio (1 without one).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from compsearch.search.common import Observation
+from compsearch.search.hirl.agents import AgentWeights
+from compsearch.search.hirl.reward import (
+    PRIMARY,
+    GroupCost,
+    Normalizer,
+    constraint_penalty,
+    objective_roles,
+    scalar_mode,
+    scalarize,
+    sweep_target,
+    unit_cost_oracle,
+    van_der_corput,
+)
+from compsearch.search.hirl.state import block_features, find_model, group_layout, group_sensitivity
+from compsearch.search.hirl.surrogate import SurrogateEnsemble
+from compsearch.search.registry import SearchContext
+
+MINIMIZE_COST = ("size_bits", "size_kb", "bops")
+
+
+def _constraint_ratio(constraints: Mapping[str, float], identity: Mapping[str, float], primary: str) -> float:
+    """Tightest primary-cost ratio a ``max_<cost>`` / ``min_compression_ratio`` bound allows (1 if none)."""
+    ratio = 1.0
+    for key, bound in constraints.items():
+        kind, _, metric = key.partition("_")
+        if kind == "max" and metric in MINIMIZE_COST and PRIMARY[metric] == primary:
+            ratio = min(ratio, float(bound) / identity[metric])
+        elif kind == "min" and metric == "compression_ratio" and primary == "size_bits":
+            ratio = min(ratio, 1.0 / float(bound))
+    return max(ratio, 1e-6)
+
+
+class StrategyObjective:
+    """Rewards for RL strategies on one study (see the module docstring).
+
+    Args:
+        ctx: the search context.
+        directions: the study's directions.
+        sensitivity: unit -> Fisher sensitivity (default: ``ctx.evaluator.sensitivity()``).
+        fisher: use sensitivities (False zeroes the Fisher features).
+    """
+
+    def __init__(self, ctx: SearchContext, directions: Sequence[Any], *, sensitivity: Mapping[str, float] | None, fisher: bool) -> None:
+        self.ctx, self.space = ctx, ctx.space
+        dirs = [d if isinstance(d, str) else ("maximize" if int(d) == 2 else "minimize") for d in directions]
+        self.objectives = objective_roles(ctx.objectives, dirs)
+        self.mode = scalar_mode(self.objectives)
+        self.learned = [o for o in self.objectives if not o.exact]
+        self.exact = [o for o in self.objectives if o.exact]
+        ev = ctx.evaluator
+        if sensitivity is None and fisher and ev is not None and hasattr(ev, "sensitivity"):
+            sensitivity = ev.sensitivity()
+        self.layout = group_layout(self.space)
+        self.features = block_features(self.layout, sensitivity=sensitivity, model=find_model(ev), fisher=fisher)
+        self.group_sensitivity = group_sensitivity(self.layout, sensitivity)
+        self.cost = GroupCost(self.space, self.layout, ev.cost if ev is not None and hasattr(ev, "cost") else unit_cost_oracle(self.space))
+        self.primary = PRIMARY[self.exact[0].metric] if self.exact else "size_bits"
+        zeros = np.zeros((1, len(self.space.dimensions())), dtype=np.int64)
+        self.ratio_min = float(self._ratio(zeros)[0])
+        self._zero_block_ratio = self.cost.group_ratio(self.cost.deltas(zeros))[0]
+        self.ratio_max = _constraint_ratio(ctx.constraints, self.cost.identity, self.primary)
+        self.ratio_min = min(self.ratio_min, self.ratio_max)
+        self.has_proxy = ev is not None and hasattr(ev, "proxy") and bool(self.learned) and self.learned[0].metric != "value_0"
+        self.default_weights = AgentWeights()
+        self._tables = [self._table(d) for d in self.space.dimensions()]
+        self.normalizer = Normalizer.fit(np.zeros((0, len(self.learned))))
+        self.surrogate: SurrogateEnsemble | None = None
+        self.kappa = 0.0
+        self.proxy_mode = False
+
+    # ---- features and cost --------------------------------------------------------------
+    @staticmethod
+    def _table(dim: Any) -> np.ndarray:
+        if dim.ordinal:
+            return (np.arange(dim.size) / max(dim.size - 1, 1)).reshape(-1, 1)
+        return np.eye(dim.size)
+
+    def featurize(self, actions: np.ndarray) -> np.ndarray:
+        """``E x D`` actions -> ``E x d`` features, equal to ``space.features_from_params``."""
+        actions = np.asarray(actions, dtype=np.int64)
+        return np.concatenate([t[actions[:, i]] for i, t in enumerate(self._tables)], axis=1).astype(np.float32)
+
+    def _ratio(self, actions: np.ndarray, metrics: Mapping[str, np.ndarray] | None = None) -> np.ndarray:
+        m = metrics if metrics is not None else self.cost.metrics(actions)
+        return m[self.primary] / self.cost.identity[self.primary]
+
+    def budget_levels(self, n: int) -> np.ndarray:
+        """``n`` log-spaced block budget levels from the cheapest block ratio to 1."""
+        lo = float(np.clip(np.min(self._zero_block_ratio), 1.0 / 64, 0.5))
+        return np.geomspace(lo, 1.0, n) if n > 1 else np.ones(1)
+
+    def curriculum_low(self, round_: int, rounds: int) -> float:
+        """Lower end of the budget range after ``round_`` retrainings: from ``sqrt(r_min r_max)``
+        (mild) log-linearly down to ``r_min`` at ``rounds``."""
+        mild = np.sqrt(self.ratio_min * self.ratio_max)
+        frac = min(1.0, (round_ - 1) / max(rounds - 1, 1))
+        return float(np.exp(np.log(mild) + frac * (np.log(self.ratio_min) - np.log(mild))))
+
+    # ---- goals --------------------------------------------------------------------------
+    def _goal(self, u: np.ndarray, lo: float) -> np.ndarray:
+        if self.mode == "budget":
+            return np.array([sweep_target(float(x), lo, self.ratio_max) for x in u])
+        if self.mode == "chebyshev":
+            return 0.02 + 0.96 * u
+        return np.full(len(u), self.ratio_max)
+
+    def sample_goals(self, rng: np.random.Generator, n: int, lo: float | None = None) -> np.ndarray:
+        """``n`` random training goals (see the module docstring)."""
+        return self._goal(rng.random(n), self.ratio_min if lo is None else lo)
+
+    def proposal_goal(self, index: int) -> float:
+        """Goal of proposal number ``index`` (low-discrepancy sweep)."""
+        return float(self._goal(np.array([van_der_corput(index + 1)]), self.ratio_min)[0])
+
+    def _chebyshev(self, goals: np.ndarray) -> np.ndarray:
+        m = len(self.objectives)
+        rest = (1.0 - goals) / max(m - 1, 1)
+        return np.concatenate([goals.reshape(-1, 1), np.repeat(rest.reshape(-1, 1), m - 1, axis=1)], axis=1)
+
+    # ---- surrogate data -------------------------------------------------------------------
+    def _signed(self, obs: Observation) -> np.ndarray:
+        return np.array([obs.values[o.index] * (1 if o.direction == "maximize" else -1) for o in self.learned], dtype=float)
+
+    def real_data(self, history: Sequence[Observation]) -> tuple[np.ndarray, np.ndarray]:
+        """Features ``n x d`` and signed learned values ``n x j`` of the finished trials (finite only)."""
+        self.proxy_mode = False
+        rows = [(self.space.actions_from_params(o.params), self._signed(o)) for o in history]
+        rows = [(a, y) for a, y in rows if np.all(np.isfinite(y))]
+        if not rows:
+            return np.zeros((0, 1)), np.zeros((0, len(self.learned)))
+        actions = np.array([a for a, _ in rows], dtype=np.int64)
+        return self.featurize(actions), np.array([y for _, y in rows])
+
+    def proxy_data(self, rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """Cold start: features of ``n`` random policies and ``-log(proxy + eps)`` (larger =
+        closer to the uncompressed logits) repeated for every learned objective."""
+        self.proxy_mode = True
+        sizes = self.space.action_sizes()
+        actions = np.array([[int(rng.integers(s)) for s in sizes] for _ in range(max(n, 2))], dtype=np.int64)
+        proxy = np.array([float(self.ctx.evaluator.proxy(self.space.decode(self.space.params_from_actions(a.tolist())))) for a in actions])
+        proxy = np.where(np.isfinite(proxy), proxy, np.nanmax(np.where(np.isfinite(proxy), proxy, 0.0)) * 10 + 1.0)
+        eps = max(1e-3 * float(np.median(proxy)), 1e-12)
+        y = -np.log(proxy + eps)
+        return self.featurize(actions), np.repeat(y.reshape(-1, 1), len(self.learned), axis=1)
+
+    def set_normalizer(self, y: np.ndarray) -> None:
+        self.normalizer = Normalizer.fit(np.asarray(y, float).reshape(len(y), -1))
+
+    def attach(self, surrogate: SurrogateEnsemble | None, kappa: float) -> None:
+        """Use ``surrogate`` (signed learned objectives) with disagreement bonus weight ``kappa``."""
+        self.surrogate, self.kappa = surrogate, float(kappa)
+
+    # ---- rewards ------------------------------------------------------------------------------
+    def _exact_signed(self, metrics: Mapping[str, np.ndarray], ratio: np.ndarray) -> np.ndarray:
+        cols = []
+        for o in self.exact:
+            if o.metric in MINIMIZE_COST:
+                cols.append(1.0 - metrics[o.metric] / self.cost.identity[o.metric])
+            elif o.metric == "compression_ratio":
+                cols.append(1.0 - ratio)
+            else:
+                cols.append(metrics[o.metric])
+        return np.stack(cols, axis=1) if cols else np.zeros((len(ratio), 0))
+
+    def _learned(self, actions: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        if self.surrogate is None or not self.learned:
+            return np.zeros((len(actions), len(self.learned))), {}
+        mean, std = self.surrogate.predict(self.featurize(actions))
+        z = self.normalizer(mean) + self.kappa * self.normalizer.scale(std)
+        raw = {} if self.proxy_mode else {o.metric: mean[:, i] * (1 if o.direction == "maximize" else -1) for i, o in enumerate(self.learned)}
+        return z, raw
+
+    def score(
+        self, actions: np.ndarray, goals: np.ndarray, weights: Sequence[AgentWeights], goal_index: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Rewards ``E x len(weights)`` and block cost ratios ``E x G`` of ``E x D`` actions."""
+        deltas = self.cost.deltas(actions)
+        metrics = self.cost.metrics(actions, deltas)
+        ratio = self._ratio(actions, metrics)
+        learned, raw = self._learned(actions)
+        exact = self._exact_signed(metrics, ratio)
+        cons = constraint_penalty({**metrics, **raw}, self.ctx.constraints)
+        cheb = self._chebyshev(goals) if self.mode == "chebyshev" else None
+        out = np.stack(
+            [scalarize(self.mode, learned=learned, ratio=ratio, exact_signed=exact, target=goals, weights=w, chebyshev=cheb) - w.penalty * cons for w in weights],
+            axis=1,
+        )
+        return out, self.cost.group_ratio(deltas)
+
+    def cost_score(self, actions: np.ndarray, goal: float) -> np.ndarray:
+        """Exact-cost part of the reward only (no surrogate): ``-violation`` (budget and
+        constraints) plus ``0.01 * min(r / T, 1)`` in budget mode (use the budget)."""
+        metrics = self.cost.metrics(actions)
+        ratio = self._ratio(actions, metrics)
+        s = -constraint_penalty(dict(metrics), self.ctx.constraints)
+        if self.mode == "budget":
+            s = s - np.maximum(0.0, ratio / goal - 1.0) + 0.01 * np.minimum(ratio / goal, 1.0)
+        return s
+
+    def real_episodes(self, history: Sequence[Observation], rng: np.random.Generator, lo: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Finished trials as episodes for the real-rewards-only ablation: actions ``n x D``,
+        goals ``n`` (budget mode: hindsight, the trial's own cost ratio), rewards ``n``, block ratios ``n x G``."""
+        x, y = self.real_data(history)
+        actions = np.array([self.space.actions_from_params(o.params) for o in history], dtype=np.int64)
+        finite = np.array([np.all(np.isfinite(self._signed(o))) for o in history], dtype=bool)
+        actions = actions[finite]
+        deltas = self.cost.deltas(actions)
+        metrics = self.cost.metrics(actions, deltas)
+        ratio = self._ratio(actions, metrics)
+        goals = np.clip(ratio, lo, self.ratio_max) if self.mode == "budget" else self.sample_goals(rng, len(actions), lo)
+        self.set_normalizer(y)
+        learned = self.normalizer(y) if len(y) else np.zeros((len(actions), len(self.learned)))
+        cheb = self._chebyshev(goals) if self.mode == "chebyshev" else None
+        r = scalarize(self.mode, learned=learned, ratio=ratio, exact_signed=self._exact_signed(metrics, ratio), target=goals, weights=self.default_weights, chebyshev=cheb)
+        r = r - self.default_weights.penalty * constraint_penalty(dict(metrics), self.ctx.constraints)
+        return actions, goals, r, self.cost.group_ratio(deltas)
+
+    def incumbents(self, history: Sequence[Observation], goal: float, m: int) -> np.ndarray:
+        """Actions ``m x D`` of the ``m`` finished trials with the best real reward for ``goal``."""
+        x, y = self.real_data(history)
+        if len(y) == 0:
+            return np.zeros((0, len(self.space.dimensions())), dtype=np.int64)
+        finite = [o for o in history if np.all(np.isfinite(self._signed(o)))]
+        actions = np.array([self.space.actions_from_params(o.params) for o in finite], dtype=np.int64)
+        metrics = self.cost.metrics(actions)
+        ratio = self._ratio(actions, metrics)
+        goals = np.full(len(actions), goal)
+        cheb = self._chebyshev(goals) if self.mode == "chebyshev" else None
+        r = scalarize(self.mode, learned=Normalizer.fit(y)(y), ratio=ratio, exact_signed=self._exact_signed(metrics, ratio), target=goals, weights=self.default_weights, chebyshev=cheb)
+        return actions[np.argsort(-r, kind="stable")[:m]]
