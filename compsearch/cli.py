@@ -1,0 +1,232 @@
+"""The ``compsearch`` command line.
+
+Commands::
+
+    compsearch run SPEC [--out DIR] [--strategies a,b] [--trials N] [--seeds K] [--quiet]
+                        [--workers N] [--backend optuna|ray] [--address ADDR] [--storage URL]
+    compsearch report DIR [--no-test]
+    compsearch show DIR
+    compsearch spaces MODEL_OR_SPEC [--space NAME] [--input-shape C,H,W] [--num-classes N]
+    compsearch list
+
+Exit codes: 0 success; 2 bad input (a :class:`~compsearch.errors.CompsearchError`,
+``ValueError`` or ``TypeError``: the message is printed, no traceback); 1 internal error
+(traceback printed); 130 interrupted by Ctrl-C (re-run the same command to resume).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from compsearch.errors import CompsearchError, ConfigError
+
+EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def _seeds(text: str) -> int | list[int]:
+    """``"3"`` -> 3 (seeds 0..2); ``"0,7"`` -> [0, 7]."""
+    try:
+        parts = [int(p) for p in text.split(",") if p.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--seeds {text!r}: give a count (3) or a comma-separated list (0,7)") from None
+    if not parts:
+        raise argparse.ArgumentTypeError(f"--seeds {text!r} is empty")
+    return parts[0] if "," not in text else parts
+
+
+def _names(text: str) -> list[str]:
+    return [p.strip() for p in text.split(",") if p.strip()]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="compsearch", description="Compare compression-policy search strategies.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run (or resume) a study spec")
+    run.add_argument("spec", help="study spec (.toml)")
+    run.add_argument("--out", help="run folder (default: runs/<spec name>)")
+    run.add_argument("--strategies", type=_names, help="comma-separated strategies (default: the spec's)")
+    run.add_argument("--trials", type=int, help="full evaluations per strategy and seed")
+    run.add_argument("--seeds", type=_seeds, help="seed count (3) or list (0,7)")
+    run.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    run.add_argument("--workers", type=int, default=1, help="worker processes on one storage")
+    run.add_argument("--backend", choices=("optuna", "ray"), default="optuna")
+    run.add_argument("--address", help="Ray cluster address (e.g. auto)")
+    run.add_argument("--storage", help="Optuna storage URL or journal:///path (default: SQLite in the run folder)")
+    report = sub.add_parser("report", help="write report.html, PNGs and summaries of a run folder")
+    report.add_argument("dir")
+    report.add_argument("--no-test", action="store_true", help="do not evaluate Pareto points on the test split")
+    show = sub.add_parser("show", help="print the Pareto table of a run folder")
+    show.add_argument("dir")
+    spaces = sub.add_parser("spaces", help="table of a model's compressible units and blocks")
+    spaces.add_argument("target", help="a model name (built-in or timm) or a study spec (.toml)")
+    spaces.add_argument("--space", help="space name (default: the spec's, else joint)")
+    spaces.add_argument("--input-shape", help="sample shape C,H,W for a model name (default: model's own)")
+    spaces.add_argument("--num-classes", type=int, default=10)
+    sub.add_parser("list", help="registered spaces, strategies, criteria, datasets and models")
+    return parser
+
+
+# ---- commands -----------------------------------------------------------------------
+
+
+def cmd_run(args: argparse.Namespace, console: Console) -> int:
+    from compsearch.studies.report import summary_rows
+    from compsearch.studies.runner import run_study
+    from compsearch.studies.spec import load_spec
+    from compsearch.studies.summary import summarize
+
+    spec = load_spec(args.spec)
+    out = Path(args.out) if args.out else Path("runs") / spec.name
+    if not args.quiet:
+        console.print(f"[bold]compsearch run[/bold] {spec.name} -> {out}")
+    run_study(spec, out, strategies=args.strategies, trials=args.trials, seeds=args.seeds, quiet=args.quiet,
+              workers=args.workers, backend=args.backend, address=args.address, storage=args.storage)
+    if not args.quiet:
+        console.print(_table("Hypervolume (validation)", *summary_rows(summarize(out))))
+        console.print(f"results in {out}; report: compsearch report {out}")
+    return EXIT_OK
+
+
+def cmd_report(args: argparse.Namespace, console: Console) -> int:
+    from compsearch.studies.report import build_report
+
+    summary = build_report(args.dir, test=not args.no_test)
+    console.print(f"report: {summary['files']['report.html']}")
+    return EXIT_OK
+
+
+def cmd_show(args: argparse.Namespace, console: Console) -> int:
+    from compsearch.studies.report import pareto_rows, summary_rows
+    from compsearch.studies.summary import add_test_accuracy, summarize
+
+    summary = summarize(args.dir)
+    add_test_accuracy(summary, args.dir, compute=False)
+    console.print(_table(f"{summary['name']}: hypervolume", *summary_rows(summary)))
+    console.print(_table("Pareto points (test accuracy after `compsearch report`)", *pareto_rows(summary, policy=False)))
+    return EXIT_OK
+
+
+def cmd_list(args: argparse.Namespace, console: Console) -> int:
+    from compsearch.evaluators.datasets import list_datasets
+    from compsearch.evaluators.masks import list_criteria
+    from compsearch.evaluators.models import list_models
+    from compsearch.search.registry import list_strategies
+    from compsearch.spaces import list_spaces
+
+    table = Table(title="registered names", show_lines=True)
+    table.add_column("kind", style="bold")
+    table.add_column("names")
+    for kind, names in (("spaces", list_spaces()), ("strategies", list_strategies()), ("criteria", list_criteria()),
+                        ("datasets", list_datasets()), ("models", [*list_models(), "(any timm model name)"])):
+        table.add_row(kind, ", ".join(names))
+    console.print(table)
+    return EXIT_OK
+
+
+def cmd_spaces(args: argparse.Namespace, console: Console) -> int:
+    from compsearch.spaces import discover_units, get_space, group_blocks
+
+    model, example, space_name, space_kwargs = _model_for_spaces(args)
+    units = discover_units(model, example)
+    space = get_space(space_name, units, **space_kwargs)
+    searched = {u.name for u in space.units} if hasattr(space, "units") else {u.name for u in units}
+    table = _table(f"units of {args.target} ({len(units)}; sample {tuple(example.shape[1:])})",
+                   ["unit", "kind", "block", "weight shape", "params", "MACs", "searched"],
+                   [[u.name, u.kind, u.block, "x".join(map(str, u.weight_shape)), f"{u.params:,}", f"{u.macs:,}",
+                     "yes" if u.name in searched else ("no (first)" if u.is_first else "no (head)" if u.is_head else "no")]
+                    for u in units])
+    console.print(table)
+    blocks = group_blocks(units)
+    console.print(_table(f"blocks ({len(blocks)})", ["block", "units", "params", "MACs"],
+                         [[b, str(len(us)), f"{sum(u.params for u in us):,}", f"{sum(u.macs for u in us):,}"]
+                          for b, us in blocks.items()]))
+    console.print(f"space {space_name!r}: {len(space.dimensions())} dimensions over {len(searched)} searched units")
+    return EXIT_OK
+
+
+def _model_for_spaces(args: argparse.Namespace) -> tuple[Any, Any, str, dict[str, Any]]:
+    """(model, example input ``2 x sample``, space name, space kwargs) for ``compsearch spaces``."""
+    import torch
+
+    from compsearch.evaluators.models import build_model
+
+    if args.target.endswith(".toml") or Path(args.target).is_file():
+        from compsearch.evaluators.datasets import load_dataset
+        from compsearch.studies.runner import _build_model
+        from compsearch.studies.spec import load_spec
+
+        spec = load_spec(args.target)
+        data = load_dataset(spec.data.name, seed=spec.data.seed, **spec.data.options)
+        return _build_model(spec, data), data.x_train[:2], args.space or spec.space.name, spec.space.space_kwargs()
+    model = build_model(args.target, num_classes=args.num_classes, in_chans=_in_chans(args))
+    return model, torch.zeros(2, *_sample_shape(args, model)), args.space or "joint", {}
+
+
+def _in_chans(args: argparse.Namespace) -> int:
+    if args.input_shape:
+        return _parse_shape(args.input_shape)[0]
+    from compsearch.evaluators.models import list_models
+
+    return 1 if args.target in list_models() else 3
+
+
+def _parse_shape(text: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(p) for p in text.split(","))
+    except ValueError:
+        raise ConfigError(f"--input-shape {text!r} must be comma-separated integers, e.g. 3,32,32") from None
+    if not shape or any(s < 1 for s in shape):
+        raise ConfigError(f"--input-shape {text!r} must hold positive integers, e.g. 3,32,32")
+    return shape
+
+
+def _sample_shape(args: argparse.Namespace, model: Any) -> tuple[int, ...]:
+    if args.input_shape:
+        return _parse_shape(args.input_shape)
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    if "input_size" in cfg:
+        return tuple(cfg["input_size"])
+    return (1, 8, 8)
+
+
+def _table(title: str, header: Sequence[str], rows: Sequence[Sequence[str]]) -> Table:
+    table = Table(title=title)
+    for i, h in enumerate(header):
+        table.add_column(h, justify="left" if i == 0 else "right")
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
+COMMANDS = {"run": cmd_run, "report": cmd_report, "show": cmd_show, "list": cmd_list, "spaces": cmd_spaces}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``compsearch`` script; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    console, errors = Console(), Console(stderr=True)
+    try:
+        return COMMANDS[args.command](args, console)
+    except KeyboardInterrupt:
+        errors.print("interrupted; the trial in flight is recorded as failed. Re-run the same command to resume.")
+        return EXIT_INTERRUPTED
+    except (CompsearchError, ValueError, TypeError) as e:
+        errors.print(f"[red]error:[/red] {escape(str(e))}", highlight=False)
+        return EXIT_BAD_INPUT
+    except Exception:
+        errors.print("[red]internal error[/red] (please report it):", markup=True)
+        traceback.print_exc()
+        return EXIT_INTERNAL
+
+
+if __name__ == "__main__":
+    sys.exit(main())

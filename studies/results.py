@@ -1,0 +1,151 @@
+"""Reading a run's Optuna studies: storage, budget accounting, feasible points, curves.
+
+Shared by the runner (resume, progress), the report and ``compsearch show``.
+
+**Budget rule.** A study's budget counts the trials whose outcome is a property of the
+candidate: COMPLETE, PRUNED, and FAILED with a ``fail_reason`` user attr that does not
+start with ``"interrupted"`` (a diverged fine-tune, out of memory). Trials that stopped
+for an outside reason -- Ctrl-C, a killed process (left RUNNING, marked FAILED
+``"interrupted"`` on resume), an internal error, or a FAILED trial without a reason (e.g.
+Optuna's heartbeat) -- do not count and their candidates are re-run. Counted trials are
+ordered by trial number; only the first ``budget`` of them enter the report.
+
+**Feasibility.** A COMPLETE trial is feasible when every constraint value it stored with
+``trial.set_constraint`` is ``<= 0``; only feasible trials add points to fronts and
+hypervolumes (an infeasible or failed evaluation still uses budget).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from compsearch.errors import ConfigError
+
+FAIL_REASON_ATTR = "fail_reason"
+INTERRUPTED = "interrupted"
+STUDIES_FILE = "studies.db"
+_STUDY_RE = re.compile(r"^(?P<strategy>.+)-s(?P<seed>\d+)$")
+
+
+def study_name(strategy: str, seed: int) -> str:
+    """``"<strategy>-s<seed>"``, the name of one strategy x seed study."""
+    return f"{strategy}-s{seed}"
+
+
+def parse_study_name(name: str) -> tuple[str, int] | None:
+    """Inverse of :func:`study_name`; None for names of another form."""
+    m = _STUDY_RE.match(name)
+    return (m["strategy"], int(m["seed"])) if m else None
+
+
+def default_storage(out_dir: str | Path) -> str:
+    """``sqlite:///<out_dir>/studies.db`` (absolute path)."""
+    return f"sqlite:///{(Path(out_dir) / STUDIES_FILE).resolve()}"
+
+
+def open_storage(url: str, *, out_dir: str | Path | None = None) -> optuna.storages.BaseStorage:
+    """An Optuna storage for ``url``.
+
+    Args:
+        url: any Optuna RDB URL (``sqlite:///...``, ``postgresql://...``), or
+            ``journal:///abs/path.log`` / ``journal://rel/path.log`` for a journal file
+            (relative paths are relative to ``out_dir``).
+        out_dir: the run folder (for relative journal paths).
+    """
+    if not isinstance(url, str) or not url:
+        raise ConfigError(f"storage={url!r} must be an Optuna storage URL or journal:///path")
+    if url.startswith("journal://"):
+        from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+        path = Path(url[len("journal://") :]).expanduser()
+        if not path.is_absolute():
+            path = Path(out_dir or ".") / path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(str(path)))
+    if "://" not in url:
+        raise ConfigError(f"storage={url!r} is not a URL; use e.g. sqlite:///run/studies.db or journal:///run/journal.log")
+    return optuna.storages.RDBStorage(url, heartbeat_interval=None)
+
+
+def fail_reason(trial: FrozenTrial) -> str | None:
+    reason = trial.user_attrs.get(FAIL_REASON_ATTR)
+    return str(reason) if reason is not None else None
+
+
+def counts_toward_budget(trial: FrozenTrial) -> bool:
+    """Whether ``trial`` uses budget (see the module's budget rule)."""
+    if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
+        return True
+    if trial.state == TrialState.FAIL:
+        reason = fail_reason(trial)
+        return reason is not None and not reason.startswith(INTERRUPTED)
+    return False
+
+
+def counted_trials(trials: Sequence[FrozenTrial], budget: int | None = None) -> list[FrozenTrial]:
+    """The trials that count toward the budget, by trial number; the first ``budget`` of them."""
+    out = sorted((t for t in trials if counts_toward_budget(t)), key=lambda t: t.number)
+    return out if budget is None else out[:budget]
+
+
+def is_feasible(trial: FrozenTrial) -> bool:
+    """COMPLETE with values, and every stored constraint value ``<= 0``."""
+    if trial.state != TrialState.COMPLETE or trial.values is None:
+        return False
+    return all(float(v) <= 0.0 for v in trial.constraints.values())
+
+
+def trial_point(trial: FrozenTrial) -> list[float] | None:
+    """The objective values of a feasible trial; None for any other trial."""
+    return [float(v) for v in trial.values] if is_feasible(trial) else None
+
+
+def trial_metrics(trial: FrozenTrial) -> dict[str, Any]:
+    metrics = trial.user_attrs.get("metrics", {})
+    return dict(metrics) if isinstance(metrics, dict) else {}
+
+
+def state_counts(trials: Sequence[FrozenTrial]) -> dict[str, int]:
+    """Counted trials per outcome: ``complete``, ``feasible``, ``pruned``, ``failed``."""
+    return {
+        "complete": sum(t.state == TrialState.COMPLETE for t in trials),
+        "feasible": sum(is_feasible(t) for t in trials),
+        "pruned": sum(t.state == TrialState.PRUNED for t in trials),
+        "failed": sum(t.state == TrialState.FAIL for t in trials),
+    }
+
+
+def load_studies(storage: optuna.storages.BaseStorage) -> dict[tuple[str, int], list[FrozenTrial]]:
+    """``(strategy, seed) -> all trials`` of every ``<strategy>-s<seed>`` study in ``storage``."""
+    out: dict[tuple[str, int], list[FrozenTrial]] = {}
+    for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
+        key = parse_study_name(summary.study_name)
+        if key is None:
+            continue
+        study = optuna.load_study(study_name=summary.study_name, storage=storage)
+        out[key] = study.get_trials(deepcopy=False)
+    return out
+
+
+__all__ = [
+    "FAIL_REASON_ATTR",
+    "INTERRUPTED",
+    "counted_trials",
+    "counts_toward_budget",
+    "default_storage",
+    "fail_reason",
+    "is_feasible",
+    "load_studies",
+    "open_storage",
+    "parse_study_name",
+    "state_counts",
+    "study_name",
+    "trial_metrics",
+    "trial_point",
+]

@@ -1,0 +1,543 @@
+"""The study spec: one TOML file that fixes everything a comparison depends on.
+
+A spec names the model (and how its uncompressed base is trained, or a checkpoint),
+the data, the compression space, the shared evaluator (fine-tuning budget, pruning
+criterion, distillation), the objectives with their hypervolume reference point, the
+constraints, the strategies to compare, the budget of full evaluations per strategy
+and seed, the seeds, and where the Optuna studies are stored. Example::
+
+    name = "quickstart"
+    strategies = ["random", "nsga2", "tpe"]
+    trials = 40
+    seeds = 1                                 # a count (0..n-1) or a list [0, 7]
+    objectives = ["accuracy", "size_kb"]      # or [{metric = "bops", direction = "minimize"}]
+
+    [model]
+    name = "digits_cnn"                       # built-in or any timm name
+    [base]                                    # or model.checkpoint = "weights.pt"
+    steps = 600
+    [data]
+    name = "digits"
+    [space]
+    name = "joint"
+    [space.choices]
+    w_bits = [2, 4, 8, 32]
+    [evaluator.finetune]
+    steps = 40
+    [constraints]
+    max_size_kb = 8.0
+
+Every table forbids unknown keys; :func:`load_spec` turns pydantic's errors into one
+:class:`~compsearch.errors.SpecError` naming each offending key path
+(``evaluator.finetune.stepz: unknown key; allowed: [...]``).
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from compsearch.errors import ConfigError, SpecError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def metric_directions() -> dict[str, str]:
+    """Known metrics and their natural direction (from the evaluator's objective module)."""
+    from compsearch.evaluators.objective import METRIC_DIRECTIONS
+
+    return dict(METRIC_DIRECTIONS)
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+# ---- registry-checked names ----------------------------------------------------------
+
+
+def _check_strategy(name: str) -> str:
+    from compsearch.search.registry import list_strategies
+
+    known = list_strategies()
+    if name not in known:
+        raise ValueError(f"unknown strategy {name!r}; registered: {known}")
+    return name
+
+
+def _check_space(name: str) -> str:
+    from compsearch.spaces import list_spaces
+
+    if name not in list_spaces():
+        raise ValueError(f"unknown space {name!r}; registered: {list_spaces()}")
+    return name
+
+
+def _check_dataset(name: str) -> str:
+    from compsearch.evaluators.datasets import list_datasets
+
+    if name not in list_datasets():
+        raise ValueError(f"unknown dataset {name!r}; registered: {list_datasets()}")
+    return name
+
+
+def _check_criterion(name: str) -> str:
+    from compsearch.evaluators.masks import list_criteria
+
+    if name not in list_criteria():
+        raise ValueError(f"unknown criterion {name!r}; registered: {list_criteria()}")
+    return name
+
+
+def _check_model(name: str) -> str:
+    from compsearch.evaluators.models import list_models
+
+    if name in list_models():
+        return name
+    import timm
+
+    if not timm.is_model(name):
+        raise ValueError(f"unknown model {name!r}: neither a built-in model {list_models()} nor a timm model")
+    return name
+
+
+def _check_constraint(key: str) -> str:
+    _parse_constraint(key)
+    return key
+
+
+StrategyName = Annotated[str, AfterValidator(_check_strategy)]
+ConstraintKey = Annotated[str, AfterValidator(_check_constraint)]
+
+
+# ---- sections ---------------------------------------------------------------------
+
+
+class ModelSpec(_Model):
+    """``[model]``: what to compress.
+
+    Attributes:
+        name: a built-in model (``compsearch list``) or any timm model name (random init).
+        kwargs: extra builder / ``timm.create_model`` options; ``num_classes`` and
+            ``in_chans`` default to the data's.
+        checkpoint: local state-dict file with trained weights; replaces ``[base]`` training.
+            A relative path is relative to the spec file.
+    """
+
+    name: Annotated[str, AfterValidator(_check_model)]
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    checkpoint: str | None = None
+
+
+class BaseSpec(_Model):
+    """``[base]``: how the uncompressed model is trained once (Adam, cosine schedule).
+
+    The trained weights are cached in the run folder under a hash of model + recipe + data.
+
+    Attributes:
+        steps: optimizer steps (ignored when ``epochs`` is given).
+        epochs: passes over the train split.
+        lr: peak learning rate.
+        batch_size: mini-batch size.
+        weight_decay: L2 weight decay.
+        seed: seed of initialisation and batch order.
+    """
+
+    steps: int | None = Field(default=300, ge=1)
+    epochs: float | None = Field(default=None, gt=0)
+    lr: float = Field(default=3e-3, gt=0)
+    batch_size: int = Field(default=64, ge=1)
+    weight_decay: float = Field(default=0.0, ge=0)
+    seed: int = Field(default=0, ge=0)
+
+
+class DataSpec(_Model):
+    """``[data]``: the dataset; ``seed`` fixes the train/val/test split for every study.
+
+    Attributes:
+        name: a registered dataset (``digits``, ``synthetic``, ``cifar10``, ...).
+        seed: split seed (the same for every strategy and study seed).
+        options: loader options (e.g. ``root``, ``size``, ``val_fraction``).
+    """
+
+    name: Annotated[str, AfterValidator(_check_dataset)] = "digits"
+    seed: int = Field(default=0, ge=0)
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class ChoicesSpec(_Model):
+    """``[space.choices]``: the values a built-in space may choose per field (None = its default)."""
+
+    w_bits: list[int] | None = None
+    a_bits: list[int] | None = None
+    keep: list[float] | None = None
+    scheme: list[str] | None = None
+    granularity: list[str] | None = None
+    structure: list[str] | None = None
+
+
+class SpaceSpec(_Model):
+    """``[space]``: the compression space.
+
+    Attributes:
+        name: a registered space (``joint``, ``block``, ``uniform``, ``quant``, ``prune``).
+        skip_first: leave the stem uncompressed.
+        skip_head: leave the classifier uncompressed.
+        choices: per-field choices of the built-in spaces.
+        options: extra constructor options of a custom space.
+    """
+
+    name: Annotated[str, AfterValidator(_check_space)] = "joint"
+    skip_first: bool = True
+    skip_head: bool = True
+    choices: ChoicesSpec = Field(default_factory=ChoicesSpec)
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    def space_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for ``get_space(name, units, **kwargs)``."""
+        chosen = {k: v for k, v in self.choices.model_dump().items() if v is not None}
+        return {**chosen, "skip_first": self.skip_first, "skip_head": self.skip_head, **self.options}
+
+
+class FineTuneSpec(_Model):
+    """``[evaluator.finetune]``: the fine-tuning budget of every candidate (and of the
+    uncompressed baseline). Fields as :class:`~compsearch.evaluators.FineTuneConfig`;
+    its ``seed`` is the study seed, so it is not given here."""
+
+    steps: int = Field(default=100, ge=0)
+    epochs: float | None = Field(default=None, gt=0)
+    batch_size: int = Field(default=64, ge=1)
+    optimizer: str = "sgd"
+    lr: float = Field(default=0.01, gt=0)
+    momentum: float = Field(default=0.9, ge=0)
+    weight_decay: float = Field(default=0.0, ge=0)
+    schedule: str = "cosine"
+    distill: float = Field(default=0.0, ge=0, le=1)
+    temperature: float = Field(default=2.0, gt=0)
+    report_every: int = Field(default=0, ge=0)
+
+    @model_validator(mode="after")
+    def _valid_config(self) -> FineTuneSpec:
+        self.config(seed=0)  # FineTuneConfig's own checks (optimizer, schedule names)
+        return self
+
+    def config(self, *, seed: int) -> Any:
+        """The :class:`FineTuneConfig` for study seed ``seed``."""
+        from compsearch.evaluators.types import FineTuneConfig
+
+        return FineTuneConfig(**self.model_dump(), seed=seed)
+
+
+class EvaluatorSpec(_Model):
+    """``[evaluator]``: the one evaluator every strategy is judged by.
+
+    Attributes:
+        criterion: pruning importance criterion (``l1``, ``l2``, ``taylor``, ``fisher``).
+        device: ``auto``, ``cpu``, ``cuda``, ...
+        threads: torch intra-op CPU threads (None = torch's default, one per core). Small
+            models run fastest with 1: their kernels are too short to share, and spare
+            threads busy-wait when the machine is loaded.
+        finetune: the fine-tuning recipe of every candidate.
+        calib_batches, calib_batch_size, act_range, ema_momentum, eval_batch_size,
+            proxy_samples, sensitivity_batches: as :class:`~compsearch.evaluators.EvaluatorConfig`
+            (unset = its default).
+    """
+
+    criterion: Annotated[str, AfterValidator(_check_criterion)] = "l1"
+    device: str = "auto"
+    threads: int | None = Field(default=None, ge=1)
+    finetune: FineTuneSpec = Field(default_factory=FineTuneSpec)
+    calib_batches: int | None = None
+    calib_batch_size: int | None = None
+    act_range: str | None = None
+    ema_momentum: float | None = None
+    eval_batch_size: int | None = None
+    proxy_samples: int | None = None
+    sensitivity_batches: int | None = None
+
+    @model_validator(mode="after")
+    def _valid_config(self) -> EvaluatorSpec:
+        self.config(seed=0)  # EvaluatorConfig's own checks
+        return self
+
+    def config(self, *, seed: int) -> Any:
+        """The :class:`EvaluatorConfig` for study seed ``seed`` (fine-tuning, calibration and
+        gradient-statistics batches all seeded by it); unset fields keep its defaults."""
+        from compsearch.evaluators.evaluator import EvaluatorConfig
+
+        extra = {k: v for k, v in self.model_dump(exclude={"criterion", "device", "threads", "finetune"}).items() if v is not None}
+        return EvaluatorConfig(criterion=self.criterion, finetune=self.finetune.config(seed=seed), seed=seed, **extra)
+
+
+class ObjectiveSpec(_Model):
+    """One objective: a metric of the evaluator and its direction (default: the metric's natural one)."""
+
+    metric: str
+    direction: str | None = None
+
+    @model_validator(mode="after")
+    def _known(self) -> ObjectiveSpec:
+        known = metric_directions()
+        if self.metric not in known:
+            raise ValueError(f"unknown metric {self.metric!r}; allowed: {sorted(known)}")
+        if self.direction is None:
+            object.__setattr__(self, "direction", known[self.metric])
+        elif self.direction != known[self.metric]:
+            raise ValueError(f"{self.metric} is always {known[self.metric]}d; got direction={self.direction!r}")
+        return self
+
+
+def _parse_constraint(key: str) -> tuple[str, str]:
+    """``"max_size_kb"`` -> ``("max", "size_kb")``; unknown forms raise ``ValueError``."""
+    from compsearch.evaluators.objective import parse_constraints
+
+    (c,) = parse_constraints({key: 0.0})
+    return ("max" if c.upper else "min"), c.metric
+
+
+class StudySpec(_Model):
+    """A whole study spec (see the module docstring for the TOML layout).
+
+    Attributes:
+        name: run name (folder-safe); the default run folder is ``runs/<name>``.
+        description: free text shown in the report.
+        model, base, data, space, evaluator: see their sections.
+        objectives: ``(metric, direction)`` list, in the order of the Optuna study's values.
+        reference_point: metric -> worst acceptable value for the hypervolume; missing
+            entries default to the accuracy floor (``constraints.min_accuracy`` or 0) and
+            the uncompressed model's cost (see ``runner.resolve_reference_point``).
+        constraints: ``max_<metric>`` / ``min_<metric>`` -> bound (``trial.set_constraint``).
+        strategies: registered strategy names to compare.
+        strategy_options: strategy name -> options for its factory.
+        trials: full evaluations per strategy and seed (the equal budget).
+        seeds: a count ``n`` (seeds ``0..n-1``) or an explicit list.
+        storage: Optuna storage URL, or ``journal:///path`` for a journal file;
+            None = ``sqlite:///<run folder>/studies.db``.
+    """
+
+    name: str
+    description: str = ""
+    model: ModelSpec
+    base: BaseSpec | None = None
+    data: DataSpec = Field(default_factory=DataSpec)
+    space: SpaceSpec = Field(default_factory=SpaceSpec)
+    evaluator: EvaluatorSpec = Field(default_factory=EvaluatorSpec)
+    objectives: list[ObjectiveSpec] = Field(default_factory=lambda: [ObjectiveSpec(metric="accuracy"), ObjectiveSpec(metric="size_kb")])
+    reference_point: dict[str, float] = Field(default_factory=dict)
+    constraints: dict[ConstraintKey, float] = Field(default_factory=dict)
+    strategies: list[StrategyName] = Field(min_length=1)
+    strategy_options: dict[StrategyName, dict[str, Any]] = Field(default_factory=dict)
+    trials: int = Field(ge=1)
+    seeds: list[Annotated[int, Field(ge=0)]] = Field(default_factory=lambda: [0], min_length=1)
+    storage: str | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _folder_safe(cls, v: str) -> str:
+        if not NAME_RE.match(v):
+            raise ValueError(f"{v!r} must be folder-safe: letters, digits, '_', '.', '-'")
+        return v
+
+    @field_validator("objectives", mode="before")
+    @classmethod
+    def _objective_names(cls, v: Any) -> Any:
+        if isinstance(v, list):
+            return [{"metric": o} if isinstance(o, str) else o for o in v]
+        return v
+
+    @field_validator("seeds", mode="before")
+    @classmethod
+    def _seed_count(cls, v: Any) -> Any:
+        if isinstance(v, bool) or not isinstance(v, (int, list)):
+            raise ValueError(f"expected a seed count or a list of seeds, got {v!r}")
+        if isinstance(v, int):
+            if v < 1:
+                raise ValueError(f"seed count {v} must be >= 1")
+            return list(range(v))
+        return v
+
+    @field_validator("strategies", "seeds")
+    @classmethod
+    def _unique(cls, v: list[Any]) -> list[Any]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"{v} has duplicates; list each once")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> StudySpec:
+        metrics = [o.metric for o in self.objectives]
+        if len(set(metrics)) != len(metrics):
+            raise ValueError(f"objectives: {metrics} list a metric twice")
+        extra = sorted(set(self.reference_point) - set(metrics))
+        if extra:
+            raise ValueError(f"reference_point: {extra} are not objectives; objectives: {metrics}")
+        if self.model.checkpoint is not None and self.base is not None:
+            raise ValueError("model.checkpoint: give either model.checkpoint (trained weights) or [base] (train them), not both")
+        if self.model.checkpoint is None and self.base is None:
+            object.__setattr__(self, "base", BaseSpec())
+        return self
+
+    # ---- derived ------------------------------------------------------------------
+    @property
+    def objective_pairs(self) -> tuple[tuple[str, str], ...]:
+        """``((metric, direction), ...)`` in study-value order."""
+        return tuple((o.metric, str(o.direction)) for o in self.objectives)
+
+    def parsed_constraints(self) -> list[tuple[str, str, float]]:
+        """``[(kind, metric, bound), ...]`` with ``kind`` in ``{"max", "min"}``."""
+        return [(*_parse_constraint(k), float(b)) for k, b in self.constraints.items()]
+
+    def comparison_key(self) -> dict[str, Any]:
+        """The parts of the spec that results depend on (a resumed run must not change them)."""
+        return self.model_dump(mode="json", include={"model", "base", "data", "space", "evaluator", "objectives", "reference_point", "constraints"})
+
+
+# ---- loading and error messages -----------------------------------------------------
+
+
+def _path(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part == "[key]" or str(part).startswith(("function-", "constrained-")):
+            continue
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "<root>"
+
+
+def _unwrap(annotation: Any) -> Any:
+    """Strip ``Annotated`` and ``X | None`` from a field annotation."""
+    while True:
+        origin = typing.get_origin(annotation)
+        if origin is Annotated:
+            annotation = typing.get_args(annotation)[0]
+        elif origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+            args = [a for a in typing.get_args(annotation) if a is not type(None)]
+            if len(args) != 1:
+                return annotation
+            annotation = args[0]
+        else:
+            return annotation
+
+
+def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The spec model class that holds the key at ``loc`` (to list its allowed keys)."""
+    current: Any = StudySpec
+    for part in loc[:-1]:
+        current = _unwrap(current)
+        if isinstance(current, type) and issubclass(current, BaseModel) and isinstance(part, str):
+            if part not in current.model_fields:
+                return None
+            current = current.model_fields[part].annotation
+        elif typing.get_origin(current) in (list, dict):
+            current = typing.get_args(current)[-1]
+        else:
+            return None
+    current = _unwrap(current)
+    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+
+
+_EXPECTED = {
+    "int_type": "an integer", "int_parsing": "an integer", "int_from_float": "an integer",
+    "float_type": "a number", "float_parsing": "a number", "bool_type": "true or false",
+    "bool_parsing": "true or false", "string_type": "a string", "list_type": "a list",
+    "dict_type": "a table", "model_type": "a table", "model_attributes_type": "a table",
+}
+
+
+def _message(err: Mapping[str, Any]) -> str:
+    loc, kind = tuple(err["loc"]), err["type"]
+    path = _path(loc)
+    if kind == "extra_forbidden":
+        holder = _model_at(loc)
+        allowed = f"; allowed: {sorted(holder.model_fields)}" if holder is not None else ""
+        return f"{path}: unknown key{allowed}"
+    if kind == "missing":
+        return f"{path}: required key is missing"
+    if kind in _EXPECTED:
+        return f"{path}: expected {_EXPECTED[kind]}, got {err.get('input')!r}"
+    if kind == "value_error":
+        return f"{path}: {err['ctx']['error']}" if loc else str(err["ctx"]["error"])
+    return f"{path}: {err['msg'][0].lower()}{err['msg'][1:]} (got {err.get('input')!r})"
+
+
+def _resolve_paths(data: dict[str, Any], base_dir: Path) -> dict[str, Any]:
+    model = data.get("model")
+    if isinstance(model, dict) and isinstance(model.get("checkpoint"), str):
+        ckpt = Path(model["checkpoint"]).expanduser()
+        model = {**model, "checkpoint": str(ckpt if ckpt.is_absolute() else (base_dir / ckpt).resolve())}
+        data = {**data, "model": model}
+    return data
+
+
+def load_spec(source: str | Path | Mapping[str, Any] | StudySpec) -> StudySpec:
+    """Read and validate a study spec.
+
+    Args:
+        source: a TOML file path, an already-parsed mapping, or a :class:`StudySpec`.
+
+    Returns:
+        The validated spec (frozen).
+
+    Raises:
+        SpecError: the file is missing or not TOML, or a key is unknown, has the wrong
+            type or an invalid value; the message names every offending key path.
+    """
+    if isinstance(source, StudySpec):
+        return source
+    where = "spec"
+    if isinstance(source, Mapping):
+        data = dict(source)
+    else:
+        path = Path(source).expanduser()
+        where = str(path)
+        if not path.is_file():
+            raise SpecError(f"spec file {where!r} does not exist; pass the path of a .toml study spec")
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as e:
+            raise SpecError(f"{where}: not valid TOML: {e}") from None
+        data = _resolve_paths(data, path.parent)
+    try:
+        return StudySpec.model_validate(data)
+    except ValidationError as e:
+        lines = [_message(err) for err in e.errors(include_url=False)]
+        raise SpecError(f"{where}: invalid study spec:\n  " + "\n  ".join(lines)) from None
+    except ConfigError as e:  # raised outside pydantic's wrapping (should not happen)
+        raise SpecError(f"{where}: {e}") from None
+
+
+__all__ = [
+    "BaseSpec",
+    "ChoicesSpec",
+    "DataSpec",
+    "EvaluatorSpec",
+    "FineTuneSpec",
+    "ModelSpec",
+    "ObjectiveSpec",
+    "SpaceSpec",
+    "StudySpec",
+    "load_spec",
+    "metric_directions",
+]

@@ -1,0 +1,211 @@
+"""The numbers of a comparison report, computed from a run folder.
+
+For every strategy (over its seeds), on the first ``trials`` counted trials of each
+study (budget rule in :mod:`compsearch.studies.results`):
+
+* **hypervolume after 25/50/100 % of the budget**: the normalised hypervolume
+  (:mod:`compsearch.studies.hypervolume`, reference point of ``run.json``, fixed before
+  the run) of the feasible trials among the first ``ceil(f * trials)`` counted ones;
+  mean, sample standard deviation, min and max over seeds.
+* **evaluations to 90 %**: the first number of counted trials whose hypervolume reaches
+  ``0.9 x`` the best final hypervolume of any strategy and seed; mean over the seeds
+  that reach it, and how many did.
+* **best under each constraint**: for a ``max_<metric>`` / ``min_<metric>`` constraint
+  alone, the best validation accuracy of the COMPLETE trials that satisfy it (for a
+  constraint on accuracy itself: the best value of the first other objective); plus
+  ``all constraints``: the trials satisfying every constraint.
+* **Pareto points**: the non-dominated feasible trials of the strategy (all seeds
+  pooled, one per policy), each re-evaluated once with ``evaluate(policy, test=True)``
+  under its study seed -- the only use of the test split -- and cached in
+  ``test_eval.json`` so a second report does not redo it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from optuna.trial import FrozenTrial, TrialState
+
+from compsearch.errors import ConfigError, FineTuneDiverged
+from compsearch.studies.hypervolume import hypervolume_curve, pareto_indices
+from compsearch.studies.results import (
+    counted_trials,
+    load_studies,
+    open_storage,
+    state_counts,
+    trial_metrics,
+    trial_point,
+)
+from compsearch.studies.spec import StudySpec, load_spec
+
+TEST_CACHE = "test_eval.json"
+FRACTIONS = (0.25, 0.5, 1.0)
+TARGET_FRACTION = 0.9
+
+
+def spread(values: Sequence[float | None]) -> dict[str, Any]:
+    """``mean``, ``std`` (sample, 0 for one value), ``min``, ``max``, ``n`` of the non-None values."""
+    vals = [float(v) for v in values if v is not None]
+    if not vals:
+        return {"mean": None, "std": None, "min": None, "max": None, "n": 0}
+    arr = np.asarray(vals)
+    return {"mean": float(arr.mean()), "std": float(arr.std(ddof=1)) if len(arr) > 1 else 0.0,
+            "min": float(arr.min()), "max": float(arr.max()), "n": len(vals)}
+
+
+def read_run(out_dir: str | Path) -> tuple[dict[str, Any], StudySpec]:
+    """``run.json`` and its spec; a folder without one raises ``ConfigError``."""
+    path = Path(out_dir) / "run.json"
+    if not path.is_file():
+        raise ConfigError(f"{str(out_dir)!r} is not a run folder (no run.json); run `compsearch run SPEC --out DIR` first")
+    run = json.loads(path.read_text())
+    return run, load_spec(run["spec"])
+
+
+def budget_index(fraction: float, budget: int) -> int:
+    """Number of evaluations at ``fraction`` of ``budget``: ``max(1, ceil(fraction * budget))``."""
+    return max(1, math.ceil(fraction * budget - 1e-9))
+
+
+def _curve_at(curve: list[float], k: int) -> float | None:
+    return curve[k - 1] if len(curve) >= k else None
+
+
+def _first_reaching(curve: list[float], target: float) -> int | None:
+    return next((i + 1 for i, v in enumerate(curve) if target > 0 and v >= target - 1e-12), None)
+
+
+def _satisfies(metrics: dict[str, Any], kind: str, metric: str, bound: float) -> bool:
+    if metric not in metrics or metrics[metric] is None:
+        return False
+    return float(metrics[metric]) <= bound if kind == "max" else float(metrics[metric]) >= bound
+
+
+def _best_under(trials: list[FrozenTrial], spec: StudySpec) -> dict[str, tuple[str, float | None]]:
+    """Constraint label -> (metric reported, best value) over COMPLETE trials satisfying it."""
+    metrics = [trial_metrics(t) for t in trials if t.state == TrialState.COMPLETE]
+    others = [m for m, _ in spec.objective_pairs if m != "accuracy"]
+    directions = dict(spec.objective_pairs)
+    out: dict[str, tuple[str, float | None]] = {}
+    rules = [(f"{k}_{m}<={b:g}" if k == "max" else f"{k}_{m}>={b:g}", [(k, m, b)]) for k, m, b in spec.parsed_constraints()]
+    if len(rules) > 1:
+        rules.append(("all constraints", [r[0] for _, r in rules]))
+    for label, conds in rules:
+        target = "accuracy" if all(m != "accuracy" for _, m, _ in conds) or not others else others[0]
+        ok = [m[target] for m in metrics if target in m and all(_satisfies(m, *c) for c in conds)]
+        best = (max(ok) if directions.get(target, "maximize") == "maximize" else min(ok)) if ok else None
+        out[label] = (target, best)
+    return out
+
+
+def _seed_record(trials: list[FrozenTrial], run: dict[str, Any], budget: int) -> dict[str, Any]:
+    counted = counted_trials(trials, budget)
+    directions = [d for _, d in run["objectives"]]
+    reference = [run["reference_point"][m] for m, _ in run["objectives"]]
+    curve = hypervolume_curve([trial_point(t) for t in counted], directions, reference, run["scales"])
+    return {"counted": len(counted), "curve": curve, "states": state_counts(counted), "trials": counted}
+
+
+def _pareto_rows(records: dict[int, dict[str, Any]], spec: StudySpec) -> list[dict[str, Any]]:
+    """Non-dominated feasible trials of one strategy (seeds pooled), one row per policy."""
+    pool = [(seed, t) for seed, rec in records.items() for t in rec["trials"] if trial_point(t) is not None]
+    if not pool:
+        return []
+    directions = [d for _, d in spec.objective_pairs]
+    idx = pareto_indices([trial_point(t) for _, t in pool], directions)
+    rows, seen = [], set()
+    for seed, t in sorted((pool[i] for i in idx), key=lambda st: list(st[1].values)):
+        policy = t.user_attrs.get("policy")
+        key = json.dumps(policy, sort_keys=True)
+        if key in seen:
+            continue
+        seen.add(key)
+        rows.append({"seed": seed, "trial": t.number, "policy": policy, "metrics": trial_metrics(t),
+                     "values": list(t.values), "test_accuracy": None})
+    return rows
+
+
+def summarize(out_dir: str | Path) -> dict[str, Any]:
+    """Every number of the report except test accuracies (see :func:`add_test_accuracy`)."""
+    run, spec = read_run(out_dir)
+    studies = load_studies(open_storage(run["storage"], out_dir=out_dir))
+    budget = spec.trials
+    per: dict[str, dict[int, dict[str, Any]]] = {
+        s: {seed: _seed_record(studies.get((s, seed), []), run, budget) for seed in spec.seeds} for s in spec.strategies
+    }
+    finals = [rec["curve"][-1] for recs in per.values() for rec in recs.values() if rec["curve"]]
+    target = TARGET_FRACTION * max(finals, default=0.0)
+    strategies = {s: _strategy_summary(recs, spec, budget, target) for s, recs in per.items()}
+    baseline_path = Path(out_dir) / "baseline.json"
+    return {
+        "name": spec.name, "description": spec.description, "budget": budget, "seeds": spec.seeds,
+        "objectives": run["objectives"], "reference_point": run["reference_point"], "scales": run["scales"],
+        "constraints": spec.constraints, "hv_target": target, "target_fraction": TARGET_FRACTION,
+        "baseline": json.loads(baseline_path.read_text()) if baseline_path.is_file() else {},
+        "base": run.get("base", {}), "budget_rule": run.get("budget_rule"), "versions": run.get("versions", {}),
+        "strategies": strategies,
+    }
+
+
+def _strategy_summary(recs: dict[int, dict[str, Any]], spec: StudySpec, budget: int, target: float) -> dict[str, Any]:
+    hv = {f"{int(f * 100)}%": spread([_curve_at(r["curve"], budget_index(f, budget)) for r in recs.values()]) for f in FRACTIONS}
+    reach = [_first_reaching(r["curve"], target) for r in recs.values()]
+    best: dict[str, dict[str, Any]] = {}
+    for seed_best in (_best_under(r["trials"], spec) for r in recs.values()):
+        for label, (metric, value) in seed_best.items():
+            best.setdefault(label, {"metric": metric, "values": []})["values"].append(value)
+    states = {k: sum(r["states"][k] for r in recs.values()) for k in ("complete", "feasible", "pruned", "failed")}
+    return {
+        "hypervolume": hv,
+        "evals_to_target": {**spread(reach), "reached": sum(v is not None for v in reach), "seeds": len(reach)},
+        "best_under_constraints": {k: {**v, **spread(v["values"])} for k, v in best.items()},
+        "curves": {str(seed): r["curve"] for seed, r in recs.items()},
+        "counted": {str(seed): r["counted"] for seed, r in recs.items()},
+        "states": states,
+        "points": [trial_point(t) for r in recs.values() for t in r["trials"] if trial_point(t) is not None],
+        "pareto": _pareto_rows(recs, spec),
+    }
+
+
+def _cache_key(policy: Any, seed: int) -> str:
+    return f"{json.dumps(policy, sort_keys=True)}|s{seed}"
+
+
+def add_test_accuracy(summary: dict[str, Any], out_dir: str | Path, *, compute: bool = True) -> int:
+    """Fill ``test_accuracy`` of every Pareto row and of the baseline from ``test_eval.json``;
+    with ``compute``, evaluate the missing ones (``evaluate(policy, test=True)`` under the
+    row's seed) and cache them. Returns the number of new evaluations."""
+    path = Path(out_dir) / TEST_CACHE
+    cache: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {}
+    rows = [(row["policy"], row["seed"], row) for s in summary["strategies"].values() for row in s["pareto"]]
+    rows += [({}, int(seed), m) for seed, m in summary["baseline"].items() if isinstance(m, dict)]
+    missing = [(p, seed) for p, seed, _ in rows if _cache_key(p, seed) not in cache]
+    if missing and compute:
+        _evaluate_on_test(missing, cache, out_dir)
+        path.write_text(json.dumps(cache, indent=2))
+    for policy, seed, row in rows:
+        row["test_accuracy"] = cache.get(_cache_key(policy, seed), {}).get("test_accuracy")
+    return len(missing) if compute else 0
+
+
+def _evaluate_on_test(missing: list[tuple[Any, int]], cache: dict[str, Any], out_dir: str | Path) -> None:
+    from compsearch.spaces import Policy
+    from compsearch.studies.runner import prepare
+
+    run, spec = read_run(out_dir)
+    ctx = prepare(spec, out_dir, storage=run["storage"])
+    for policy, seed in missing:
+        try:
+            result = ctx.evaluator(seed).evaluate(Policy.from_dict(policy) if policy else Policy(), test=True)
+        except FineTuneDiverged as e:
+            cache[_cache_key(policy, seed)] = {"test_accuracy": None, "fail_reason": f"diverged: {e}"}
+            continue
+        cache[_cache_key(policy, seed)] = {"test_accuracy": result.test_accuracy, "val_accuracy": result.accuracy}
+
+
+__all__ = ["add_test_accuracy", "budget_index", "read_run", "spread", "summarize"]

@@ -1,0 +1,104 @@
+"""The ``compsearch`` command line: commands and exit codes (0 ok, 2 bad input, 1 internal error)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from compsearch import cli
+from compsearch.search.registry import list_strategies
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(autouse=True)
+def wide_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rich wraps table cells to the terminal width; 200 columns keeps each cell on one line."""
+    monkeypatch.setenv("COLUMNS", "200")
+
+
+def test_list_shows_every_registry(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["list"]) == 0
+    out = capsys.readouterr().out
+    for name in ("joint", "uniform", "l1", "fisher", "digits", "digits_cnn", *list_strategies()):
+        assert name in out
+
+
+def test_spaces_of_a_model_lists_units_params_and_macs(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["spaces", "digits_cnn", "--input-shape", "1,8,8"]) == 0
+    out = capsys.readouterr().out
+    # features.3: conv 16 -> 32, 3x3, on the 4x4 map after pooling:
+    # params 32*16*9 = 4,608; MACs 4,608 * 4 * 4 = 73,728.
+    assert "features.3" in out and "4,608" in out and "73,728" in out
+    assert "no (first)" in out and "no (head)" in out
+    assert "over 3 searched units" in out
+
+
+def test_spaces_of_a_spec(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["spaces", str(REPO / "studies" / "quickstart.toml"), "--space", "block"]) == 0
+    assert "space 'block'" in capsys.readouterr().out
+
+
+def test_run_show_and_report_exit_zero(tmp_path: Path, tiny_run, capsys: pytest.CaptureFixture[str]) -> None:
+    out, _ = tiny_run
+    assert cli.main(["show", str(out)]) == 0
+    shown = capsys.readouterr().out
+    assert "random" in shown and "nsga2" in shown and "HV @100%" in shown
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["run", "no_such_spec.toml"], "does not exist"),
+        (["report", "no_such_dir"], "is not a run folder"),
+        (["show", "no_such_dir"], "is not a run folder"),
+        (["spaces", "no_such_model"], "no_such_model"),
+        (["spaces", "digits_cnn", "--input-shape", "1,x"], "--input-shape"),
+    ],
+)
+def test_bad_input_exits_2_with_the_message(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_malformed_spec_exits_2_naming_the_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    spec = tmp_path / "bad.toml"
+    spec.write_text('name = "bad"\nstrategies = ["random", "nope"]\ntrials = 2\n[model]\nname = "digits_cnn"\n')
+    assert cli.main(["run", str(spec), "--out", str(tmp_path / "out")]) == 2
+    assert "strategies[1]: unknown strategy 'nope'" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_internal_error_exits_1(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    def broken(args, console):  # noqa: ANN001
+        raise ZeroDivisionError("boom")
+
+    monkeypatch.setitem(cli.COMMANDS, "list", broken)
+    assert cli.main(["list"]) == 1
+    err = capsys.readouterr().err
+    assert "internal error" in err and "ZeroDivisionError: boom" in err
+
+
+def test_argparse_errors_exit_2() -> None:
+    with pytest.raises(SystemExit) as info:
+        cli.main(["run"])
+    assert info.value.code == 2
+
+
+def test_python_dash_m_runs_a_study(tmp_path: Path) -> None:
+    spec = tmp_path / "mini.toml"
+    spec.write_text(
+        'name = "mini"\nstrategies = ["random"]\ntrials = 3\n[model]\nname = "digits_cnn"\n'
+        'kwargs = { width = 8, hidden = 32 }\n[base]\nsteps = 20\n[evaluator]\ndevice = "cpu"\n'
+        '[evaluator.finetune]\nsteps = 3\n'
+    )
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "compsearch", "run", str(spec), "--out", str(out), "--trials", "2"],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "HV @100%" in proc.stdout and f"compsearch report {out}" in proc.stdout
+    assert (out / "run.json").is_file() and (out / "studies.db").is_file()
