@@ -10,17 +10,10 @@
   study (each told before the next); ``seconds``/``cpu_s`` are their median wall/CPU
   time, ``cold_s``/``cold_cpu_s`` the first's.
   Target (issue 5): ``bo`` <= 2 s at 100 observations on 2 cores, faster than both peers.
-* :func:`compare`: hypervolume after 15/30/60 full evaluations on the digits
-  comparison setting of ``studies/quickstart.toml`` (base CNN trained 300 steps; every
-  candidate fine-tuned 40 SGD steps with distillation 0.5; objectives accuracy/size_kb;
-  constraints min_accuracy 0.80, max_size_kb 24; reference point (0.80, uncompressed
-  size_kb)), per seed. Infeasible candidates use budget but add no point. The
-  hypervolume is :func:`compsearch.studies.hypervolume.hypervolume` (accuracy gain in
-  accuracy points times the fraction of the uncompressed size saved). Target: ``bo``
-  at least matches the best peer's mean at every checkpoint.
+The hypervolume comparison of ``bo`` against its peers is ``benchmarks/strategies.py
+--what compare`` (the studies runner on digits_compare.toml).
 
-Run: ``.venv/bin/python benchmarks/bayes_bench.py [--quick] [--seeds 5] [--what time|compare|all]``
-(``--quick``: 2 seeds, checkpoints 10/20, sizes 20/50).
+Run: ``.venv/bin/python benchmarks/bayes_bench.py [--quick]`` (``--quick``: sizes 20/50).
 """
 
 from __future__ import annotations
@@ -43,10 +36,8 @@ import torch
 
 from compsearch.evaluators import CompressionEvaluator, FineTuneConfig, build_model, load_dataset
 from compsearch.evaluators.models import train_base_model
-from compsearch.evaluators.objective import optuna_objective
 from compsearch.search.registry import get_strategy
 from compsearch.spaces import Policy, Space, get_space
-from compsearch.studies.hypervolume import hypervolume_curve, metric_scales
 
 PEERS = ("bo", "gp", "botorch-optuna")
 OBJECTIVES = (("accuracy", "maximize"), ("size_kb", "minimize"))
@@ -154,72 +145,20 @@ def time_proposals(
     return out
 
 
-def run_strategy(setting: Setting, name: str, seed: int, n_trials: int) -> list[float]:
-    """Hypervolume after each of ``n_trials`` evaluations of strategy ``name`` with ``seed``."""
-    ev = setting.evaluator(seed)
-    sampler = get_strategy(
-        name, space=setting.space, seed=seed, evaluator=ev, objectives=OBJECTIVES,
-        constraints=CONSTRAINTS, reference_point=setting.reference, n_trials=n_trials,
-    )
-    study = optuna.create_study(directions=DIRECTIONS, sampler=sampler)
-    objective = optuna_objective(setting.space, ev, [m for m, _ in OBJECTIVES], constraints=CONSTRAINTS)
-    study.optimize(objective, n_trials=n_trials, catch=(Exception,))
-    rows: list[Sequence[float] | None] = []
-    for t in study.trials[:n_trials]:
-        ok = t.state == optuna.trial.TrialState.COMPLETE and all(c <= 0 for c in t.constraints.values())
-        rows.append(list(t.values) if ok else None)
-    metrics = [m for m, _ in OBJECTIVES]
-    ref = [setting.reference[m] for m in metrics]
-    return hypervolume_curve(rows, [d for _, d in OBJECTIVES], ref, metric_scales(metrics, ref))
-
-
-def compare(
-    seeds: int = 5,
-    checkpoints: Sequence[int] = (15, 30, 60),
-    strategies: Sequence[str] = PEERS,
-    *,
-    setting: Setting | None = None,
-) -> dict[str, Any]:
-    """``{strategy: {str(checkpoint): {"mean", "std", "values"}, "seconds": wall time}}``."""
-    setting = setting or digits_setting()
-    n_trials = max(checkpoints)
-    out: dict[str, Any] = {}
-    for name in strategies:
-        curves, t0 = [], time.perf_counter()
-        for seed in range(seeds):
-            curves.append(run_strategy(setting, name, seed, n_trials))
-            print(f"compare {name} seed={seed}: {[round(curves[-1][c - 1], 4) for c in checkpoints]} "
-                  f"t={time.perf_counter() - t0:.0f}s", file=sys.stderr, flush=True)
-        row: dict[str, Any] = {"seconds": round(time.perf_counter() - t0, 1)}
-        for c in checkpoints:
-            vals = [curve[c - 1] for curve in curves]
-            row[str(c)] = {"mean": round(float(np.mean(vals)), 5), "std": round(float(np.std(vals)), 5),
-                           "values": [round(v, 5) for v in vals]}
-        out[name] = row
-    return out
-
-
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--what", choices=("time", "compare", "all"), default="all")
-    p.add_argument("--seeds", type=int, default=5)
-    p.add_argument("--checkpoints", type=int, nargs="+", default=[15, 30, 60])
     p.add_argument("--n-obs", type=int, nargs="+", default=[20, 50, 100])
     p.add_argument("--strategies", nargs="+", default=list(PEERS))
     p.add_argument("--repeats", type=int, default=2, help="steady-state proposals timed per size")
-    p.add_argument("--quick", action="store_true", help="2 seeds, checkpoints 10 20, sizes 20 50")
+    p.add_argument("--quick", action="store_true", help="sizes 20 50")
     args = p.parse_args(argv)
     if args.quick:
-        args.seeds, args.checkpoints, args.n_obs = 2, [10, 20], [20, 50]
+        args.n_obs = [20, 50]
     torch.set_num_threads(1)
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     warnings.filterwarnings("ignore")
     result: dict[str, Any] = {"threads": 1, "cpus": os.cpu_count(), "load_avg_start": os.getloadavg()[0]}
-    if args.what in ("time", "all"):
-        result["seconds_per_proposal"] = time_proposals(args.strategies, args.n_obs, repeats=args.repeats)
-    if args.what in ("compare", "all"):
-        result["hypervolume"] = compare(args.seeds, args.checkpoints, args.strategies)
-        result["compare_scale"] = {"seeds": args.seeds, "checkpoints": args.checkpoints}
+    result["seconds_per_proposal"] = time_proposals(args.strategies, args.n_obs, repeats=args.repeats)
     result["load_avg_end"] = os.getloadavg()[0]
     print(json.dumps(result, indent=2))
     return result

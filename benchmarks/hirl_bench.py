@@ -3,15 +3,13 @@
 * :func:`time_sample_relative`: median milliseconds per ``sample_relative`` of ``hirl``
   once warm, *excluding* the periodic surrogate/RL retraining (reported separately as the
   median seconds per retraining).
-* :func:`compare`: a ``studies/digits_compare.toml``-like setting (digits CNN, ``joint``
-  space with the study's choices, accuracy vs size_kb, fine-tuned evaluations) for each
-  strategy and seed; hypervolume (:func:`compsearch.studies.hypervolume.hypervolume`,
-  reference = accuracy floor 0.85 and the uncompressed size) after given numbers of
-  evaluations, mean and standard deviation over seeds.
+
+The hypervolume comparison of ``hirl`` against the other strategies is
+``benchmarks/strategies.py --what compare`` (the studies runner on digits_compare.toml).
 
 Usage::
 
-    .venv/bin/python benchmarks/hirl_bench.py --seeds 2 --trials 30 --steps 50
+    .venv/bin/python benchmarks/hirl_bench.py
 """
 
 from __future__ import annotations
@@ -23,7 +21,6 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import optuna
 import torch
 
@@ -82,65 +79,13 @@ def time_sample_relative(*, trials: int = 30, seed: int = 0, space: Any = None, 
     }
 
 
-def _hv_curve(study: optuna.Study, reference: Sequence[float]) -> list[float]:
-    from compsearch.studies.hypervolume import hypervolume_curve, metric_scales
-
-    rows = [t.values if t.state == optuna.trial.TrialState.COMPLETE else None for t in sorted(study.trials, key=lambda t: t.number)]
-    dirs = [d for _, d in OBJECTIVES]
-    return hypervolume_curve(rows, dirs, reference, metric_scales([m for m, _ in OBJECTIVES], reference))
-
-
-def compare(
-    strategies: Sequence[str] = ("hirl", "amc", "haq", "nsga2", "tpe", "random"),
-    seeds: Sequence[int] = (0, 1, 2, 3, 4),
-    trials: int = 60,
-    *,
-    checkpoints: Sequence[int] = (15, 30, 60),
-    steps: int = 100,
-) -> dict[str, Any]:
-    """Hypervolume after each checkpoint (evaluations) per strategy: mean, std, per seed."""
-    from compsearch.evaluators import optuna_objective
-    from compsearch.search.registry import get_strategy
-
-    space, ev = digits_setting(steps=steps)
-    size_id = ev.cost(space.decode(space.params_from_actions([n - 1 for n in space.action_sizes()])))["size_kb"]
-    reference = [ACC_FLOOR, size_id]
-    constraints = {"max_size_kb": 20.0}
-    out: dict[str, Any] = {"reference": reference, "trials": trials, "finetune_steps": steps, "seeds": list(seeds), "results": {}}
-    for name in strategies:
-        curves, secs = [], []
-        for seed in seeds:
-            sampler = get_strategy(name, space=space, seed=seed, evaluator=ev, objectives=OBJECTIVES, constraints=constraints, n_trials=trials)
-            study = optuna.create_study(directions=[d for _, d in OBJECTIVES], sampler=sampler)
-            t0 = time.perf_counter()
-            study.optimize(optuna_objective(space, ev, [m for m, _ in OBJECTIVES]), n_trials=trials)
-            secs.append(time.perf_counter() - t0)
-            curves.append(_hv_curve(study, reference))
-        res: dict[str, Any] = {"seconds_per_study": statistics.mean(secs)}
-        for c in checkpoints:
-            if c <= trials:
-                vals = [cv[c - 1] for cv in curves]
-                res[f"hv@{c}"] = {"mean": float(np.mean(vals)), "std": float(np.std(vals)), "per_seed": vals}
-        out["results"][name] = res
-    return out
-
-
 def main(argv: Sequence[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--strategies", default="hirl,amc,haq,nsga2,tpe,random")
-    p.add_argument("--seeds", type=int, default=5)
-    p.add_argument("--trials", type=int, default=60)
-    p.add_argument("--steps", type=int, default=100, help="fine-tune steps per evaluation")
-    p.add_argument("--skip-compare", action="store_true")
+    p.add_argument("--trials", type=int, default=30)
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    result: dict[str, Any] = {"sample_relative": time_sample_relative()}
-    if not args.skip_compare:
-        checkpoints = [c for c in (15, 30, 60) if c <= args.trials] or [args.trials]
-        result["compare"] = compare(args.strategies.split(","), range(args.seeds), args.trials, checkpoints=checkpoints, steps=args.steps)
-    print(json.dumps(result, indent=1))
-
+    print(json.dumps({"sample_relative": time_sample_relative(trials=args.trials)}, indent=1))
 
 if __name__ == "__main__":
     main()
