@@ -27,12 +27,12 @@ from torch import nn
 
 from compsearch.errors import (
     ConfigError,
-    DataError,
     FineTuneDiverged,
     ModelError,
     UnknownNameError,
     check_keywords,
 )
+from compsearch.evaluators.checks import check_data_fits, resolve_device
 from compsearch.evaluators.types import DataSplits
 from compsearch.registry import Registry
 
@@ -234,35 +234,6 @@ def build_model(
 # ---- training the base model -------------------------------------------------------
 
 
-def resolve_device(device: str | torch.device) -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; other values as ``torch.device``."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ConfigError(f"device={device!r} is not a torch device; allowed: 'auto', 'cpu', 'cuda', 'cuda:0', ...") from None
-
-
-def check_fits(model: nn.Module, data: DataSplits, device: torch.device) -> None:
-    """Raise :class:`DataError` unless ``model`` maps two train samples to ``2 x num_classes``."""
-    x = data.x_train[:2].to(device)
-    try:
-        with torch.no_grad():
-            out = model(x)
-    except RuntimeError as e:
-        raise DataError(
-            f"data {data.name!r} with sample shape {data.input_shape} does not fit the model "
-            f"({type(e).__name__}: {str(e).splitlines()[0]}); build the model for this input "
-            f"(in_chans=, input_size=) or resize the data (size=, channels=)"
-        ) from None
-    if tuple(out.shape) != (len(x), data.num_classes):
-        raise DataError(
-            f"model outputs shape {tuple(out.shape)} for 2 samples of {data.name!r}; expected "
-            f"(2, {data.num_classes}); build the model with num_classes={data.num_classes}"
-        )
-
-
 @torch.no_grad()
 def evaluate_accuracy(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_size: int = 512
@@ -341,7 +312,7 @@ def train_base_model(
     dev = resolve_device(device)
     total = _total_steps(steps, epochs, len(data.y_train), batch_size)
     model.to(dev)
-    check_fits(model, data, dev)
+    check_data_fits(model, data, dev)
     start = time.perf_counter()
     losses: list[float] = []
     with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):

@@ -133,7 +133,7 @@ def test_train_base_model_epochs_count(digits) -> None:
 
 def test_train_base_model_rejects_data_that_does_not_fit(digits) -> None:
     big = load_dataset("digits", size=16)
-    with pytest.raises(DataError, match=r"sample shape \(1, 16, 16\) does not fit the model"):
+    with pytest.raises(DataError, match=r"sample shape \(1, 16, 16\) does not fit model DigitsMLP.*resize the data"):
         train_base_model(build_model("digits_mlp", num_classes=10), big, steps=1)
     with pytest.raises(DataError, match=r"expected \(2, 10\); build the model with num_classes=10"):
         train_base_model(build_model("digits_mlp", num_classes=3), digits, steps=1)
