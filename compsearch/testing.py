@@ -1,4 +1,4 @@
-"""Contract test cases every space and strategy must pass (pytest classes shipped with the package).
+"""Contract test cases every space, evaluator and strategy must pass (pytest classes shipped with the package).
 
 Like ``optuna.testing.pytest_samplers`` and scikit-learn's ``parametrize_with_checks``:
 a test module subclasses a contract and says what to test, either one name::
@@ -366,3 +366,68 @@ __all__ = [
     "toy_space",
     "toy_units",
 ]
+
+
+class EvaluatorContract:
+    """Contract of an evaluator (``cost``/``proxy``/``sensitivity``/``evaluate``).
+
+    Subclasses provide an ``evaluator`` fixture returning an evaluator over a model with
+    at least two units and short fine-tuning (a few steps); the checks are exact:
+
+    * the identity policy costs ``32 x all parameters`` bits (``compression_ratio`` 1,
+      ``sparsity`` 0) and its proxy (logit-MSE against the uncompressed model) is 0;
+    * halving one unit's kept channels removes exactly ``floor(c/2 + 0.5) x fan_in``
+      weights' worth of bits and sets ``sparsity`` accordingly;
+    * ``sensitivity()`` has one finite, non-negative value per unit;
+    * after ``evaluate`` of a 4-bit, 50%-channel policy the weights its forward uses have
+      exactly the kept rows non-zero and at most ``2^4`` distinct values per channel;
+    * a policy naming a unit the model lacks raises :class:`~compsearch.errors.PolicyError`.
+    """
+
+    @staticmethod
+    def _two_units(evaluator: Any) -> tuple[Unit, Unit]:
+        units = [u for u in evaluator.units if u.out_channels >= 2]
+        return units[0], units[-1]
+
+    def test_identity_cost_is_uncompressed(self, evaluator: Any) -> None:
+        params = sum(p.numel() for p in evaluator.model.parameters())
+        cost = evaluator.cost(Policy())
+        assert cost["size_bits"] == 32 * params
+        assert cost["compression_ratio"] == 1.0 and cost["sparsity"] == 0.0
+        assert evaluator.proxy(Policy()) == 0.0
+
+    def test_channel_pruning_cost_is_exact(self, evaluator: Any) -> None:
+        from compsearch.spaces import UnitPolicy
+
+        unit, _ = self._two_units(evaluator)
+        kept = int(np.floor(unit.out_channels * 0.5 + 0.5))
+        removed = (unit.out_channels - kept) * unit.fan_in
+        cost = evaluator.cost(Policy({unit.name: UnitPolicy(keep=0.5)}))
+        assert evaluator.cost(Policy())["size_bits"] - cost["size_bits"] == 32 * removed
+        total = sum(u.params for u in evaluator.units)
+        assert abs(cost["sparsity"] - removed / total) < 1e-12
+
+    def test_sensitivity_per_unit(self, evaluator: Any) -> None:
+        sens = evaluator.sensitivity()
+        assert set(sens) == {u.name for u in evaluator.units}
+        assert all(np.isfinite(v) and v >= 0 for v in sens.values())
+
+    def test_compression_in_force_after_evaluate(self, evaluator: Any) -> None:
+        from compsearch.spaces import UnitPolicy
+
+        unit, _ = self._two_units(evaluator)
+        up = UnitPolicy(w_bits=4, a_bits=8, keep=0.5, granularity="channel", structure="channel")
+        result = evaluator.evaluate(Policy({unit.name: up}))
+        assert 0.0 <= result.accuracy <= 1.0
+        w = evaluator.effective_weights()[unit.name].detach().reshape(unit.out_channels, -1)
+        alive = (w != 0).any(dim=1)
+        assert int(alive.sum()) <= int(np.floor(unit.out_channels * 0.5 + 0.5))
+        for row in w[alive]:
+            assert len(torch.unique(row)) <= 2**4
+
+    def test_unknown_unit_raises(self, evaluator: Any) -> None:
+        from compsearch.errors import PolicyError
+        from compsearch.spaces import UnitPolicy
+
+        with pytest.raises(PolicyError, match="does not have"):
+            evaluator.cost(Policy({"no.such.unit": UnitPolicy(w_bits=4)}))
