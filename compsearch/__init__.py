@@ -57,7 +57,6 @@ _LAZY = {
     "pareto_front": "compsearch.studies.hypervolume",
     "tune_trainable": "compsearch.search.tune",
     "tune_searcher": "compsearch.search.tune",
-    "nni_tuner": "compsearch.search.nni_tuner",
 }
 
 __all__ = [

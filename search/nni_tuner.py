@@ -1,0 +1,180 @@
+"""An NNI tuner that runs any registered compsearch strategy.
+
+NNI asks a tuner for parameters and tells it the final result of each trial; an Optuna
+sampler is driven by ask/tell on a study. :class:`StrategyTuner` maps one onto the
+other with an (in-memory, by default) Optuna study:
+
+* ``generate_parameters(id)`` -> ``study.ask()``, the strategy proposes every dimension
+  of the space (``space.suggest(trial)``) -> the params dict (JSON numbers/strings);
+* ``receive_trial_result(id, params, value)`` -> ``value`` is the trial's whole final
+  metric dict (``NNIReporter`` reports all metrics with ``"default"`` = the first
+  objective), so a multi-objective study is told every objective; the dict is stored
+  as user attr ``metrics`` and the constraints as ``trial.set_constraint``;
+* ``trial_end(id, success=False)`` -> FAILED with ``fail_reason``;
+* the budget: after ``n_trials`` asks, ``nni.NoMoreTrialError``.
+
+This module imports ``nni`` (needed to subclass its ``Tuner``); import it only where
+NNI is installed (``pip install nni``). ``compsearch.nni_trial`` holds the trial entry
+and the spec-driven :class:`~compsearch.nni_trial.SpecTuner` that NNI instantiates
+from JSON ``class_args``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+try:
+    import nni
+    from nni.tuner import Tuner
+except ImportError as e:  # pragma: no cover - exercised only without nni
+    raise ImportError(f"compsearch.search.nni_tuner needs NNI ({e}); install it with: pip install nni") from None
+
+from compsearch.errors import ConfigError
+
+if TYPE_CHECKING:
+    import optuna
+
+    from compsearch.evaluators.evaluator import CompressionEvaluator
+    from compsearch.spaces.base import Space
+
+FAIL_REASON_ATTR = "fail_reason"
+
+
+def metrics_of(value: Any, first: str) -> dict[str, float]:
+    """The numeric metrics of an NNI final result: a dict (``"default"`` dropped unless it is
+    the only entry, then it is ``first``) or a bare number (the ``first`` objective)."""
+    if isinstance(value, Mapping):
+        out = {str(k): float(v) for k, v in value.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        if set(out) == {"default"}:
+            return {first: out["default"]}
+        out.pop("default", None)
+        return out
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return {first: float(value)}
+    raise ConfigError(f"NNI final result {value!r} is neither a number nor a metric dict")
+
+
+class StrategyTuner(Tuner):
+    """An ``nni.tuner.Tuner`` backed by a compsearch strategy (any Optuna sampler).
+
+    Args:
+        space: the compression space (NNI's search space must be ``space.nni_search_space()``).
+        objectives: ``(metric, direction)`` pairs; the study's values in this order.
+        strategy: a registered strategy name or an Optuna sampler.
+        seed: the strategy's seed.
+        evaluator: given to compression-aware strategies (costs, proxy, sensitivity).
+        constraints: e.g. ``{"max_size_kb": 4.0}`` (``trial.set_constraint`` per entry).
+        n_trials: ask at most this many trials, then ``NoMoreTrialError`` (None = unlimited).
+        storage, study_name: where the study lives (default: in memory).
+        **options: the strategy's options (unknown ones raise ``TypeError``).
+    """
+
+    def __init__(
+        self,
+        *,
+        space: Space,
+        objectives: Sequence[tuple[str, str]],
+        strategy: str | optuna.samplers.BaseSampler = "random",
+        seed: int | None = None,
+        evaluator: CompressionEvaluator | None = None,
+        constraints: Mapping[str, float] | None = None,
+        n_trials: int | None = None,
+        storage: str | optuna.storages.BaseStorage | None = None,
+        study_name: str | None = None,
+        **options: Any,
+    ) -> None:
+        import optuna
+
+        from compsearch.evaluators.objective import parse_constraints
+        from compsearch.search.registry import get_strategy
+
+        self.space = space
+        self.objectives = tuple((str(m), str(d)) for m, d in objectives)
+        self.bounds = parse_constraints(constraints)
+        self.n_trials = n_trials
+        if isinstance(strategy, str):
+            sampler = get_strategy(strategy, space=space, seed=seed, evaluator=evaluator, objectives=self.objectives,
+                                   constraints=constraints, n_trials=n_trials, **options)
+        else:
+            sampler = strategy
+        self.study = optuna.create_study(storage=storage, study_name=study_name, sampler=sampler,
+                                         directions=[d for _, d in self.objectives],  # type: ignore[misc]
+                                         load_if_exists=study_name is not None)
+        self.running: dict[int, optuna.Trial] = {}
+        self.asked = 0
+
+    # ---- nni.tuner.Tuner ---------------------------------------------------------------
+    def update_search_space(self, search_space: dict[str, Any]) -> None:
+        """Check that NNI's search space is this space's (it is fixed by the space)."""
+        expected = self.space.nni_search_space()
+        if search_space and dict(search_space) != expected:
+            extra = sorted(set(search_space) ^ set(expected))[:5]
+            raise ConfigError(f"NNI search space differs from the compression space's (e.g. {extra}); "
+                              f"set experiment.config.search_space = space.nni_search_space()")
+
+    def generate_parameters(self, parameter_id: int, **kwargs: Any) -> dict[str, Any]:
+        """Ask the study for a trial; the strategy proposes every dimension."""
+        if self.n_trials is not None and self.asked >= self.n_trials:
+            raise nni.NoMoreTrialError(f"budget of {self.n_trials} trials used")
+        trial = self.study.ask()
+        policy = self.space.suggest(trial)
+        trial.set_user_attr("policy", policy.to_dict())
+        trial.set_user_attr("nni_parameter_id", int(parameter_id))
+        self.running[int(parameter_id)] = trial
+        self.asked += 1
+        return {k: _plain(v) for k, v in trial.params.items()}
+
+    def receive_trial_result(self, parameter_id: int, parameters: dict[str, Any], value: Any, **kwargs: Any) -> None:
+        """Tell the study the trial's objective values (from the full final metric dict)."""
+        trial = self.running.pop(int(parameter_id), None)
+        if trial is None:
+            return  # a customized trial NNI did not get from this tuner
+        metrics = metrics_of(value, self.objectives[0][0])
+        missing = [m for m, _ in self.objectives if m not in metrics or not math.isfinite(metrics[m])]
+        trial.set_user_attr("metrics", metrics)
+        if missing:
+            trial.set_user_attr(FAIL_REASON_ATTR, f"final result lacks objective(s) {missing}: {sorted(metrics)}")
+            self.study.tell(trial, state=_fail_state())
+            return
+        for c in self.bounds:
+            if c.metric in metrics:
+                trial.set_constraint(c.key, c.value(metrics))
+        self.study.tell(trial, [metrics[m] for m, _ in self.objectives])
+
+    def trial_end(self, parameter_id: int, success: bool, **kwargs: Any) -> None:
+        """A trial that ended without a final result is FAILED (its reason: NNI's trial log)."""
+        trial = self.running.pop(int(parameter_id), None)
+        if trial is not None:
+            reason = "ended without a final result" if success else "the NNI trial failed (see its trial.log)"
+            trial.set_user_attr(FAIL_REASON_ATTR, reason)
+            self.study.tell(trial, state=_fail_state())
+
+    def import_data(self, data: list[dict[str, Any]]) -> None:
+        """Add finished ``{"parameter": params, "value": result}`` entries to the study."""
+        import optuna
+
+        distributions = self.space.optuna_distributions()
+        for entry in data:
+            metrics = metrics_of(entry["value"], self.objectives[0][0])
+            if not all(m in metrics for m, _ in self.objectives):
+                continue
+            self.study.add_trial(optuna.trial.create_trial(
+                params=dict(entry["parameter"]), distributions=distributions,
+                values=[metrics[m] for m, _ in self.objectives], user_attrs={"metrics": metrics},
+            ))
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars -> Python numbers (NNI sends JSON)."""
+    return value.item() if hasattr(value, "item") else value
+
+
+def _fail_state() -> Any:
+    from optuna.trial import TrialState
+
+    return TrialState.FAIL
+
+
+__all__ = ["StrategyTuner", "metrics_of"]
