@@ -18,6 +18,7 @@ from compsearch.registry import Registry
 
 if TYPE_CHECKING:
     import optuna
+
     from compsearch.evaluators.evaluator import CompressionEvaluator
     from compsearch.spaces.base import Space
 

@@ -17,8 +17,9 @@ hypervolumes (an infeasible or failed evaluation still uses budget).
 
 from __future__ import annotations
 
+import contextlib
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -149,3 +150,14 @@ __all__ = [
     "trial_metrics",
     "trial_point",
 ]
+
+
+@contextlib.contextmanager
+def quiet_optuna() -> Iterator[None]:
+    """Optuna logs at WARNING inside the block (no per-trial INFO lines), restored after."""
+    level = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        yield
+    finally:
+        optuna.logging.set_verbosity(level)

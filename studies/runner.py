@@ -26,7 +26,7 @@ import contextlib
 import hashlib
 import json
 import platform
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -44,6 +44,7 @@ from compsearch.studies.results import (
     counted_trials,
     default_storage,
     open_storage,
+    quiet_optuna,
     study_name,
     trial_point,
 )
@@ -337,16 +338,6 @@ def open_study(ctx: RunContext, strategy: str, seed: int, n_trials: int) -> optu
     return study
 
 
-@contextlib.contextmanager
-def _optuna_quiet() -> Iterator[None]:
-    level = optuna.logging.get_verbosity()
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    try:
-        yield
-    finally:
-        optuna.logging.set_verbosity(level)
-
-
 def run_strategy_seed(
     ctx: RunContext,
     strategy: str,
@@ -372,7 +363,7 @@ def run_strategy_seed(
     Returns:
         The study.
     """
-    with _optuna_quiet():
+    with quiet_optuna():
         study = open_study(ctx, strategy, seed, n_trials)
         if recover:
             mark_interrupted(study)

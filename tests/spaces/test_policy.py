@@ -3,9 +3,9 @@ from __future__ import annotations
 import json
 
 import pytest
-from compsearch.spaces import IDENTITY, POLICY_VERSION, Policy, UnitPolicy
 
 from compsearch.errors import PolicyError
+from compsearch.spaces import IDENTITY, POLICY_VERSION, Policy, UnitPolicy
 
 
 def test_unit_policy_defaults_are_identity() -> None:

@@ -4,10 +4,10 @@ import numpy as np
 import optuna
 import pytest
 import torch
-from compsearch.spaces import Policy, UnitPolicy, discover_units, get_space, list_spaces
 from torch import nn
 
 from compsearch.errors import ConfigError, PolicyError, UnknownNameError
+from compsearch.spaces import Policy, UnitPolicy, discover_units, get_space, list_spaces
 
 
 @pytest.fixture(scope="module")

@@ -3,10 +3,10 @@ from __future__ import annotations
 import pytest
 import timm
 import torch
-from compsearch.spaces import default_block_name, discover_units, group_blocks
 from torch import nn
 
 from compsearch.errors import ModelError
+from compsearch.spaces import default_block_name, discover_units, group_blocks
 
 
 def toy() -> nn.Module:
