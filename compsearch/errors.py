@@ -53,3 +53,13 @@ def check_keywords(where: str, given: dict[str, object], allowed: set[str] | fro
             f"{where} got unexpected keyword argument(s) {unknown}; "
             f"allowed: {sorted(allowed)}"
         )
+
+
+def check_int_at_least(where: str, obj: object, minimum: dict[str, int]) -> None:
+    """Raise :class:`ConfigError` unless every attribute ``name`` of ``obj`` in ``minimum`` is
+    an integer (not a bool) >= its bound; the message reads ``<where>.<name>=<value> must be
+    an integer >= <bound>``."""
+    for name, low in minimum.items():
+        value = getattr(obj, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ConfigError(f"{where}.{name}={value!r} must be an integer >= {low}")

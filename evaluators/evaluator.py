@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from compsearch.errors import ConfigError, ModelError, PolicyError
+from compsearch.errors import ConfigError, ModelError, PolicyError, check_int_at_least
 from compsearch.evaluators.checks import check_data_fits, resolve_device
 from compsearch.evaluators.cost import CostModel
 from compsearch.evaluators.finetune import fine_tune
@@ -83,10 +83,8 @@ class EvaluatorConfig:
             raise ConfigError(f"act_range={self.act_range!r} is unknown; allowed: {list(ACT_RANGES)}")
         if not 0.0 <= self.ema_momentum < 1.0:
             raise ConfigError(f"ema_momentum={self.ema_momentum!r} must be in [0, 1)")
-        for name in ("calib_batches", "calib_batch_size", "eval_batch_size", "proxy_samples", "sensitivity_batches"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"{name}={value!r} must be an integer >= 1")
+        check_int_at_least("EvaluatorConfig", self, dict.fromkeys(
+            ("calib_batches", "calib_batch_size", "eval_batch_size", "proxy_samples", "sensitivity_batches"), 1))
 
 
 def _fields(costs: Mapping[str, float]) -> dict[str, float]:

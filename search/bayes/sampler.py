@@ -26,13 +26,13 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from optuna.study import StudyDirection
 
-from compsearch.errors import ConfigError
+from compsearch.errors import ConfigError, check_int_at_least
 from compsearch.search.common import CompressionSampler, Observation, params_key
 from compsearch.search.registry import DEFAULT_OBJECTIVES, SearchContext
 from compsearch.spaces.policy import Policy
@@ -82,15 +82,10 @@ class BayesConfig:
     batch: int = 256
 
     def __post_init__(self) -> None:
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if f.type == "int" and (isinstance(value, bool) or not isinstance(value, int)):
-                raise ConfigError(f"BayesConfig.{f.name}={value!r} must be an int")
-        minimum = {"n_startup": 1, "n_anchors": 1, "max_gp_dims": 1, "mc_samples": 1, "batch": 1, "gp_maxiter": 1,
-                   "n_random": 0, "n_mutate": 0, "local_search_starts": 0, "local_search_steps": 0}
-        for name, low in minimum.items():
-            if getattr(self, name) < low:
-                raise ConfigError(f"BayesConfig.{name}={getattr(self, name)!r} must be >= {low}")
+        check_int_at_least("BayesConfig", self, {
+            "n_startup": 1, "n_anchors": 1, "max_gp_dims": 1, "mc_samples": 1, "batch": 1, "gp_maxiter": 1,
+            "n_random": 0, "n_mutate": 0, "local_search_starts": 0, "local_search_steps": 0,
+        })
         if self.n_random + self.n_mutate < 1:
             raise ConfigError("BayesConfig: n_random + n_mutate must be >= 1 (the candidate pool is empty)")
         if self.encoding not in ("features", "mixed"):

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from compsearch.errors import ConfigError, check_keywords
+from compsearch.errors import ConfigError, check_int_at_least, check_keywords
 from compsearch.search.common import CompressionSampler, Observation
 from compsearch.search.hirl.agents import DEFAULT_AGENT_WEIGHTS, VOTING, AgentWeights, PPOConfig
 from compsearch.search.hirl.hierarchy import Hierarchy
@@ -102,14 +102,10 @@ class HiRLConfig:
     def __post_init__(self) -> None:
         if self.voting not in VOTING:
             raise ConfigError(f"HiRLConfig voting={self.voting!r} is unknown; allowed: {list(VOTING)}")
-        for name in ("k", "retrain_every", "episodes", "iterations", "pool", "levels", "curriculum_rounds"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ConfigError(f"HiRLConfig {name}={value!r} must be an integer >= 1")
-        for name in ("startup_trials", "min_real", "proxy_samples", "replay_iterations", "kappa_decay"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 0:
-                raise ConfigError(f"HiRLConfig {name}={value!r} must be an integer >= 0")
+        check_int_at_least("HiRLConfig", self, {
+            **dict.fromkeys(("k", "retrain_every", "episodes", "iterations", "pool", "levels", "curriculum_rounds"), 1),
+            **dict.fromkeys(("startup_trials", "min_real", "proxy_samples", "replay_iterations", "kappa_decay"), 0),
+        })
         if self.kappa < 0 or self.kappa_min < 0:
             raise ConfigError(f"HiRLConfig kappa={self.kappa!r} and kappa_min={self.kappa_min!r} must be >= 0")
 
