@@ -16,11 +16,11 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
-from compsearch.spaces.policy import Policy
-from compsearch.spaces.units import Unit
 
 from compsearch.errors import ConfigError, PolicyError
 from compsearch.registry import Registry
+from compsearch.spaces.policy import Policy
+from compsearch.spaces.units import Unit
 
 Choice = int | float | str
 

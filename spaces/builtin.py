@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
+from compsearch.errors import ConfigError, PolicyError
 from compsearch.spaces.base import Choice, Dimension, Space, register_space
 from compsearch.spaces.policy import (
     GRANULARITIES,
@@ -20,8 +21,6 @@ from compsearch.spaces.policy import (
     UnitPolicy,
 )
 from compsearch.spaces.units import Unit, group_blocks
-
-from compsearch.errors import ConfigError, PolicyError
 
 DEFAULT_W_BITS = (2, 3, 4, 5, 6, 8, 32)
 DEFAULT_A_BITS = (8, 32)

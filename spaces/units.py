@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import nn
@@ -67,7 +68,7 @@ class Unit:
 def _macs_hook(store: dict[str, int], name: str) -> Callable[..., None]:
     def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
         batch = output.shape[0] if output.dim() > 1 else 1
-        per_output = module.weight[0].numel()  # in/groups x kernel, or in_features
+        per_output = cast(torch.Tensor, module.weight)[0].numel()  # in/groups x kernel, or in_features
         store[name] = store.get(name, 0) + int(output.numel() // max(batch, 1)) * per_output
 
     return hook

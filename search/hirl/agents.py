@@ -104,7 +104,7 @@ class SlotPolicy(nn.Module):
         """Logits per head (each ``E x S x n_h``) and value ``E x S``."""
         h = self.trunk(obs)
         logits = self.heads(h) if self.slot_bias is None else self.heads(h) + self.slot_bias
-        return list(torch.split(logits, self.head_sizes, dim=-1)), self.value(h).squeeze(-1)
+        return list(torch.split(logits, list(self.head_sizes), dim=-1)), self.value(h).squeeze(-1)
 
 
 def _masked_logits(logits: list[torch.Tensor], prior: Sequence[torch.Tensor | None] | None) -> list[torch.Tensor]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import torch
@@ -69,8 +70,9 @@ class Actor(nn.Module):
         super().__init__()
         self.net = _mlp(state_dim, hidden, action_dim)
         with torch.no_grad():  # DDPG paper: small final layer, so actions start near 0.5
-            self.net[-1].weight.uniform_(-3e-3, 3e-3)
-            self.net[-1].bias.zero_()
+            last = cast(nn.Linear, self.net[-1])
+            last.weight.uniform_(-3e-3, 3e-3)
+            last.bias.zero_()
 
     def pre(self, s: torch.Tensor) -> torch.Tensor:
         """Pre-sigmoid activations ``B x A``."""
