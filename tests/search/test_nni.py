@@ -107,7 +107,7 @@ def _wait_done(exp, n: int, timeout: float) -> list:
     raise TimeoutError(f"NNI trials not done after {timeout} s: {exp.list_trial_jobs()}")
 
 
-@pytest.mark.slow  # ~60 s on 2 busy cores: the NNI manager (node), its dispatcher and 4 trial processes
+# ~60 s on 2 busy cores: the NNI manager (node), its dispatcher and 4 trial processes
 def test_local_nni_experiment_runs_four_trials_two_at_a_time(experiment) -> None:
     from compsearch.studies.results import load_studies, open_storage
 

@@ -205,7 +205,7 @@ def postgres_url():
         yield url
 
 
-@pytest.mark.slow  # ~35 s on 2 busy cores: a PostgreSQL server, 3 spawned workers
+# ~35 s on 2 busy cores: a PostgreSQL server, 3 spawned workers
 def test_three_workers_on_postgresql_run_each_budget_exactly(tmp_path: Path, base_cache: Path, postgres_url: str) -> None:
     ctx = _prepared(tmp_path, base_cache, postgres_url)
     strategies = _strategies()
