@@ -17,8 +17,10 @@ Exit codes: 0 success; 2 bad input (a :class:`~compsearch.errors.CompsearchError
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import traceback
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -210,9 +212,18 @@ def _table(title: str, header: Sequence[str], rows: Sequence[Sequence[str]]) -> 
 COMMANDS = {"run": cmd_run, "report": cmd_report, "show": cmd_show, "list": cmd_list, "spaces": cmd_spaces}
 
 
+def _quiet_third_party() -> None:
+    """Silence two import-time notices of dependencies that say nothing to a CLI user:
+    linear_operator's ``torch.jit.script`` deprecation and torch's "No CUDA runtime" line
+    (printed when botorch probes for a C++ extension on a CPU-only machine)."""
+    warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=FutureWarning)
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``compsearch`` script; returns the exit code."""
     args = build_parser().parse_args(argv)
+    _quiet_third_party()
     console, errors = Console(), Console(stderr=True)
     try:
         return COMMANDS[args.command](args, console)
