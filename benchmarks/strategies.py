@@ -34,6 +34,8 @@ from typing import Any
 
 import numpy as np
 
+from compsearch.studies.summary import first_reaching
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,10 +54,6 @@ def _run_seed(out: str, strategies: Sequence[str], trials: int, seed: int) -> di
     run_study(SPEC, out, strategies=list(strategies), trials=trials, seeds=[seed], quiet=True)
     summary = summarize(out)
     return {s: summary["strategies"][s]["curves"][str(seed)] for s in strategies}
-
-
-def _first_reaching(curve: Sequence[float], target: float) -> int | None:
-    return next((i + 1 for i, v in enumerate(curve) if v >= target - 1e-12), None)
 
 
 def compare(strategies: Sequence[str], seeds: Sequence[int], trials: int, out_root: Path, jobs: int) -> dict[str, Any]:
@@ -79,7 +77,7 @@ def compare(strategies: Sequence[str], seeds: Sequence[int], trials: int, out_ro
         best = max(baselines, key=lambda s: result[s]["mean_curve"][-1])
         target = result[best]["mean_curve"][-1]
         result["_target"] = {"best_baseline": best, "final_hv": target, "evaluations_to_reach": {
-            s: _first_reaching(result[s]["mean_curve"], target) for s in strategies}}
+            s: first_reaching(result[s]["mean_curve"], target) for s in strategies}}
     return result
 
 

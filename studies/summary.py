@@ -76,7 +76,8 @@ def _curve_at(curve: list[float], k: int) -> float | None:
     return curve[k - 1] if len(curve) >= k else None
 
 
-def _first_reaching(curve: list[float], target: float) -> int | None:
+def first_reaching(curve: Sequence[float], target: float) -> int | None:
+    """1-based number of evaluations after which ``curve`` first reaches ``target`` (> 0), or None."""
     return next((i + 1 for i, v in enumerate(curve) if target > 0 and v >= target - 1e-12), None)
 
 
@@ -154,7 +155,7 @@ def summarize(out_dir: str | Path) -> dict[str, Any]:
 
 def _strategy_summary(recs: dict[int, dict[str, Any]], spec: StudySpec, budget: int, target: float) -> dict[str, Any]:
     hv = {f"{int(f * 100)}%": spread([_curve_at(r["curve"], budget_index(f, budget)) for r in recs.values()]) for f in FRACTIONS}
-    reach = [_first_reaching(r["curve"], target) for r in recs.values()]
+    reach = [first_reaching(r["curve"], target) for r in recs.values()]
     best: dict[str, dict[str, Any]] = {}
     for seed_best in (_best_under(r["trials"], spec) for r in recs.values()):
         for label, (metric, value) in seed_best.items():
