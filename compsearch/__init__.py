@@ -8,9 +8,6 @@ imports ray, nni or botorch.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
 from compsearch.errors import (
     CompsearchError,
     ConfigError,
@@ -21,6 +18,7 @@ from compsearch.errors import (
     SpecError,
     UnknownNameError,
 )
+from compsearch.registry import lazy_exports
 from compsearch.spaces import (
     Policy,
     Space,
@@ -80,8 +78,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'compsearch' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+__getattr__ = lazy_exports(__name__, _LAZY)

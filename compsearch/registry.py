@@ -1,9 +1,11 @@
-"""A small, loud name -> object registry used for spaces, strategies and criteria."""
+"""A small, loud name -> object registry used for spaces, strategies and criteria, and the
+lazy-export helper of the packages."""
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Iterator
-from typing import Generic, TypeVar, overload
+from typing import Any, Generic, TypeVar, overload
 
 from compsearch.errors import DuplicateNameError, UnknownNameError
 
@@ -69,3 +71,16 @@ class Registry(Generic[T]):
 
     def __len__(self) -> int:
         return len(self._items)
+
+
+def lazy_exports(package: str, exports: dict[str, str]) -> Callable[[str], Any]:
+    """A module ``__getattr__`` (PEP 562) resolving ``name`` from ``exports[name]``, a module path
+    relative to ``package`` (``".types"``) or absolute, on first access; keeps imports light."""
+
+    def __getattr__(name: str) -> Any:
+        module = exports.get(name)
+        if module is None:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        return getattr(importlib.import_module(module, package), name)
+
+    return __getattr__
