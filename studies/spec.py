@@ -34,10 +34,11 @@ Every table forbids unknown keys; :func:`load_spec` turns pydantic's errors into
 
 from __future__ import annotations
 
+import importlib
 import re
 import sys
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -75,37 +76,23 @@ class _Model(BaseModel):
 # ---- registry-checked names ----------------------------------------------------------
 
 
-def _check_strategy(name: str) -> str:
-    from compsearch.search.registry import list_strategies
+def _registered(kind: str, module: str, lister: str) -> Callable[[str], str]:
+    """Validator: ``name`` must be in ``module.lister()`` (imported lazily), else
+    ``unknown <kind> 'name'; registered: [...]``."""
 
-    known = list_strategies()
-    if name not in known:
-        raise ValueError(f"unknown strategy {name!r}; registered: {known}")
-    return name
+    def check(name: str) -> str:
+        known = getattr(importlib.import_module(module), lister)()
+        if name not in known:
+            raise ValueError(f"unknown {kind} {name!r}; registered: {known}")
+        return name
 
-
-def _check_space(name: str) -> str:
-    from compsearch.spaces import list_spaces
-
-    if name not in list_spaces():
-        raise ValueError(f"unknown space {name!r}; registered: {list_spaces()}")
-    return name
+    return check
 
 
-def _check_dataset(name: str) -> str:
-    from compsearch.evaluators.datasets import list_datasets
-
-    if name not in list_datasets():
-        raise ValueError(f"unknown dataset {name!r}; registered: {list_datasets()}")
-    return name
-
-
-def _check_criterion(name: str) -> str:
-    from compsearch.evaluators.masks import list_criteria
-
-    if name not in list_criteria():
-        raise ValueError(f"unknown criterion {name!r}; registered: {list_criteria()}")
-    return name
+_check_strategy = _registered("strategy", "compsearch.search.registry", "list_strategies")
+_check_space = _registered("space", "compsearch.spaces", "list_spaces")
+_check_dataset = _registered("dataset", "compsearch.evaluators.datasets", "list_datasets")
+_check_criterion = _registered("criterion", "compsearch.evaluators.masks", "list_criteria")
 
 
 def _check_model(name: str) -> str:
