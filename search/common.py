@@ -53,6 +53,12 @@ class Observation:
         return np.array([v if d == "maximize" else -v for v, d in zip(self.values, directions, strict=True)])
 
 
+def _trials_in(study: Study, trials: Sequence[FrozenTrial] | None, states: tuple[TrialState, ...]) -> list[FrozenTrial]:
+    if trials is None:
+        return study.get_trials(deepcopy=False, states=states)
+    return [t for t in trials if t.state in states]
+
+
 def space_params(params: Mapping[str, Any], space: Space) -> dict[str, Any] | None:
     """The part of ``params`` that is a point of ``space`` (one valid choice per dimension),
     or None if a dimension is missing or invalid. Extra params (a learning rate the
@@ -64,11 +70,16 @@ def space_params(params: Mapping[str, Any], space: Space) -> dict[str, Any] | No
     return point if space.contains(point) else None
 
 
-def observations(study: Study, space: Space) -> list[Observation]:
+def observations(study: Study, space: Space, trials: Sequence[FrozenTrial] | None = None) -> list[Observation]:
     """COMPLETE trials of ``study`` that hold a point of ``space`` (see :func:`space_params`);
-    ``Observation.params`` holds only the space's params."""
+    ``Observation.params`` holds only the space's params.
+
+    Args:
+        trials: the study's trials as already read (default: read them now). Pass the
+            same list to :func:`pending_params` so that both see one snapshot.
+    """
     out = []
-    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+    for t in _trials_in(study, trials, (TrialState.COMPLETE,)):
         point = space_params(t.params, space)
         if t.values is None or point is None:
             continue
@@ -77,11 +88,17 @@ def observations(study: Study, space: Space) -> list[Observation]:
     return out
 
 
-def pending_params(study: Study, space: Space, exclude: int | None = None) -> list[dict[str, Any]]:
+def pending_params(
+    study: Study, space: Space, exclude: int | None = None, trials: Sequence[FrozenTrial] | None = None
+) -> list[dict[str, Any]]:
     """Params of RUNNING/WAITING trials in ``space`` (except trial ``exclude``), plus the
-    proposals other processes have stored but not yet suggested (system attr ``compsearch:proposal``)."""
+    proposals other processes have stored but not yet suggested (system attr ``compsearch:proposal``).
+
+    Args:
+        trials: the study's trials as already read (default: read them now), see :func:`observations`.
+    """
     out = []
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)):
+    for t in _trials_in(study, trials, (TrialState.RUNNING, TrialState.WAITING)):
         if t.number == exclude:
             continue
         proposal = t.system_attrs.get("compsearch:proposal")
@@ -142,8 +159,11 @@ class CompressionSampler(BaseSampler, ABC):
                 name: self._fallback.sample_independent(study, trial, name, dist)
                 for name, dist in search_space.items()
             }
-        history = observations(study, self.space)
-        params = self.propose(study, history, pending_params(study, self.space, exclude=trial.number))
+        # One read for both: with two reads, a trial finishing in between (another worker's)
+        # is in neither, and its policy could be proposed again while it is still counted.
+        trials = study.get_trials(deepcopy=False)
+        history = observations(study, self.space, trials)
+        params = self.propose(study, history, pending_params(study, self.space, exclude=trial.number, trials=trials))
         study._storage.set_trial_system_attr(trial._trial_id, "compsearch:proposal", dict(params))
         return params
 

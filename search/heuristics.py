@@ -413,7 +413,7 @@ class GreedySensitivitySampler(CompressionSampler):
 
     def propose(self, study: Study, history: list[Observation], pending: list[dict[str, Any]]) -> dict[str, Any]:
         tried = tried_keys(study, self.space, pending)
-        i = self._position(study, pending)
+        i = self._position(study)
         steps = self.steps
         b = self.budget(i)
         k = next((j for j, s in enumerate(steps) if s.cost <= b), len(steps) - 1)
@@ -421,14 +421,14 @@ class GreedySensitivitySampler(CompressionSampler):
         found = first_untried(order, self.allocator.dims, self.space, tried)
         return found if found is not None else self.random_params()
 
-    def _position(self, study: Study, pending: list[dict[str, Any]]) -> int:
-        finished = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-        done = sum(
+    def _position(self, study: Study) -> int:
+        """Trials given a policy before this one (finished, running or proposed to), counted in
+        one read: a trial that finishes between two reads would be counted twice."""
+        return sum(
             1
-            for t in study.get_trials(deepcopy=False, states=finished)
+            for t in study.get_trials(deepcopy=False)
             if space_params(t.params, self.space) is not None or "compsearch:proposal" in t.system_attrs
         )
-        return done + len(pending)
 
 
 __all__ = [

@@ -53,7 +53,6 @@ if TYPE_CHECKING:
 
 SLOT_ATTR = "compsearch:slot"
 WORKER_ATTR = "compsearch:worker"
-PENDING_ATTR = "compsearch:pending_seen"
 JOURNAL_FILE = "journal.log"
 Job = tuple[str, int]
 
@@ -239,12 +238,6 @@ class BudgetedStudy:
             if self._worker is not None:
                 self._study._storage.set_trial_system_attr(trial._trial_id, WORKER_ATTR, self._worker)
             if self._space is not None:
-                # A fresh read of the running proposals just before the sampler's own read (and a
-                # record of how many it was shown): without it, PostgreSQL runs showed rare duplicates.
-                from compsearch.search.common import pending_params
-
-                seen = pending_params(self._study, self._space, exclude=trial.number)
-                self._study._storage.set_trial_system_attr(trial._trial_id, PENDING_ATTR, len(seen))
                 self._space.suggest(trial)
         return trial
 

@@ -210,9 +210,7 @@ def test_three_workers_on_postgresql_run_each_budget_exactly(tmp_path: Path, bas
     ctx = _prepared(tmp_path, base_cache, postgres_url)
     strategies = _strategies()
     run_workers(ctx, jobs=[(s, 0) for s in strategies], n_trials=6, workers=3, quiet=True)
-    duplicates = _check_jobs(open_storage(postgres_url), strategies, 6)
-    if duplicates:  # the budget held; see the issue-6 notes: bo, PostgreSQL only, about 1 run in 3
-        pytest.xfail(f"known: concurrent trials with identical proposals on PostgreSQL: {duplicates}")
+    assert _check_jobs(open_storage(postgres_url), strategies, 6) == []
 
 
 def test_storage_lock_hands_its_token_on_and_breaks_a_stale_one() -> None:
