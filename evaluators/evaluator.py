@@ -51,7 +51,7 @@ class EvaluatorConfig:
     """How the evaluator compresses, calibrates, fine-tunes and measures.
 
     Attributes:
-        criterion: registered importance criterion (``l1``, ``l2``, ``taylor``, ``fisher``).
+        criterion: registered importance criterion (``l1``, ``l2``, ``taylor``, ``fisher``, ``nni-l1``, ``nni-l2``, ``nni-fpgm``).
         finetune: fine-tuning of every candidate.
         calib_batches: train batches that calibrate input-activation ranges.
         calib_batch_size: samples per calibration batch.

@@ -11,6 +11,13 @@ weight; higher = more important). Built in:
 * ``fisher``: ``0.5 * F * w**2`` with ``F = E_batches[g**2]`` the diagonal of the
   empirical (mini-batch) Fisher information; the second-order estimate of the loss
   change when ``w`` is removed (Optimal-Brain-Damage with the Fisher as Hessian).
+* ``nni-l1``, ``nni-l2``, ``nni-fpgm`` (channel pruning only; need NNI,
+  ``pip install "compsearch[nni]"``): the per-channel metric computed by NNI's own
+  ``L1NormPruner``, ``L2NormPruner`` and ``FPGMPruner`` (FPGM: a filter's summed
+  distance to all others, so filters near the geometric median go first; He et al.
+  2019). ``nni-l1``/``nni-l2`` keep the same channels as ``l1``/``l2`` (tested);
+  only the number kept follows this module's rounding, not NNI's (which keeps
+  ``n - int(n * (1 - keep))``).
 
 Structured pruning scores an output channel by the **sum** of its element scores
 (``l1`` -> the channel's L1 norm, ``l2`` -> its squared L2 norm, ...) and keeps
@@ -59,24 +66,26 @@ class Criterion:
         score: ``(weight, grads) -> scores`` of the weight's shape; ``grads`` is None
             unless ``needs_gradients``.
         needs_gradients: the evaluator must compute :class:`GradientStats` first.
+        channel_only: scores only whole output channels (``structure="channel"``).
     """
 
     name: str
     score: ScoreFn
     needs_gradients: bool = False
+    channel_only: bool = False
 
 
 CRITERIA: Registry[Criterion] = Registry("criterion")
 
 
-def register_criterion(name: str, *, needs_gradients: bool = False) -> Callable[[ScoreFn], ScoreFn]:
+def register_criterion(name: str, *, needs_gradients: bool = False, channel_only: bool = False) -> Callable[[ScoreFn], ScoreFn]:
     """Decorator registering ``fn(weight, grads) -> scores`` as criterion ``name``.
 
     Registering a name twice raises :class:`~compsearch.errors.DuplicateNameError`.
     """
 
     def add(fn: ScoreFn) -> ScoreFn:
-        CRITERIA.register(name, Criterion(name=name, score=fn, needs_gradients=needs_gradients))
+        CRITERIA.register(name, Criterion(name=name, score=fn, needs_gradients=needs_gradients, channel_only=channel_only))
         return fn
 
     return add
@@ -116,6 +125,21 @@ def _taylor(weight: torch.Tensor, grads: GradientStats | None) -> torch.Tensor:
 @register_criterion("fisher", needs_gradients=True)
 def _fisher(weight: torch.Tensor, grads: GradientStats | None) -> torch.Tensor:
     return 0.5 * _need(grads, "fisher").sq_mean * weight.square()
+
+
+def _nni_criterion(pruner: str) -> ScoreFn:
+    def score(weight: torch.Tensor, grads: GradientStats | None) -> torch.Tensor:
+        from compsearch.evaluators.nni_criteria import nni_channel_metric
+
+        out = torch.zeros_like(weight).reshape(weight.shape[0], -1)
+        out[:, 0] = nni_channel_metric(pruner, weight).to(out)  # a row sums to NNI's metric exactly
+        return out.reshape(weight.shape)
+
+    return score
+
+
+for _name, _pruner in (("nni-l1", "L1NormPruner"), ("nni-l2", "L2NormPruner"), ("nni-fpgm", "FPGMPruner")):
+    register_criterion(_name, channel_only=True)(_nni_criterion(_pruner))
 
 
 def keep_count(keep: float, n: int) -> int:
@@ -171,6 +195,9 @@ def compute_mask(
     if keep >= 1.0:
         return None
     crit = criterion if isinstance(criterion, Criterion) else get_criterion(criterion)
+    if crit.channel_only and structure != "channel":
+        raise ConfigError(f"criterion {crit.name!r} scores whole channels only, but structure={structure!r}; "
+                          f"use structure 'channel' (space choices) or a criterion such as 'l1'")
     with torch.no_grad():
         scores = crit.score(weight.detach(), grads)
         if structure == "channel":

@@ -238,7 +238,7 @@ class EvaluatorSpec(_Model):
     """``[evaluator]``: the one evaluator every strategy is judged by.
 
     Attributes:
-        criterion: pruning importance criterion (``l1``, ``l2``, ``taylor``, ``fisher``).
+        criterion: pruning importance criterion (``l1``, ``l2``, ``taylor``, ``fisher``, ``nni-l1``, ``nni-l2``, ``nni-fpgm``).
         device: ``auto``, ``cpu``, ``cuda``, ...
         threads: torch intra-op CPU threads (None = torch's default, one per core). Small
             models run fastest with 1: their kernels are too short to share, and spare
