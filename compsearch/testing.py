@@ -260,6 +260,17 @@ class StrategyContract:
         if isinstance(sampler, CompressionSampler):  # the strategy keeps proposing the space's params
             assert sampler.infer_relative_search_space(study, study.trials[-1]) == space.optuna_distributions()
 
+    def test_pickled_mid_study_the_sampler_goes_on(self, strategy_name: str) -> None:
+        """Ray Tune pickles its searcher, sampler included (a thread lock once broke that)."""
+        import pickle
+
+        space = toy_space()
+        study = self._run(strategy_name)
+        study.sampler = pickle.loads(pickle.dumps(study.sampler))
+        study.optimize(toy_objective(space), n_trials=2)
+        assert [t.state for t in study.trials] == [TrialState.COMPLETE] * (self.n_trials + 2)
+        assert all(space.contains(t.params) for t in study.trials)
+
     def test_unknown_option_raises_type_error(self, strategy_name: str) -> None:
         from compsearch.search.registry import get_strategy
 

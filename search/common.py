@@ -14,6 +14,7 @@ a well-behaved sampler:
 
 from __future__ import annotations
 
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -126,6 +127,17 @@ class CompressionSampler(BaseSampler, ABC):
         self._distributions = ctx.space.optuna_distributions()
         self._fallback = RandomSampler(seed=ctx.seed)
         self._rng = np.random.default_rng(ctx.seed)
+        self._lock = threading.Lock()  # for subclasses: one proposal at a time when threads share a sampler
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Picklable (Ray Tune pickles its searcher, with the sampler): the lock is left out."""
+        state = self.__dict__.copy()
+        del state["_lock"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
 
     @abstractmethod
     def propose(

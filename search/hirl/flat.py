@@ -24,7 +24,6 @@ goal relabelled to its own achieved cost ratio (which its actions satisfy).
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any
@@ -96,7 +95,6 @@ class FlatRLSampler(CompressionSampler):
         self.method = method
         self.config = config or FlatRLConfig()
         self.seed = int(np.random.default_rng(ctx.seed).integers(2**31 - 1)) if ctx.seed is None else int(ctx.seed)
-        self._lock = threading.Lock()
         self._obj: StrategyObjective | None = None
         self._agent: DDPGAgent | None = None
         self._trained_n = 0

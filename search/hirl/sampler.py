@@ -20,7 +20,6 @@ Rewards and multi-objective scalarization: :mod:`~compsearch.search.hirl.reward`
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any
@@ -155,7 +154,6 @@ class HiRLSampler(CompressionSampler):
             raise TypeError(f"config must be a HiRLConfig, got {type(self.config).__name__}")
         self.seed = _seed(ctx.seed)
         self._sensitivity = dict(sensitivity) if sensitivity is not None else None
-        self._lock = threading.Lock()
         self._objective: StrategyObjective | None = None
         self._hierarchy: Hierarchy | None = None
         self._surrogate: SurrogateEnsemble | None = None

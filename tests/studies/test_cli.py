@@ -102,3 +102,40 @@ def test_python_dash_m_runs_a_study(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert "HV @100%" in proc.stdout and f"compsearch report {out}" in proc.stdout
     assert (out / "run.json").is_file() and (out / "studies.db").is_file()
+
+
+@pytest.fixture
+def ray_shutdown():
+    """Shut down the Ray a ``--backend ray`` run started in this process, even when the test fails."""
+    yield
+    import ray
+
+    ray.shutdown()
+
+
+@pytest.mark.parametrize("backend", ["optuna", "ray"])
+def test_run_with_two_workers_then_report(backend: str, tmp_path: Path, ray_shutdown: None,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    if backend == "ray":
+        pytest.importorskip("ray.tune", reason="Ray Tune is optional (pip install 'compsearch[ray]')")
+    spec = tmp_path / "mini.toml"
+    spec.write_text(
+        'name = "mini"\nstrategies = ["random", "hirl"]\ntrials = 4\n[model]\nname = "digits_cnn"\n'
+        'kwargs = { width = 8, hidden = 32 }\n[base]\nsteps = 20\n[evaluator]\ndevice = "cpu"\n'
+        '[evaluator.finetune]\nsteps = 3\n'
+    )
+    out = tmp_path / "out"
+    argv = ["run", str(spec), "--out", str(out), "--workers", "2", "--backend", backend, "--quiet"]
+    assert cli.main(argv) == 0
+    run = json.loads((out / "run.json").read_text())
+    assert run["storage"].startswith("journal://")  # several processes: a journal file, not SQLite
+    assert [(s["workers"], s["backend"], s["status"]) for s in run["sessions"]] == [(2, backend, "complete")]
+    assert cli.main(["report", str(out), "--no-test"]) == 0  # the runner's layout: the report works unchanged
+    summary = json.loads((out / "summary.json").read_text())
+    assert sorted(summary["strategies"]) == ["hirl", "random"], list(summary["strategies"]["random"])
+    assert (out / "report.html").is_file()
+    assert cli.main(argv) == 0  # a re-run with the budget spent evaluates nothing and still exits 0
+    assert [len(s["strategies"]) for s in json.loads((out / "run.json").read_text())["sessions"]] == [2, 2]
+    capsys.readouterr()
