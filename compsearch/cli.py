@@ -10,7 +10,8 @@ Commands::
     compsearch list
 
 Exit codes: 0 success; 2 bad input (a :class:`~compsearch.errors.CompsearchError`,
-``ValueError`` or ``TypeError``: the message is printed, no traceback); 1 internal error
+``ValueError`` or ``TypeError``: the message is printed, no traceback; for the latter two
+also where they were raised, and the traceback with ``COMPSEARCH_TRACEBACK=1``); 1 internal error
 (traceback printed); 130 interrupted by Ctrl-C (re-run the same command to resume).
 """
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import traceback
 import warnings
@@ -232,6 +234,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERRUPTED
     except (CompsearchError, ValueError, TypeError) as e:
         errors.print(f"[red]error:[/red] {escape(str(e))}", highlight=False)
+        if not isinstance(e, CompsearchError):  # may come from a dependency: say where
+            where = traceback.extract_tb(e.__traceback__)[-1]
+            errors.print(f"(raised at {where.filename}:{where.lineno}; set COMPSEARCH_TRACEBACK=1 for the traceback)",
+                         highlight=False, markup=False)
+            if os.environ.get("COMPSEARCH_TRACEBACK"):
+                traceback.print_exc()
         return EXIT_BAD_INPUT
     except Exception:
         errors.print("[red]internal error[/red] (please report it):", markup=True)

@@ -83,6 +83,21 @@ def test_internal_error_exits_1(monkeypatch: pytest.MonkeyPatch, capsys: pytest.
     assert "internal error" in err and "ZeroDivisionError: boom" in err
 
 
+def test_a_plain_type_error_exits_2_and_says_where_it_was_raised(monkeypatch: pytest.MonkeyPatch,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    def broken(args, console):  # noqa: ANN001
+        raise TypeError("cannot pickle 'lock'")
+
+    monkeypatch.setitem(cli.COMMANDS, "list", broken)
+    monkeypatch.setenv("COLUMNS", "400")
+    assert cli.main(["list"]) == 2
+    err = capsys.readouterr().err
+    assert "error: cannot pickle 'lock'" in err and f"raised at {__file__}:" in err and "Traceback" not in err
+    monkeypatch.setenv("COMPSEARCH_TRACEBACK", "1")
+    assert cli.main(["list"]) == 2
+    assert "Traceback (most recent call last)" in capsys.readouterr().err
+
+
 def test_argparse_errors_exit_2() -> None:
     with pytest.raises(SystemExit) as info:
         cli.main(["run"])
