@@ -204,7 +204,7 @@ class BayesianSampler(CompressionSampler):
             params = self._startup(used, rng)
             self.last_info = {"phase": "startup"}
         else:
-            params = self._propose_bayes(study, usable, pending, used, rng)
+            params = self._propose_bayes_seeded(study, usable, pending, used, rng)
         if params is None:
             warnings.warn(
                 "bo: no unused policy satisfies the exact cost constraints; proposing the least violating one",
@@ -307,6 +307,20 @@ class BayesianSampler(CompressionSampler):
         return lo - 0.1 * (hi - lo) - 1e-9 * max(1.0, abs(lo))
 
     # ---- the Bayesian step (imports botorch) --------------------------------------------
+    def _propose_bayes_seeded(self, study: Study, history: list[Observation], pending: list[dict[str, Any]],
+                              used: set[Any], rng: np.random.Generator) -> dict[str, Any] | None:
+        """:meth:`_propose_bayes` with torch's global random numbers seeded from ``rng`` (in a
+        forked state; the caller's is untouched): BoTorch draws some of its own (pruning the
+        baseline of qLogNEHVI, refitting after a failed L-BFGS), which otherwise made a seeded
+        run depend on what else the process had drawn."""
+        import torch
+
+        seeded = self.ctx.seed is not None
+        with torch.random.fork_rng(devices=[], enabled=seeded):
+            if seeded:
+                torch.manual_seed(int(np.random.SeedSequence([self.ctx.seed, len(history), len(pending)]).generate_state(1)[0]))
+            return self._propose_bayes(study, history, pending, used, rng)
+
     def _propose_bayes(
         self,
         study: Study,
