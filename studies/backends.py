@@ -438,10 +438,31 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None) -> None
         return
     kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "configure_logging": True,
                               "logging_level": "ERROR"}
-    if address is not None:
-        ray.init(address=address, **kwargs)
-    else:
+    if address is None:
         ray.init(num_cpus=num_cpus, **kwargs)
+        return
+    try:
+        ray.init(address=address, **kwargs)
+    except (ConnectionError, RuntimeError) as e:
+        raise ConfigError(join_failure(address, e)) from e
+
+
+def join_failure(address: str, error: BaseException) -> str:
+    """What to do when ``ray.init(address=...)`` could not join a cluster."""
+    chain, cause = [], error
+    while cause is not None and len(chain) < 5:
+        chain.append(f"{type(cause).__name__}: {cause}")
+        cause = cause.__cause__ or cause.__context__
+    text = " ".join(chain)
+    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    if "auth" in text.lower() and os.environ.get("RAY_AUTH_MODE", "").lower() != "token":
+        return (f"address={address!r}: the Ray cluster there requires token authentication (Ray enables it on "
+                f"`ray start --head`), which Ray turns on for this process only with --address auto. Set "
+                f"RAY_AUTH_MODE=token, with the cluster's token in ~/.ray/auth_token or RAY_AUTH_TOKEN "
+                f"(`ray get-auth-token` on the head node prints it), or run on the head node with --address auto")
+    return (f"address={address!r}: could not join a Ray cluster there ({first}); start one with `ray start --head` "
+            f"(and `ray start --address=HEAD:6379` on the other nodes), or leave out --address to start Ray on "
+            f"this machine")
 
 
 def run_ray(ctx: RunContext, *, jobs: Sequence[Job], n_trials: int, workers: int = 1, address: str | None = None,
@@ -499,6 +520,7 @@ __all__ = [
     "StorageLock",
     "default_journal_storage",
     "init_ray",
+    "join_failure",
     "open_job_study",
     "pop_budget_trial",
     "prepare_jobs",

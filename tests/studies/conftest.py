@@ -36,6 +36,24 @@ def make_spec() -> Any:
     return tiny_spec
 
 
+def mini_spec_file(folder: Path, strategies: tuple[str, ...] = ("random",), trials: int = 3) -> Path:
+    """``folder/mini.toml``: a study spec file of the digits CNN at width 8, 3 fine-tune steps."""
+    path = folder / "mini.toml"
+    names = ", ".join(f'"{s}"' for s in strategies)
+    path.write_text(
+        f'name = "mini"\nstrategies = [{names}]\ntrials = {trials}\n[model]\nname = "digits_cnn"\n'
+        'kwargs = { width = 8, hidden = 32 }\n[base]\nsteps = 20\n[evaluator]\ndevice = "cpu"\n'
+        '[evaluator.finetune]\nsteps = 3\n'
+    )
+    return path
+
+
+@pytest.fixture(scope="session")
+def mini_spec() -> Any:
+    """``mini_spec(folder, strategies=("random",), trials=3)``: see :func:`mini_spec_file`."""
+    return mini_spec_file
+
+
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, RunContext]:
     """One finished tiny run (folder and context), shared read-only by several tests."""

@@ -104,13 +104,8 @@ def test_argparse_errors_exit_2() -> None:
     assert info.value.code == 2
 
 
-def test_python_dash_m_runs_a_study(tmp_path: Path) -> None:
-    spec = tmp_path / "mini.toml"
-    spec.write_text(
-        'name = "mini"\nstrategies = ["random"]\ntrials = 3\n[model]\nname = "digits_cnn"\n'
-        'kwargs = { width = 8, hidden = 32 }\n[base]\nsteps = 20\n[evaluator]\ndevice = "cpu"\n'
-        '[evaluator.finetune]\nsteps = 3\n'
-    )
+def test_python_dash_m_runs_a_study(tmp_path: Path, mini_spec) -> None:  # noqa: ANN001
+    spec = mini_spec(tmp_path)
     out = tmp_path / "out"
     proc = subprocess.run([sys.executable, "-m", "compsearch", "run", str(spec), "--out", str(out), "--trials", "2"],
                           cwd=REPO, capture_output=True, text=True, timeout=300)
@@ -129,18 +124,13 @@ def ray_shutdown():
 
 
 @pytest.mark.parametrize("backend", ["optuna", "ray"])
-def test_run_with_two_workers_then_report(backend: str, tmp_path: Path, ray_shutdown: None,
+def test_run_with_two_workers_then_report(backend: str, tmp_path: Path, ray_shutdown: None, mini_spec,  # noqa: ANN001
                                           capsys: pytest.CaptureFixture[str]) -> None:
     import json
 
     if backend == "ray":
         pytest.importorskip("ray.tune", reason="Ray Tune is optional (pip install 'compsearch[ray]')")
-    spec = tmp_path / "mini.toml"
-    spec.write_text(
-        'name = "mini"\nstrategies = ["random", "hirl"]\ntrials = 4\n[model]\nname = "digits_cnn"\n'
-        'kwargs = { width = 8, hidden = 32 }\n[base]\nsteps = 20\n[evaluator]\ndevice = "cpu"\n'
-        '[evaluator.finetune]\nsteps = 3\n'
-    )
+    spec = mini_spec(tmp_path, ("random", "hirl"), trials=4)
     out = tmp_path / "out"
     argv = ["run", str(spec), "--out", str(out), "--workers", "2", "--backend", backend, "--quiet"]
     assert cli.main(argv) == 0
