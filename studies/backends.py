@@ -449,7 +449,8 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None) -> None
 
 def join_failure(address: str, error: BaseException) -> str:
     """What to do when ``ray.init(address=...)`` could not join a cluster."""
-    chain, cause = [], error
+    chain: list[str] = []
+    cause: BaseException | None = error
     while cause is not None and len(chain) < 5:
         chain.append(f"{type(cause).__name__}: {cause}")
         cause = cause.__cause__ or cause.__context__
