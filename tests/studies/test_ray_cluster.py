@@ -3,6 +3,7 @@ joining fails."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -68,11 +69,14 @@ def ray_head() -> Iterator[tuple[str, Path]]:
             time.sleep(0.5)
         yield f"127.0.0.1:{port}", Path(temp)
     finally:
-        os.killpg(head.pid, signal.SIGTERM)
+        os.killpg(head.pid, signal.SIGTERM)  # `ray start --block` stops its cluster on SIGTERM ...
         try:
-            head.wait(timeout=30)
+            head.wait(timeout=3)
         except subprocess.TimeoutExpired:
+            pass
+        with contextlib.suppress(ProcessLookupError):  # ... and whatever of it is left goes now
             os.killpg(head.pid, signal.SIGKILL)
+        head.wait(timeout=10)
         shutil.rmtree(temp, ignore_errors=True)
 
 
