@@ -456,7 +456,10 @@ def join_failure(address: str, error: BaseException) -> str:
         cause = cause.__cause__ or cause.__context__
     text = " ".join(chain)
     first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    if "auth" in text.lower() and os.environ.get("RAY_AUTH_MODE", "").lower() != "token":
+    if "authentication" in text.lower() or "authtoken" in text.lower():
+        if os.environ.get("RAY_AUTH_MODE", "").lower() == "token":
+            return (f"address={address!r}: the Ray cluster there refused this machine's token; copy the head's "
+                    f"(`ray get-auth-token` on the head node prints it) into ~/.ray/auth_token or RAY_AUTH_TOKEN")
         return (f"address={address!r}: the Ray cluster there requires token authentication (Ray enables it on "
                 f"`ray start --head`), which Ray turns on for this process only with --address auto. Set "
                 f"RAY_AUTH_MODE=token, with the cluster's token in ~/.ray/auth_token or RAY_AUTH_TOKEN "

@@ -30,9 +30,12 @@ def test_join_failure_names_the_token_fix_for_an_auth_error(monkeypatch: pytest.
         except RuntimeError as inner:
             raise ConnectionError("Failed to connect to Ray cluster at 10.0.0.5:6379") from inner
     except ConnectionError as e:
-        message = join_failure("10.0.0.5:6379", e)
+        failure = e
+    message = join_failure("10.0.0.5:6379", failure)
     assert message.startswith("address='10.0.0.5:6379': the Ray cluster there requires token authentication")
     assert "RAY_AUTH_MODE=token" in message and "ray get-auth-token" in message
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")  # set, but the token is not the cluster's
+    assert "refused this machine's token; copy the head's" in join_failure("10.0.0.5:6379", failure)
 
 
 def test_join_failure_without_a_cluster_says_how_to_start_one() -> None:
