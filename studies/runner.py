@@ -165,7 +165,9 @@ def _base_model(spec: StudySpec, data: Any, out_dir: Path) -> tuple[torch.nn.Mod
     """The trained base model: from the checkpoint, the run folder's cache, or trained now."""
     from compsearch.evaluators.models import model_hash, train_base_model
 
-    model = _build_model(spec, data)
+    with torch.random.fork_rng(devices=[]):  # initial weights from ``base.seed``: a new run folder trains the same base
+        torch.manual_seed(spec.base.seed if spec.base is not None else 0)
+        model = _build_model(spec, data)
     if spec.base is None:
         return model, {"source": "checkpoint", "path": spec.model.checkpoint, "hash": model_hash(model)}
     key = _digest({"model": spec.model.model_dump(mode="json"), "base": spec.base.model_dump(mode="json"),

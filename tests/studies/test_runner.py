@@ -214,6 +214,18 @@ def _wait_for_complete(out: Path, proc: subprocess.Popen[bytes], *, at_least: in
     raise AssertionError(f"the run did not complete {at_least} trials in time (exit code {proc.poll()})")
 
 
+def test_a_new_run_folder_trains_the_same_base_model(tmp_path: Path, make_spec) -> None:
+    """Initial weights come from ``base.seed``, not from whatever torch's global generator holds
+    (two fresh processes used to train different base models: validation 0.955 and 0.950)."""
+    from compsearch.studies.runner import prepare
+
+    hashes = []
+    for folder, global_seed in (("a", 1), ("b", 2)):
+        torch.manual_seed(global_seed)
+        hashes.append(prepare(make_spec(), tmp_path / folder).base_info["hash"])
+    assert hashes[0] == hashes[1]
+
+
 def test_reference_point_defaults(make_spec) -> None:
     spec = load_spec(make_spec(objectives=["accuracy", "size_kb", "bops", "compression_ratio"],
                                constraints={"min_accuracy": 0.7}, reference_point={"bops": 5.0}))
