@@ -309,8 +309,9 @@ class BayesianSampler(CompressionSampler):
     # ---- the Bayesian step (imports botorch) --------------------------------------------
     def _propose_bayes_seeded(self, study: Study, history: list[Observation], pending: list[dict[str, Any]],
                               used: set[Any], rng: np.random.Generator) -> dict[str, Any] | None:
-        """:meth:`_propose_bayes` with torch's global random numbers seeded from ``rng`` (in a
-        forked state; the caller's is untouched): BoTorch draws some of its own (pruning the
+        """:meth:`_propose_bayes` with torch's global random numbers seeded from the strategy's
+        seed and the numbers of finished and pending trials (in a forked state; the caller's is
+        untouched; unseeded strategies keep the global state): BoTorch draws some of its own (pruning the
         baseline of qLogNEHVI, refitting after a failed L-BFGS), which otherwise made a seeded
         run depend on what else the process had drawn."""
         import torch
