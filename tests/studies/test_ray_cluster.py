@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from compsearch.studies.backends import join_failure
+from compsearch.studies.pgserver import free_port
 
 pytest.importorskip("ray.tune", reason="Ray Tune is optional (pip install 'compsearch[ray]')")
 
@@ -54,9 +55,7 @@ def ray_head() -> Iterator[tuple[str, Path]]:
     """A one-node cluster of this machine (``ray start --head --block``), stopped afterwards: only
     its own processes (its process group), never another Ray running here."""
     ray_bin = Path(sys.executable).with_name("ray")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
     head = subprocess.Popen(
