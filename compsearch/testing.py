@@ -88,6 +88,21 @@ def toy_space(name: str = "joint", **choices: Any) -> Space:
     return get_space(name, toy_units(), **choices)
 
 
+def digits_spec(name: str, *, trials: int, finetune: dict[str, Any], strategies: Sequence[str] = ("random",)) -> dict[str, Any]:
+    """A study spec (mapping) of the digits CNN, base trained 30 steps, over ``w_bits`` in
+    {2, 4, 8} x ``keep`` in {0.5, 1}: the small real study of the multi-process and host tests."""
+    return {
+        "name": name,
+        "model": {"name": "digits_cnn"},
+        "base": {"steps": 30},
+        "data": {"name": "digits"},
+        "space": {"name": "joint", "choices": {"w_bits": [2, 4, 8], "keep": [0.5, 1.0]}},
+        "evaluator": {"device": "cpu", "finetune": dict(finetune)},
+        "strategies": list(strategies),
+        "trials": trials,
+    }
+
+
 def toy_size_bits(policy: Policy, units: Sequence[Unit]) -> float:
     """``sum_u params_u * keep_u * w_bits_u`` (32 bits for unquantized or unlisted units)."""
     total = 0.0
@@ -369,6 +384,7 @@ __all__ = [
     "SpaceContract",
     "StrategyContract",
     "ToyNet",
+    "digits_spec",
     "run_toy_study",
     "toy_accuracy",
     "toy_model",

@@ -15,6 +15,7 @@ nni = pytest.importorskip("nni", reason="NNI is not installed (pip install nni);
 
 from compsearch.search.nni_tuner import StrategyTuner, metrics_of  # noqa: E402
 from compsearch.spaces import discover_units, get_space  # noqa: E402
+from compsearch.testing import digits_spec  # noqa: E402
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 OBJECTIVES = (("accuracy", "maximize"), ("size_kb", "minimize"))
@@ -72,16 +73,7 @@ def test_tuner_imports_finished_trials(space) -> None:
 
 # ---- a real NNI experiment: 4 trials, 2 at a time, on the digits CNN ----------------------------
 
-SPEC = {
-    "name": "nni-tiny",
-    "model": {"name": "digits_cnn"},
-    "base": {"steps": 30},
-    "data": {"name": "digits"},
-    "space": {"name": "joint", "choices": {"w_bits": [2, 4, 8], "keep": [0.5, 1.0]}},
-    "evaluator": {"device": "cpu", "finetune": {"steps": 20, "report_every": 10}},
-    "strategies": ["tpe"],
-    "trials": 4,
-}
+SPEC = digits_spec("nni-tiny", trials=4, finetune={"steps": 20, "report_every": 10}, strategies=["tpe"])
 
 
 @pytest.fixture

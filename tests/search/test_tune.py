@@ -12,19 +12,11 @@ from optuna.trial import TrialState
 pytest.importorskip("ray.tune", reason="Ray Tune is not installed (pip install 'compsearch[ray]')")
 
 from compsearch.search.tune import CheckpointTuneReporter, read_checkpoint_state  # noqa: E402
+from compsearch.testing import digits_spec  # noqa: E402
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
-SPEC = {
-    "name": "ray-tiny",
-    "model": {"name": "digits_cnn"},
-    "base": {"steps": 30},
-    "data": {"name": "digits"},
-    "space": {"name": "joint", "choices": {"w_bits": [2, 4, 8], "keep": [0.5, 1.0]}},
-    "evaluator": {"device": "cpu", "finetune": {"steps": 30, "report_every": 10}},
-    "strategies": ["random"],
-    "trials": 4,
-}
+SPEC = digits_spec("ray-tiny", trials=4, finetune={"steps": 30, "report_every": 10})
 
 
 class _FakeCheckpoint:

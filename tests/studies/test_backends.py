@@ -26,19 +26,11 @@ from compsearch.studies.backends import (
 )
 from compsearch.studies.pgserver import find_postgres_bin, temporary_postgres
 from compsearch.studies.results import counted_trials, load_studies, open_storage
+from compsearch.testing import digits_spec
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
-TINY_SPEC = {
-    "name": "tiny",
-    "model": {"name": "digits_cnn"},
-    "base": {"steps": 30},
-    "data": {"name": "digits"},
-    "space": {"name": "joint", "choices": {"w_bits": [2, 4, 8], "keep": [0.5, 1.0]}},
-    "evaluator": {"device": "cpu", "finetune": {"steps": 3}},
-    "strategies": ["random"],
-    "trials": 6,
-}
+TINY_SPEC = digits_spec("tiny", trials=6, finetune={"steps": 3})
 
 
 def _strategies() -> list[str]:
