@@ -52,10 +52,9 @@ Key = tuple[tuple[str, Any], ...]
 
 # ---- choice targets and neighbourhoods ---------------------------------------------------
 def dimension_field(dim: Dimension) -> str | None:
-    """The :class:`UnitPolicy` field a dimension sets, from its name (``"<group>.<field>"``
-    or ``"<field>"``); ``None`` for a third-party name that names no field."""
-    field = dim.name.rsplit(".", 1)[-1]
-    return field if field in FIELDS else None
+    """The :class:`UnitPolicy` field a dimension sets (``dim.field``); ``None`` for a
+    space-specific field that is no UnitPolicy field."""
+    return dim.field if dim.field in FIELDS else None
 
 
 def nearest_index(dim: Dimension, target: Choice | None) -> int:

@@ -30,15 +30,22 @@ class Dimension:
     """One discrete choice of a space.
 
     Attributes:
-        name: parameter name (``"layer1.0.conv1.w_bits"``, ``"block:layer1.0.keep"``, ...).
+        name: parameter name (``"layer1.0.conv1.w_bits"``, ``"layer1.0.keep"``, ...), what
+            Optuna, Ray Tune and NNI see. Never parsed: ``group`` and ``field`` say what it sets.
         choices: allowed values, in order.
         ordinal: the choices are ordered numbers (featurized as ``index / (n - 1)`` in [0, 1]);
             otherwise categorical (featurized one-hot).
+        group: the unit group the choice applies to (a unit name, a block name, or ``""`` for
+            every searched unit); ``space.groups[group]`` lists its units when the space has groups.
+        field: what the choice sets: a :class:`UnitPolicy` field (``w_bits``, ``keep``, ...) or a
+            space-specific name (e.g. ``remove`` for a block's keep/remove choice).
     """
 
     name: str
     choices: tuple[Choice, ...]
     ordinal: bool
+    group: str
+    field: str
 
     @property
     def size(self) -> int:

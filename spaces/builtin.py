@@ -116,7 +116,7 @@ class TiedSpace(Space):
         return f"{group}.{field}" if group else field
 
     def _dim(self, group: str, field: str) -> Dimension:
-        return Dimension(self._param(group, field), self.choices[field], field in ORDINAL)
+        return Dimension(self._param(group, field), self.choices[field], field in ORDINAL, group=group, field=field)
 
     def dimensions(self) -> list[Dimension]:
         return list(self._dims)

@@ -88,8 +88,8 @@ class Encoder:
 def block_projection(space: Space) -> Tensor | None:
     """Block-tying projection ``P`` (``d x e``, ``e < d``) of the ``features`` encoding, or None.
 
-    Column ``j`` of the features belongs to a dimension ``"<group>.<field>"`` (plus a
-    ``"=<choice>"`` suffix for one-hot columns). Its group's units share a block
+    Column ``j`` of the features belongs to a dimension (one column if ordinal, one per
+    choice if categorical) of group ``dim.group`` and field ``dim.field``. Its group's units share a block
     (``Unit.block``); the reduced column ``(block, field[=choice])`` is the mean of the
     block's columns weighted by the groups' weight counts, so reduced features stay in
     [0, 1]. Returns None when the space has no ``groups`` or tying removes nothing.
@@ -97,23 +97,21 @@ def block_projection(space: Space) -> Tensor | None:
     groups = getattr(space, "groups", None)
     if not isinstance(groups, Mapping):
         return None
-    names = space.feature_names()
     keys: list[tuple[str, str]] = []
     weights: list[float] = []
-    for name in names:
-        dim_name, _, choice = name.partition("=")
-        group, _, field = dim_name.rpartition(".")
-        members = groups.get(group)
+    for dim in space.dimensions():  # columns in the order of Space.features
+        members = groups.get(dim.group)
         if not members:
             return None
         blocks = {u.block for u in members}
-        block = blocks.pop() if len(blocks) == 1 else group
-        keys.append((block, f"{field}={choice}" if choice else field))
-        weights.append(float(sum(u.params for u in members)))
+        block = blocks.pop() if len(blocks) == 1 else dim.group
+        columns = [dim.field] if dim.ordinal else [f"{dim.field}={c}" for c in dim.choices]
+        keys += [(block, c) for c in columns]
+        weights += [float(sum(u.params for u in members))] * len(columns)
     reduced = sorted(set(keys), key=keys.index)
-    if len(reduced) >= len(names):
+    if len(reduced) >= len(keys):
         return None
-    P = torch.zeros(len(names), len(reduced), dtype=DTYPE)
+    P = torch.zeros(len(keys), len(reduced), dtype=DTYPE)
     for j, (key, w) in enumerate(zip(keys, weights, strict=True)):
         P[j, reduced.index(key)] = w
     return P / P.sum(dim=0, keepdim=True)

@@ -99,7 +99,7 @@ class FlatRLSampler(CompressionSampler):
         self._agent: DDPGAgent | None = None
         self._trained_n = 0
         dims = space.dimensions()
-        fields_ = [d.name.rpartition(".")[2] for d in dims]
+        fields_ = [d.field for d in dims]
         wanted = METHODS[method]
         self._controlled = np.array([f in wanted for f in fields_]) if any(f in wanted for f in fields_) else np.array([d.ordinal for d in dims])
         self._default = np.array([self._default_index(d, f) for d, f in zip(dims, fields_, strict=True)], dtype=np.int64)

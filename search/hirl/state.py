@@ -85,11 +85,6 @@ class GroupLayout:
         return np.asarray(slots)[:, self.dim_group, self.dim_head]
 
 
-def _split(name: str) -> tuple[str, str]:
-    group, _, field = name.rpartition(".")
-    return group, field
-
-
 def group_layout(space: Space) -> GroupLayout:
     """The :class:`GroupLayout` of ``space`` (see the module docstring)."""
     dims = space.dimensions()
@@ -99,14 +94,14 @@ def group_layout(space: Space) -> GroupLayout:
         names = list(groups_attr)
         units = [tuple(groups_attr[g]) for g in names]
     else:
-        names = list(dict.fromkeys(_split(d.name)[0] for d in dims))
+        names = list(dict.fromkeys(d.group for d in dims))
         by_name = {u.name: u for u in searched}
         units = [(by_name[g],) if g in by_name else searched for g in names]
     index = {g: i for i, g in enumerate(names)}
     heads: list[tuple[str, int]] = []
     dim_group, dim_head, fields = [], [], []
     for d in dims:
-        g, field = _split(d.name)
+        g, field = d.group, d.field
         key = (field, d.size)
         if key not in heads:
             heads.append(key)

@@ -87,7 +87,7 @@ def test_uniform8_then_explores_one_dimension_changes_without_repeats() -> None:
 
 
 def test_neighbour_order_visits_every_point_once_nearest_first() -> None:
-    dims = [Dimension("a", (1, 2, 3), True), Dimension("b", ("x", "y"), False)]
+    dims = [Dimension("a", (1, 2, 3), True, group="", field="a"), Dimension("b", ("x", "y"), False, group="", field="b")]
     walk = list(neighbour_order((1, 0), dims))
     assert walk == [(1, 0), (0, 0), (2, 0), (1, 1), (0, 1), (2, 1)]
 

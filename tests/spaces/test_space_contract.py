@@ -27,7 +27,8 @@ class GlobalBitsSpace(Space):
     BITS = (4, 8, 32)
 
     def dimensions(self) -> list[Dimension]:
-        return [Dimension("bits", self.BITS, True), Dimension("scheme", ("symmetric", "asymmetric"), False)]
+        return [Dimension("bits", self.BITS, True, group="", field="w_bits"),
+                Dimension("scheme", ("symmetric", "asymmetric"), False, group="", field="scheme")]
 
     def _names(self) -> list[str]:
         return [u.name for u in self.all_units if not u.is_head]
