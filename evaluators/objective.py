@@ -11,13 +11,11 @@ trial with its reason and goes on.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from compsearch.errors import ConfigError
 from compsearch.evaluators.reporters import METRICS_ATTR, OptunaReporter
+from compsearch.metrics import Constraint, objective_pairs, parse_constraints
 
 if TYPE_CHECKING:
     import optuna
@@ -27,111 +25,28 @@ if TYPE_CHECKING:
     from compsearch.spaces.base import Space
     from compsearch.spaces.policy import Policy
 
-#: Direction of every metric that can be an objective or a constraint.
-METRIC_DIRECTIONS: dict[str, str] = {
-    "accuracy": "maximize",
-    "compression_ratio": "maximize",
-    "sparsity": "maximize",
-    "size_bits": "minimize",
-    "size_kb": "minimize",
-    "bops": "minimize",
-    "loss": "minimize",
-    "proxy": "minimize",
-}
-
 POLICY_ATTR = "policy"
 FAIL_REASON_ATTR = "fail_reason"
 
 Objective = Callable[["optuna.Trial"], "tuple[float, ...] | float"]
 
 
-def _metric_name(objective: str | Sequence[str]) -> str:
-    """``"accuracy"`` or ``("accuracy", "maximize")`` -> ``"accuracy"`` (direction checked)."""
-    if isinstance(objective, str):
-        name, direction = objective, None
-    elif isinstance(objective, (tuple, list)) and len(objective) == 2:
-        name, direction = objective
-    else:
-        raise ConfigError(f"objective {objective!r} must be a metric name or a (metric, direction) pair")
-    if name not in METRIC_DIRECTIONS:
-        raise ConfigError(
-            f"objective metric {name!r} is not produced by the evaluator; allowed: "
-            f"{sorted(METRIC_DIRECTIONS)} (test_accuracy is never an objective: select on val)"
-        )
-    if direction is not None and direction != METRIC_DIRECTIONS[name]:
-        raise ConfigError(
-            f"objective {name!r} has direction={direction!r}; {name} is always "
-            f"{METRIC_DIRECTIONS[name]!r}d"
-        )
-    return name
-
-
-def objective_names(objectives: Sequence[str | Sequence[str]]) -> tuple[str, ...]:
-    """Validated metric names of ``objectives`` (names or ``(metric, direction)`` pairs).
+def objective_names(objectives: str | Sequence[str | Sequence[str]]) -> tuple[str, ...]:
+    """Validated metric names of ``objectives`` (names or ``(metric, direction)`` pairs),
+    checked against the metrics table (:mod:`compsearch.metrics`).
 
     Raises:
         ConfigError: empty, duplicated, or a metric the evaluator does not produce.
     """
-    if isinstance(objectives, str):
-        objectives = (objectives,)
-    names = tuple(_metric_name(o) for o in objectives)
-    if not names:
-        raise ConfigError(f"objectives={objectives!r} is empty; give at least one of {sorted(METRIC_DIRECTIONS)}")
-    if len(set(names)) != len(names):
-        raise ConfigError(f"objectives={list(names)} repeats a metric; each metric at most once")
-    return names
+    return tuple(m for m, _ in objective_pairs(objectives))
 
 
-def directions(objectives: Sequence[str | Sequence[str]]) -> list[str]:
+def directions(objectives: str | Sequence[str | Sequence[str]]) -> list[str]:
     """Optuna study directions of ``objectives``, e.g. ``["maximize", "minimize"]``.
 
     Use as ``optuna.create_study(directions=directions(objectives))``.
     """
-    return [METRIC_DIRECTIONS[n] for n in objective_names(objectives)]
-
-
-@dataclass(frozen=True)
-class Constraint:
-    """A bound on one metric; its Optuna constraint value is ``<= 0`` when satisfied.
-
-    Attributes:
-        key: the spec key, ``"max_<metric>"`` or ``"min_<metric>"`` (the Optuna constraint name).
-        metric: the bounded metric.
-        bound: the bound, in the metric's units.
-        upper: ``True`` for ``max_`` (value = metric - bound), ``False`` for ``min_``
-            (value = bound - metric).
-    """
-
-    key: str
-    metric: str
-    bound: float
-    upper: bool
-
-    def value(self, metrics: Mapping[str, Any]) -> float:
-        """Violation (> 0) or slack (<= 0) of ``metrics``, in the metric's units."""
-        v = float(metrics[self.metric])
-        return v - self.bound if self.upper else self.bound - v
-
-
-def parse_constraints(constraints: Mapping[str, float] | None) -> tuple[Constraint, ...]:
-    """Parse ``{"max_size_kb": 4.0, "min_accuracy": 0.9}`` into :class:`Constraint` objects.
-
-    Raises:
-        ConfigError: a key not of the form ``max_<metric>`` / ``min_<metric>`` with a known
-            metric, or a bound that is not a finite number.
-    """
-    out = []
-    for key, bound in (constraints or {}).items():
-        kind, _, metric = str(key).partition("_")
-        if kind not in ("max", "min") or metric not in METRIC_DIRECTIONS:
-            raise ConfigError(
-                f"constraint {key!r} is unknown; allowed: 'max_<metric>' or 'min_<metric>' with "
-                f"<metric> in {sorted(METRIC_DIRECTIONS)}, e.g. 'max_size_kb' or 'min_accuracy'"
-            )
-        if isinstance(bound, bool) or not isinstance(bound, (int, float)) or not math.isfinite(bound):
-            raise ConfigError(f"constraint {key!r} = {bound!r} must be a finite number")
-        out.append(Constraint(key=key, metric=metric, bound=float(bound), upper=kind == "max"))
-    return tuple(out)
+    return [d for _, d in objective_pairs(objectives)]
 
 
 def collect_metrics(
@@ -219,3 +134,15 @@ def _evaluate(
     except Exception as e:
         trial.set_user_attr(FAIL_REASON_ATTR, f"{type(e).__name__}: {e}")
         raise
+
+
+__all__ = [
+    "FAIL_REASON_ATTR",
+    "POLICY_ATTR",
+    "Constraint",
+    "collect_metrics",
+    "directions",
+    "objective_names",
+    "optuna_objective",
+    "parse_constraints",
+]

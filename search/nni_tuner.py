@@ -87,7 +87,7 @@ class StrategyTuner(Tuner):
     ) -> None:
         import optuna
 
-        from compsearch.evaluators.objective import parse_constraints
+        from compsearch.metrics import parse_constraints
         from compsearch.search.registry import get_strategy
 
         self.space = space

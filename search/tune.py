@@ -196,7 +196,7 @@ def StudySearcher(  # noqa: N802 - a class factory, so that ray stays a lazy imp
         next_trial: where trials come from (e.g. a shared budget); overrides ``max_trials``.
         max_trials: ask at most this many trials (None = until Tune stops asking).
     """
-    from compsearch.evaluators.objective import parse_constraints
+    from compsearch.metrics import parse_constraints
 
     base = _searcher_base()
     bounds = parse_constraints(constraints)
@@ -321,10 +321,10 @@ def tune_searcher(
     """
     import optuna
 
-    from compsearch.evaluators.objective import METRIC_DIRECTIONS, objective_names
+    from compsearch.metrics import objective_pairs
     from compsearch.search.registry import get_strategy
 
-    pairs = tuple((m, METRIC_DIRECTIONS[m]) for m in objective_names(objectives))
+    pairs = objective_pairs(objectives)
     if isinstance(strategy, str):
         sampler = get_strategy(strategy, space=space, seed=seed, evaluator=evaluator, objectives=pairs,
                                constraints=constraints, n_trials=n_trials, **options)

@@ -53,6 +53,13 @@ from pydantic import (
 )
 
 from compsearch.errors import ConfigError, SpecError
+from compsearch.metrics import (
+    Constraint,
+    direction,
+    metric_names,
+    parse_constraint,
+    parse_constraints,
+)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -63,10 +70,18 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 def metric_directions() -> dict[str, str]:
-    """Known metrics and their natural direction (from the evaluator's objective module)."""
-    from compsearch.evaluators.objective import METRIC_DIRECTIONS
+    """Known metrics and their fixed direction (the metrics table, :mod:`compsearch.metrics`)."""
+    return {name: direction(name) for name in metric_names()}
 
-    return dict(METRIC_DIRECTIONS)
+
+class AtKey(ValueError):
+    """A validation error about the sub-key ``path`` of the field being validated; the
+    spec error then names the full key path (``constraints.min_accuracy: ...``)."""
+
+    def __init__(self, path: str, message: str) -> None:
+        super().__init__(message)
+        self.path = path
+        self.message = message
 
 
 class _Model(BaseModel):
@@ -107,13 +122,7 @@ def _check_model(name: str) -> str:
     return name
 
 
-def _check_constraint(key: str) -> str:
-    _parse_constraint(key)
-    return key
-
-
 StrategyName = Annotated[str, AfterValidator(_check_strategy)]
-ConstraintKey = Annotated[str, AfterValidator(_check_constraint)]
 
 
 # ---- sections ---------------------------------------------------------------------
@@ -293,12 +302,6 @@ class ObjectiveSpec(_Model):
         return self
 
 
-def _parse_constraint(key: str) -> tuple[str, str]:
-    """``"max_size_kb"`` -> ``("max", "size_kb")``; unknown forms raise ``ValueError``."""
-    from compsearch.evaluators.objective import parse_constraints
-
-    (c,) = parse_constraints({key: 0.0})
-    return ("max" if c.upper else "min"), c.metric
 
 
 class StudySpec(_Model):
@@ -330,7 +333,7 @@ class StudySpec(_Model):
     evaluator: EvaluatorSpec = Field(default_factory=EvaluatorSpec)
     objectives: list[ObjectiveSpec] = Field(default_factory=lambda: [ObjectiveSpec(metric="accuracy"), ObjectiveSpec(metric="size_kb")])
     reference_point: dict[str, float] = Field(default_factory=dict)
-    constraints: dict[ConstraintKey, float] = Field(default_factory=dict)
+    constraints: dict[str, float] = Field(default_factory=dict)
     strategies: list[StrategyName] = Field(min_length=1)
     strategy_options: dict[StrategyName, dict[str, Any]] = Field(default_factory=dict)
     trials: int = Field(ge=1)
@@ -342,6 +345,16 @@ class StudySpec(_Model):
     def _folder_safe(cls, v: str) -> str:
         if not NAME_RE.match(v):
             raise ValueError(f"{v!r} must be folder-safe: letters, digits, '_', '.', '-'")
+        return v
+
+    @field_validator("constraints")
+    @classmethod
+    def _constraints(cls, v: dict[str, float]) -> dict[str, float]:
+        for key, bound in v.items():
+            try:
+                parse_constraint(key, bound, where="value")
+            except ConfigError as e:
+                raise AtKey(key, str(e)) from None
         return v
 
     @field_validator("objectives", mode="before")
@@ -389,9 +402,9 @@ class StudySpec(_Model):
         """``((metric, direction), ...)`` in study-value order."""
         return tuple((o.metric, str(o.direction)) for o in self.objectives)
 
-    def parsed_constraints(self) -> list[tuple[str, str, float]]:
-        """``[(kind, metric, bound), ...]`` with ``kind`` in ``{"max", "min"}``."""
-        return [(*_parse_constraint(k), float(b)) for k, b in self.constraints.items()]
+    def parsed_constraints(self) -> tuple[Constraint, ...]:
+        """The constraints, parsed by the one parser (:func:`compsearch.metrics.parse_constraints`)."""
+        return parse_constraints(self.constraints)
 
     def comparison_key(self) -> dict[str, Any]:
         """The parts of the spec that results depend on (a resumed run must not change them)."""
@@ -465,7 +478,10 @@ def _message(err: Mapping[str, Any]) -> str:
     if kind in _EXPECTED:
         return f"{path}: expected {_EXPECTED[kind]}, got {err.get('input')!r}"
     if kind == "value_error":
-        return f"{path}: {err['ctx']['error']}" if loc else str(err["ctx"]["error"])
+        error = err["ctx"]["error"]
+        if isinstance(error, AtKey):
+            return f"{path}.{error.path}: {error.message}" if loc else f"{error.path}: {error.message}"
+        return f"{path}: {error}" if loc else str(error)
     return f"{path}: {err['msg'][0].lower()}{err['msg'][1:]} (got {err.get('input')!r})"
 
 

@@ -81,24 +81,18 @@ def first_reaching(curve: Sequence[float], target: float) -> int | None:
     return next((i + 1 for i, v in enumerate(curve) if target > 0 and v >= target - 1e-12), None)
 
 
-def _satisfies(metrics: dict[str, Any], kind: str, metric: str, bound: float) -> bool:
-    if metric not in metrics or metrics[metric] is None:
-        return False
-    return float(metrics[metric]) <= bound if kind == "max" else float(metrics[metric]) >= bound
-
-
 def _best_under(trials: list[FrozenTrial], spec: StudySpec) -> dict[str, tuple[str, float | None]]:
     """Constraint label -> (metric reported, best value) over COMPLETE trials satisfying it."""
     metrics = [trial_metrics(t) for t in trials if t.state == TrialState.COMPLETE]
     others = [m for m, _ in spec.objective_pairs if m != "accuracy"]
     directions = dict(spec.objective_pairs)
     out: dict[str, tuple[str, float | None]] = {}
-    rules = [(f"{k}_{m}<={b:g}" if k == "max" else f"{k}_{m}>={b:g}", [(k, m, b)]) for k, m, b in spec.parsed_constraints()]
+    rules = [(c.label, [c]) for c in spec.parsed_constraints()]
     if len(rules) > 1:
         rules.append(("all constraints", [r[0] for _, r in rules]))
     for label, conds in rules:
-        target = "accuracy" if all(m != "accuracy" for _, m, _ in conds) or not others else others[0]
-        ok = [m[target] for m in metrics if target in m and all(_satisfies(m, *c) for c in conds)]
+        target = "accuracy" if all(c.metric != "accuracy" for c in conds) or not others else others[0]
+        ok = [m[target] for m in metrics if target in m and all(c.satisfied(m) for c in conds)]
         best = (max(ok) if directions.get(target, "maximize") == "maximize" else min(ok)) if ok else None
         out[label] = (target, best)
     return out

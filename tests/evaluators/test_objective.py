@@ -11,13 +11,9 @@ import torch
 from compsearch.errors import ConfigError, FineTuneDiverged
 from compsearch.evaluators.datasets import load_dataset
 from compsearch.evaluators.models import build_model, train_base_model
-from compsearch.evaluators.objective import (
-    METRIC_DIRECTIONS,
-    directions,
-    optuna_objective,
-    parse_constraints,
-)
+from compsearch.evaluators.objective import directions, optuna_objective
 from compsearch.evaluators.types import EvalResult, FineTuneConfig
+from compsearch.metrics import metric_names, parse_constraints
 from compsearch.spaces import Policy, discover_units, get_space
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -29,8 +25,9 @@ def test_directions_follow_metric_definitions() -> None:
         "maximize", "minimize", "maximize", "minimize",
     ]
     assert directions([("accuracy", "maximize")]) == ["maximize"]
-    assert set(METRIC_DIRECTIONS) == {
-        "accuracy", "compression_ratio", "sparsity", "size_bits", "size_kb", "bops", "loss", "proxy",
+    assert set(metric_names()) == {
+        "accuracy", "compression_ratio", "sparsity", "size_bits", "size_kb", "bops", "loss", "proxy", "return",
+        "latency_ms",
     }
     with pytest.raises(ConfigError, match=r"'latency' is not produced by the evaluator; allowed: \['accuracy'"):
         directions(("accuracy", "latency"))

@@ -44,7 +44,7 @@ def test_defaults_and_normalisation(make_spec) -> None:
     assert spec.evaluator.config(seed=7).finetune.seed == 7  # the study seed seeds fine-tuning
     assert spec.evaluator.config(seed=7).seed == 7
     assert spec.space.space_kwargs() == {"w_bits": [2, 4, 8, 32], "keep": [0.5, 1.0], "skip_first": True, "skip_head": True}
-    assert spec.parsed_constraints() == [("max", "size_kb", 12.0)]
+    assert [(c.kind, c.metric, c.bound) for c in spec.parsed_constraints()] == [("max", "size_kb", 12.0)]
 
 
 @pytest.mark.parametrize(
