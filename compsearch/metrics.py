@@ -41,6 +41,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from compsearch.errors import ConfigError
 from compsearch.registry import Registry
 
@@ -278,6 +280,45 @@ def parse_constraints(constraints: Mapping[str, Any] | None) -> tuple[Constraint
     return tuple(parse_constraint(k, b) for k, b in constraints.items())
 
 
+# ---- Pareto dominance -----------------------------------------------------------------------
+
+
+def pareto_mask(points: np.ndarray | Sequence[Sequence[float]], directions: Sequence[str]) -> np.ndarray:
+    """Boolean mask (``n``) of the non-dominated rows of ``points`` (``n x m``): the one
+    Pareto filter of compsearch (strategies, hypervolume and report use it).
+
+    A row is dominated when another row is at least as good in every objective and strictly
+    better in one; duplicated non-dominated rows are all kept.
+
+    Args:
+        points: objective values, one row per candidate (finite).
+        directions: ``"maximize"`` / ``"minimize"`` per column.
+
+    Raises:
+        ConfigError: bad directions, a shape that does not match them, or non-finite values.
+    """
+    dirs = list(directions)
+    if not dirs or any(d not in DIRECTIONS for d in dirs):
+        raise ConfigError(f"directions={dirs!r} must be a non-empty list of {list(DIRECTIONS)}")
+    arr = np.asarray(points, dtype=np.float64)
+    if arr.size == 0:
+        return np.zeros(0, dtype=bool)
+    if arr.ndim != 2 or arr.shape[1] != len(dirs):
+        raise ConfigError(f"points of shape {arr.shape} do not match {len(dirs)} direction(s); give an n x {len(dirs)} array")
+    if not np.all(np.isfinite(arr)):
+        raise ConfigError("points contain NaN or infinite values; drop failed candidates first")
+    s = arr * np.array([-1.0 if d == "maximize" else 1.0 for d in dirs])  # smaller is better in every column
+    mask = np.ones(len(s), dtype=bool)
+    for i in range(len(s)):
+        mask[i] = not np.any(np.all(s <= s[i], axis=1) & np.any(s < s[i], axis=1))
+    return mask
+
+
+def pareto_indices(points: np.ndarray | Sequence[Sequence[float]], directions: Sequence[str]) -> list[int]:
+    """Row indices of the non-dominated points (see :func:`pareto_mask`), in input order."""
+    return [int(i) for i in np.flatnonzero(pareto_mask(points, directions))]
+
+
 __all__ = [
     "DIRECTIONS",
     "METRICS",
@@ -289,6 +330,8 @@ __all__ = [
     "is_known",
     "metric_names",
     "objective_pairs",
+    "pareto_indices",
+    "pareto_mask",
     "parse_constraint",
     "parse_constraints",
     "register_metric",

@@ -32,10 +32,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from compsearch.errors import ConfigError
-
-DIRECTIONS = ("maximize", "minimize")
-#: Metrics that are already fractions in [0, 1]; their gains are not rescaled.
-FRACTION_METRICS = frozenset({"accuracy", "test_accuracy", "sparsity"})
+from compsearch.metrics import DIRECTIONS, get_metric, is_known, pareto_indices, pareto_mask
 
 
 def _as_points(points: np.ndarray | Sequence[Sequence[float]], m: int | None = None) -> np.ndarray:
@@ -65,30 +62,6 @@ def _signed(points: np.ndarray, directions: Sequence[str]) -> np.ndarray:
     return points * sign
 
 
-def pareto_mask(points: np.ndarray | Sequence[Sequence[float]], directions: Sequence[str]) -> np.ndarray:
-    """Boolean mask (``n``) of the non-dominated rows of ``points`` (``n x m``).
-
-    A row is dominated when another row is at least as good in every objective and
-    strictly better in one. Duplicated non-dominated rows are all kept.
-    """
-    dirs = _check_directions(directions)
-    pts = _as_points(points, len(dirs))
-    s = _signed(pts, dirs)
-    n = len(s)
-    mask = np.ones(n, dtype=bool)
-    for i in range(n):
-        no_worse = np.all(s <= s[i], axis=1)
-        better = np.any(s < s[i], axis=1)
-        if np.any(no_worse & better):
-            mask[i] = False
-    return mask
-
-
-def pareto_indices(points: np.ndarray | Sequence[Sequence[float]], directions: Sequence[str]) -> list[int]:
-    """Row indices of the non-dominated points, in input order."""
-    return [int(i) for i in np.flatnonzero(pareto_mask(points, directions))]
-
-
 def pareto_front(points: np.ndarray | Sequence[Sequence[float]], directions: Sequence[str]) -> np.ndarray:
     """The non-dominated rows of ``points`` (``k x m``), duplicates removed, sorted by the first column."""
     dirs = _check_directions(directions)
@@ -98,11 +71,13 @@ def pareto_front(points: np.ndarray | Sequence[Sequence[float]], directions: Seq
 
 
 def metric_scales(metrics: Sequence[str], reference: Sequence[float]) -> list[float]:
-    """Default normalisation scale per objective: 1 for fraction metrics (accuracy,
-    sparsity), ``|reference|`` for the others (1 where the reference is 0)."""
+    """Default normalisation scale per objective: 1 for fraction metrics (domain [0, 1] in
+    the metrics table: accuracy, sparsity), ``|reference|`` for the others (1 where the
+    reference is 0)."""
     out = []
     for metric, r in zip(metrics, reference, strict=True):
-        out.append(1.0 if metric in FRACTION_METRICS or r == 0 else abs(float(r)))
+        fraction = is_known(metric) and get_metric(metric).fraction
+        out.append(1.0 if fraction or r == 0 else abs(float(r)))
     return out
 
 
@@ -144,8 +119,7 @@ def _nondominated_max(gains: np.ndarray) -> np.ndarray:
     if len(gains) <= 1:
         return gains
     gains = np.unique(gains, axis=0)
-    keep = [i for i in range(len(gains)) if not np.any(np.all(gains >= gains[i], axis=1) & np.any(gains > gains[i], axis=1))]
-    return gains[keep]
+    return gains[pareto_mask(gains, ["maximize"] * gains.shape[1])]
 
 
 def _wfg(gains: np.ndarray) -> float:

@@ -33,6 +33,7 @@ import numpy as np
 from optuna.study import StudyDirection
 
 from compsearch.errors import ConfigError, check_int_at_least
+from compsearch.metrics import pareto_indices, parse_constraints
 from compsearch.search.common import CompressionSampler, Observation, params_key
 from compsearch.search.registry import DEFAULT_OBJECTIVES, SearchContext
 from compsearch.spaces.policy import Policy
@@ -118,16 +119,8 @@ class _Roles:
 
 
 def _parse_constraints(constraints: Mapping[str, float]) -> list[tuple[str, bool, float]]:
-    out = []
-    for key, bound in constraints.items():
-        kind, _, metric = key.partition("_")
-        if kind not in ("min", "max") or not metric:
-            raise ConfigError(
-                f"constraint {key!r} is not understood: write 'max_<metric>' or 'min_<metric>', "
-                f"e.g. 'max_size_kb' or 'min_accuracy'"
-            )
-        out.append((metric, kind == "max", float(bound)))
-    return out
+    """``(metric, upper, bound)`` per constraint, by the one parser (:func:`compsearch.metrics.parse_constraints`)."""
+    return [(c.metric, c.upper, c.bound) for c in parse_constraints(constraints)]
 
 
 class BayesianSampler(CompressionSampler):
@@ -436,13 +429,9 @@ class BayesianSampler(CompressionSampler):
 
 
 def _pareto(Y: np.ndarray) -> list[int]:
-    """Indices of the non-dominated rows of ``Y`` (``n x m``, larger is better)."""
-    keep = []
-    for i in range(len(Y)):
-        dominated = np.any(np.all(Y >= Y[i], axis=1) & np.any(Y > Y[i], axis=1))
-        if not dominated:
-            keep.append(i)
-    return keep
+    """Indices of the non-dominated rows of ``Y`` (``n x m``, larger is better), by the one
+    Pareto filter (:func:`compsearch.metrics.pareto_indices`)."""
+    return pareto_indices(Y, ["maximize"] * Y.shape[1])
 
 
 __all__ = ["BayesConfig", "BayesianSampler", "unit_cost_estimate"]
