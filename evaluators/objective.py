@@ -2,11 +2,12 @@
 
 ``study.optimize(optuna_objective(space, evaluator), n_trials=...)`` makes every
 trial: propose a policy (``space.suggest(trial)``), fine-tune and measure it
-(``evaluator.evaluate``), store the policy and all metrics in the trial's user
-attrs, and return the objective values in order. A failed evaluation (e.g.
-:class:`FineTuneDiverged`) stores its reason as user attr ``"fail_reason"`` and is
-re-raised, so ``study.optimize(..., catch=(FineTuneDiverged,))`` records a FAILED
-trial with its reason and goes on.
+(``evaluator.evaluate``), store the policy, every metric and the constraint values
+through the trial record (:mod:`compsearch.record`), and return the objective values
+in order. A failed evaluation (e.g. :class:`FineTuneDiverged`) stores its reason
+(``record.read_fail_reason``) and is re-raised, so
+``study.optimize(..., catch=(FineTuneDiverged,))`` records a FAILED trial with its
+reason and goes on.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from compsearch.evaluators.reporters import METRICS_ATTR, OptunaReporter
+from compsearch import record
+from compsearch.evaluators.reporters import OptunaReporter
 from compsearch.metrics import Constraint, objective_pairs, parse_constraints
 
 if TYPE_CHECKING:
@@ -24,9 +26,6 @@ if TYPE_CHECKING:
     from compsearch.evaluators.types import EvalResult
     from compsearch.spaces.base import Space
     from compsearch.spaces.policy import Policy
-
-POLICY_ATTR = "policy"
-FAIL_REASON_ATTR = "fail_reason"
 
 Objective = Callable[["optuna.Trial"], "tuple[float, ...] | float"]
 
@@ -72,12 +71,13 @@ def optuna_objective(
 ) -> Objective:
     """An objective for ``study.optimize`` that evaluates one policy per trial.
 
-    Each trial stores user attrs ``"policy"`` (``Policy.to_dict()``, set before the
-    evaluation, so failed trials keep it too), ``"metrics"`` (all metrics, see
-    :func:`collect_metrics`), the reporter's ``"intermediate"`` values, and on failure
-    ``"fail_reason"`` (``"<ExceptionType>: <message>"``). With ``constraints``, it calls
-    ``trial.set_constraint(key, value)`` for each (``<= 0`` = feasible), which Optuna's
-    constrained samplers (NSGA-II/III, TPE, GP) read.
+    Each trial records (:mod:`compsearch.record`) its policy (before the evaluation, so
+    failed trials keep it too), every metric (:func:`collect_metrics`; read back with
+    ``record.read_metrics(trial)``), the reporter's intermediate values, and on failure its
+    reason (``"<ExceptionType>: <message>"``). With ``constraints``, the constraint values
+    (``<= 0`` = feasible) go to Optuna's own constraint record, which Optuna's constrained
+    samplers (NSGA-II/III, TPE, GP), ``plot_pareto_front`` and optuna-dashboard read. The
+    study gets the objective names (``study.set_metric_names``) on the first trial.
 
     Args:
         space: proposes the policy (``space.suggest(trial)``).
@@ -96,21 +96,23 @@ def optuna_objective(
     Raises:
         ConfigError: an unknown objective or constraint metric (at construction).
     """
-    names = objective_names(objectives)
+    pairs = objective_pairs(objectives)
+    names = tuple(m for m, _ in pairs)
     bounds = parse_constraints(constraints)
     need_proxy = "proxy" in names or any(c.metric == "proxy" for c in bounds)
+    set_up: set[str] = set()
 
     def objective(trial: optuna.Trial) -> tuple[float, ...] | float:
+        if trial.study.study_name not in set_up:
+            record.setup_study(trial.study, pairs, bounds)
+            set_up.add(trial.study.study_name)
         policy = space.suggest(trial)
-        trial.set_user_attr(POLICY_ATTR, policy.to_dict())
+        record.record_policy(trial, policy)
         reporter = OptunaReporter(trial, metric=names[0])
         result = _evaluate(trial, evaluator, policy, reporter=reporter, steps=steps, test=test)
         metrics = collect_metrics(evaluator, policy, result, proxy=need_proxy)
-        trial.set_user_attr(METRICS_ATTR, metrics)
-        for c in bounds:
-            trial.set_constraint(c.key, c.value(metrics))
-        values = tuple(float(metrics[n]) for n in names)
-        return values[0] if len(values) == 1 else values
+        values = record.record_success(trial.study, trial, metrics, objectives=pairs, constraints=bounds)
+        return values[0] if len(values) == 1 else tuple(values)
 
     return objective
 
@@ -132,13 +134,11 @@ def _evaluate(
     except optuna.TrialPruned:
         raise
     except Exception as e:
-        trial.set_user_attr(FAIL_REASON_ATTR, f"{type(e).__name__}: {e}")
+        record.record_failure(trial, f"{type(e).__name__}: {e}")
         raise
 
 
 __all__ = [
-    "FAIL_REASON_ATTR",
-    "POLICY_ATTR",
     "Constraint",
     "collect_metrics",
     "directions",

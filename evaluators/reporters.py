@@ -27,9 +27,6 @@ from compsearch.errors import ConfigError
 if TYPE_CHECKING:
     import optuna
 
-INTERMEDIATE_ATTR = "intermediate"
-INTERMEDIATE_METRICS_ATTR = "intermediate_metrics"
-METRICS_ATTR = "metrics"
 
 
 def _numeric(metrics: Mapping[str, Any] | None) -> dict[str, float]:
@@ -85,10 +82,10 @@ class OptunaReporter:
 
     Single-objective study: ``trial.report(v, step)`` and, when ``trial.should_prune()``,
     raise ``optuna.TrialPruned``. Multi-objective study (``len(study.directions) > 1``,
-    where Optuna forbids ``report``): the values go to the trial's user attrs
-    ``"intermediate"`` (``{str(step): v}``) and ``"intermediate_metrics"``
-    (``{str(step): metrics}``); nothing is pruned. In both cases ``final`` stores the
-    numeric final metrics as user attr ``"metrics"``.
+    where Optuna forbids ``report``): the values go to the trial record's intermediate
+    attrs (``{str(step): v}`` and ``{str(step): metrics}``, see
+    :func:`compsearch.record.record_intermediate`); nothing is pruned. In both cases
+    ``final`` stores the numeric final metrics in the trial record.
 
     ``v`` is the reported ``value`` when ``metric == "accuracy"`` (the evaluator reports
     validation accuracy), else ``metrics[metric]``; when that is missing, the step is
@@ -107,13 +104,9 @@ class OptunaReporter:
         self.multi_objective = study is not None and len(study.directions) > 1
 
     def _record(self, step: int, value: float, metrics: dict[str, float]) -> None:
-        values = dict(self.trial.user_attrs.get(INTERMEDIATE_ATTR, {}))
-        values[str(step)] = float(value)
-        self.trial.set_user_attr(INTERMEDIATE_ATTR, values)
-        if metrics:
-            per_step = dict(self.trial.user_attrs.get(INTERMEDIATE_METRICS_ATTR, {}))
-            per_step[str(step)] = metrics
-            self.trial.set_user_attr(INTERMEDIATE_METRICS_ATTR, per_step)
+        from compsearch import record
+
+        record.record_intermediate(self.trial, step, value, metrics)
 
     def report(self, step: int, value: float, metrics: dict[str, float] | None = None) -> None:
         """Record ``value`` at ``step``; raise ``optuna.TrialPruned`` when the pruner says so."""
@@ -132,8 +125,10 @@ class OptunaReporter:
             raise optuna.TrialPruned(f"pruned at step {step}: {self.metric}={v:.6g}")
 
     def final(self, metrics: dict[str, Any]) -> None:
-        """Store the numeric final metrics as the trial's user attr ``"metrics"``."""
-        self.trial.set_user_attr(METRICS_ATTR, _numeric(metrics))
+        """Store the numeric final metrics in the trial record (``record.read_metrics``)."""
+        from compsearch import record
+
+        record.record_metrics(self.trial, _numeric(metrics))
 
 
 class TuneReporter:

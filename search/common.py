@@ -25,6 +25,7 @@ from optuna.distributions import BaseDistribution
 from optuna.samplers import BaseSampler, RandomSampler
 from optuna.trial import FrozenTrial, TrialState
 
+from compsearch import record
 from compsearch.search.registry import SearchContext
 
 if TYPE_CHECKING:
@@ -41,7 +42,7 @@ class Observation:
         number: Optuna trial number.
         params: the space's params (one value per dimension).
         values: the study's objective values, in ``SearchContext.objectives`` order.
-        metrics: every metric the evaluator stored (``trial.user_attrs["metrics"]``), may be empty.
+        metrics: every metric the evaluator stored (``record.read_metrics(trial)``), may be empty.
     """
 
     number: int
@@ -84,8 +85,7 @@ def observations(study: Study, space: Space, trials: Sequence[FrozenTrial] | Non
         point = space_params(t.params, space)
         if t.values is None or point is None:
             continue
-        metrics = t.user_attrs.get("metrics", {})
-        out.append(Observation(t.number, point, tuple(t.values), dict(metrics) if isinstance(metrics, Mapping) else {}))
+        out.append(Observation(t.number, point, tuple(t.values), record.read_metrics(t)))
     return out
 
 
@@ -102,8 +102,8 @@ def pending_params(
     for t in _trials_in(study, trials, (TrialState.RUNNING, TrialState.WAITING)):
         if t.number == exclude:
             continue
-        proposal = t.system_attrs.get("compsearch:proposal")
-        point = space_params(proposal, space) if isinstance(proposal, Mapping) else space_params(t.params, space)
+        proposal = record.read_proposal(t)
+        point = space_params(proposal if proposal is not None else t.params, space)
         if point is not None:
             out.append(point)
     return out
@@ -176,7 +176,7 @@ class CompressionSampler(BaseSampler, ABC):
         trials = study.get_trials(deepcopy=False)
         history = observations(study, self.space, trials)
         params = self.propose(study, history, pending_params(study, self.space, exclude=trial.number, trials=trials))
-        study._storage.set_trial_system_attr(trial._trial_id, "compsearch:proposal", dict(params))
+        record.record_proposal(study, trial, params)
         return params
 
     def sample_independent(

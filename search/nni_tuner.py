@@ -31,6 +31,7 @@ try:
 except ImportError as e:  # pragma: no cover - exercised only without nni
     raise ImportError(f"compsearch.search.nni_tuner needs NNI ({e}); install it with: pip install nni") from None
 
+from compsearch import record
 from compsearch.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -38,8 +39,6 @@ if TYPE_CHECKING:
 
     from compsearch.evaluators.evaluator import CompressionEvaluator
     from compsearch.spaces.base import Space
-
-FAIL_REASON_ATTR = "fail_reason"
 
 
 def metrics_of(value: Any, first: str) -> dict[str, float]:
@@ -120,7 +119,7 @@ class StrategyTuner(Tuner):
             raise nni.NoMoreTrialError(f"budget of {self.n_trials} trials used")
         trial = self.study.ask()
         policy = self.space.suggest(trial)
-        trial.set_user_attr("policy", policy.to_dict())
+        record.record_policy(trial, policy)
         trial.set_user_attr("nni_parameter_id", int(parameter_id))
         self.running[int(parameter_id)] = trial
         self.asked += 1
@@ -133,23 +132,19 @@ class StrategyTuner(Tuner):
             return  # a customized trial NNI did not get from this tuner
         metrics = metrics_of(value, self.objectives[0][0])
         missing = [m for m, _ in self.objectives if m not in metrics or not math.isfinite(metrics[m])]
-        trial.set_user_attr("metrics", metrics)
         if missing:
-            trial.set_user_attr(FAIL_REASON_ATTR, f"final result lacks objective(s) {missing}: {sorted(metrics)}")
-            self.study.tell(trial, state=_fail_state())
+            record.record_metrics(trial, metrics)
+            record.tell_failure(self.study, trial, f"final result lacks objective(s) {missing}: {sorted(metrics)}")
             return
-        for c in self.bounds:
-            if c.metric in metrics:
-                trial.set_constraint(c.key, c.value(metrics))
-        self.study.tell(trial, [metrics[m] for m, _ in self.objectives])
+        self.study.tell(trial, record.record_success(self.study, trial, metrics, objectives=self.objectives,
+                                                    constraints=self.bounds))
 
     def trial_end(self, parameter_id: int, success: bool, **kwargs: Any) -> None:
         """A trial that ended without a final result is FAILED (its reason: NNI's trial log)."""
         trial = self.running.pop(int(parameter_id), None)
         if trial is not None:
             reason = "ended without a final result" if success else "the NNI trial failed (see its trial.log)"
-            trial.set_user_attr(FAIL_REASON_ATTR, reason)
-            self.study.tell(trial, state=_fail_state())
+            record.tell_failure(self.study, trial, reason)
 
     def import_data(self, data: list[dict[str, Any]]) -> None:
         """Add finished ``{"parameter": params, "value": result}`` entries to the study."""
@@ -160,9 +155,10 @@ class StrategyTuner(Tuner):
             metrics = metrics_of(entry["value"], self.objectives[0][0])
             if not all(m in metrics for m, _ in self.objectives):
                 continue
+            user, system = record.frozen_attrs(metrics=metrics, constraints=self.bounds)
             self.study.add_trial(optuna.trial.create_trial(
                 params=dict(entry["parameter"]), distributions=distributions,
-                values=[metrics[m] for m, _ in self.objectives], user_attrs={"metrics": metrics},
+                values=[metrics[m] for m, _ in self.objectives], user_attrs=user, system_attrs=system,
             ))
 
 

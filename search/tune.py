@@ -23,6 +23,7 @@ import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from compsearch import record
 from compsearch.errors import ConfigError, FineTuneDiverged
 
 if TYPE_CHECKING:
@@ -231,7 +232,7 @@ def StudySearcher(  # noqa: N802 - a class factory, so that ray stays a lazy imp
                 return str(base.FINISHED)  # type: ignore[attr-defined]
             self.asked += 1
             policy = space.suggest(trial)
-            trial.set_user_attr("policy", policy.to_dict())
+            record.record_policy(trial, policy)
             self.live[trial_id] = trial
             return {"params": dict(trial.params), "optuna_trial": trial.number}
 
@@ -247,29 +248,25 @@ def StudySearcher(  # noqa: N802 - a class factory, so that ray stays a lazy imp
         def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
             trial = self.live.pop(trial_id, None)
             if trial is not None:
-                _tell(self.study, trial, result, error=error, metrics=metrics, bounds=bounds)
+                _tell(self.study, trial, result, error=error, objectives=list(objectives), bounds=bounds)
 
     return _StudySearcher()
 
 
 def _tell(study: optuna.Study, trial: optuna.Trial, result: Mapping[str, Any] | None, *, error: bool,
-          metrics: Sequence[str], bounds: Sequence[Any]) -> None:
+          objectives: Sequence[tuple[str, str]], bounds: Sequence[Any]) -> None:
     """Record one finished Tune trial in the study (see :func:`StudySearcher`)."""
     from optuna.trial import TrialState
 
+    metrics = [m for m, _ in objectives]
     result = dict(result or {})
     if error:
-        trial.set_user_attr(FAIL_KEY, "interrupted by internal error: the Ray Tune trial raised (see its error.txt)")
-        study.tell(trial, state=TrialState.FAIL)
+        record.tell_failure(study, trial, f"{record.INTERRUPTED} by internal error: the Ray Tune trial raised (see its error.txt)")
     elif result.get(FAIL_KEY):
-        trial.set_user_attr(FAIL_KEY, str(result[FAIL_KEY]))
-        study.tell(trial, state=TrialState.FAIL)
+        record.tell_failure(study, trial, str(result[FAIL_KEY]))
     elif result.get(FINAL_KEY) and all(m in result for m in metrics):
         numeric = {k: v for k, v in _numeric(result).items() if k not in (FINAL_KEY,) and not _tune_key(k)}
-        trial.set_user_attr("metrics", numeric)
-        for c in bounds:
-            trial.set_constraint(c.key, c.value(numeric))
-        study.tell(trial, [float(result[m]) for m in metrics])
+        study.tell(trial, record.record_success(study, trial, numeric, objectives=objectives, constraints=bounds))
     else:
         step = result.get("step")
         if step is not None and math.isfinite(float(step)):
@@ -336,7 +333,7 @@ def tune_searcher(
     else:
         raise ConfigError(f"strategy={strategy!r} must be a registered strategy name or an optuna sampler")
     study = optuna.create_study(storage=storage, study_name=study_name, sampler=sampler,
-                                directions=[d for _, d in pairs], load_if_exists=study_name is not None)
+                                directions=[d for _, d in pairs], load_if_exists=study_name is not None)  # type: ignore[misc]
     return StudySearcher(study, space=space, objectives=pairs, constraints=constraints, max_trials=n_trials)
 
 

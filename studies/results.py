@@ -26,10 +26,11 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from compsearch import record
 from compsearch.errors import ConfigError
 
-FAIL_REASON_ATTR = "fail_reason"
-INTERRUPTED = "interrupted"
+FAIL_REASON_ATTR = record.FAIL_REASON_ATTR
+INTERRUPTED = record.INTERRUPTED
 STUDIES_FILE = "studies.db"
 _STUDY_RE = re.compile(r"^(?P<strategy>.+)-s(?P<seed>\d+)$")
 
@@ -74,19 +75,10 @@ def open_storage(url: str, *, out_dir: str | Path | None = None) -> optuna.stora
     return optuna.storages.RDBStorage(url, heartbeat_interval=None)
 
 
-def fail_reason(trial: FrozenTrial) -> str | None:
-    reason = trial.user_attrs.get(FAIL_REASON_ATTR)
-    return str(reason) if reason is not None else None
-
-
-def counts_toward_budget(trial: FrozenTrial) -> bool:
-    """Whether ``trial`` uses budget (see the module's budget rule)."""
-    if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
-        return True
-    if trial.state == TrialState.FAIL:
-        reason = fail_reason(trial)
-        return reason is not None and not reason.startswith(INTERRUPTED)
-    return False
+fail_reason = record.read_fail_reason
+counts_toward_budget = record.counts_toward_budget
+is_feasible = record.is_feasible
+trial_metrics = record.read_metrics
 
 
 def counted_trials(trials: Sequence[FrozenTrial], budget: int | None = None) -> list[FrozenTrial]:
@@ -95,21 +87,9 @@ def counted_trials(trials: Sequence[FrozenTrial], budget: int | None = None) -> 
     return out if budget is None else out[:budget]
 
 
-def is_feasible(trial: FrozenTrial) -> bool:
-    """COMPLETE with values, and every stored constraint value ``<= 0``."""
-    if trial.state != TrialState.COMPLETE or trial.values is None:
-        return False
-    return all(float(v) <= 0.0 for v in trial.constraints.values())
-
-
 def trial_point(trial: FrozenTrial) -> list[float] | None:
     """The objective values of a feasible trial; None for any other trial."""
     return [float(v) for v in trial.values] if is_feasible(trial) else None
-
-
-def trial_metrics(trial: FrozenTrial) -> dict[str, Any]:
-    metrics = trial.user_attrs.get("metrics", {})
-    return dict(metrics) if isinstance(metrics, dict) else {}
 
 
 def state_counts(trials: Sequence[FrozenTrial]) -> dict[str, int]:

@@ -32,6 +32,7 @@ import numpy as np
 from optuna.trial import FrozenTrial, TrialState
 
 from compsearch.errors import ConfigError, FineTuneDiverged
+from compsearch.record import read_policy
 from compsearch.studies.hypervolume import hypervolume_curve, pareto_indices
 from compsearch.studies.results import (
     counted_trials,
@@ -115,7 +116,7 @@ def _pareto_rows(records: dict[int, dict[str, Any]], spec: StudySpec) -> list[di
     idx = pareto_indices([trial_point(t) for _, t in pool], directions)
     rows, seen = [], set()
     for seed, t in sorted((pool[i] for i in idx), key=lambda st: list(st[1].values)):
-        policy = t.user_attrs.get("policy")
+        policy = read_policy(t)
         key = json.dumps(policy, sort_keys=True)
         if key in seen:
             continue

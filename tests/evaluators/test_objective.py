@@ -14,6 +14,7 @@ from compsearch.evaluators.models import build_model, train_base_model
 from compsearch.evaluators.objective import directions, optuna_objective
 from compsearch.evaluators.types import EvalResult, FineTuneConfig
 from compsearch.metrics import metric_names, parse_constraints
+from compsearch.record import constraint_names, read_metrics, read_policy
 from compsearch.spaces import Policy, discover_units, get_space
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -97,7 +98,7 @@ def test_failure_is_a_failed_trial_with_its_reason(mlp_space) -> None:
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.FAIL] * 2
     t = study.trials[0]
     assert t.user_attrs["fail_reason"] == "FineTuneDiverged: fine-tuning diverged at step 3: loss=nan"
-    assert "policy" in t.user_attrs and "metrics" not in t.user_attrs
+    assert read_policy(t) is not None and read_metrics(t) == {}
 
 
 def test_constraints_and_proxy_are_stored(mlp_space) -> None:
@@ -106,13 +107,13 @@ def test_constraints_and_proxy_are_stored(mlp_space) -> None:
         mlp_space, FakeEvaluator(), ("accuracy", "proxy"), constraints={"max_size_bits": 40, "min_accuracy": 0.5}
     )
     study.optimize(objective, n_trials=3)
+    assert study.metric_names == ["accuracy", "proxy"] and constraint_names(study) == ["max_size_bits", "min_accuracy"]
     for t in study.trials:
-        m = t.user_attrs["metrics"]
+        m = read_metrics(t)
+        assert t.user_attrs["metric:proxy"] == 0.125  # one user attr per metric
         assert t.values == [pytest.approx(m["accuracy"]), 0.125]
-        assert t.constraints == {
-            "max_size_bits": pytest.approx(m["size_bits"] - 40),
-            "min_accuracy": pytest.approx(0.5 - m["accuracy"]),
-        }
+        # Optuna's list form, in constraint_names order: size_bits - 40, 0.5 - accuracy
+        assert list(t.constraints.values()) == [pytest.approx(m["size_bits"] - 40), pytest.approx(0.5 - m["accuracy"])]
 
 
 def test_unknown_objective_rejected_at_construction(mlp_space) -> None:
@@ -145,7 +146,7 @@ def test_five_trial_multi_objective_study_on_digits_cnn() -> None:
         assert t.state == optuna.trial.TrialState.COMPLETE
         policy = Policy.from_dict(t.user_attrs["policy"])
         assert policy == space.decode(t.params)
-        m = t.user_attrs["metrics"]
+        m = read_metrics(t)
         assert t.values == [m["accuracy"], m["size_bits"]]
         assert 0.0 <= m["accuracy"] <= 1.0 and 0 < m["size_bits"] <= full_bits
         assert m["size_kb"] == pytest.approx(m["size_bits"] / 8192)

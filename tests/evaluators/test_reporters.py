@@ -68,7 +68,9 @@ def test_optuna_single_objective_without_pruning_keeps_going() -> None:
     study.tell(trial, 0.75)
     frozen = study.trials[0]
     assert frozen.intermediate_values == {1: 0.25, 2: 0.5, 3: 0.75}
-    assert frozen.user_attrs["metrics"] == {"accuracy": 0.75, "size_bits": 100.0}  # None dropped
+    from compsearch.record import read_metrics
+
+    assert read_metrics(frozen) == {"accuracy": 0.75, "size_bits": 100.0}  # None dropped
 
 
 def test_optuna_minimized_objective_is_never_pruned_on_accuracy() -> None:

@@ -13,6 +13,7 @@ from torch import nn
 
 nni = pytest.importorskip("nni", reason="NNI is not installed (pip install nni); the NNI adapter is untested here")
 
+from compsearch.record import read_constraints, read_metrics  # noqa: E402
 from compsearch.search.nni_tuner import StrategyTuner, metrics_of  # noqa: E402
 from compsearch.spaces import discover_units, get_space  # noqa: E402
 from compsearch.testing import digits_spec  # noqa: E402
@@ -51,8 +52,8 @@ def test_tuner_asks_tells_the_full_metric_dict_and_stops_at_the_budget(space) ->
     tuner.trial_end(2, False)
     t0, t1, t2 = tuner.study.get_trials()
     assert t0.state == TrialState.COMPLETE and t0.values == [0.8, 2.0]
-    assert t0.user_attrs["metrics"] == {"accuracy": 0.8, "size_kb": 2.0, "bops": 5.0}
-    assert t0.constraints == {"max_size_kb": 0.5}  # size_kb 2.0 - bound 1.5
+    assert read_metrics(t0) == {"accuracy": 0.8, "size_kb": 2.0, "bops": 5.0}
+    assert read_constraints(t0) == [0.5]  # size_kb 2.0 - bound 1.5
     assert t0.params == params[0] and space.decode(params[0]).to_dict() == t0.user_attrs["policy"]
     assert t1.state == TrialState.FAIL and "lacks objective(s) ['size_kb']" in t1.user_attrs["fail_reason"]
     assert t2.state == TrialState.FAIL and t2.user_attrs["fail_reason"].startswith("the NNI trial failed")

@@ -11,6 +11,7 @@ from optuna.trial import TrialState
 
 pytest.importorskip("ray.tune", reason="Ray Tune is not installed (pip install 'compsearch[ray]')")
 
+from compsearch.record import read_metrics  # noqa: E402
 from compsearch.search.tune import CheckpointTuneReporter, read_checkpoint_state  # noqa: E402
 from compsearch.testing import digits_spec  # noqa: E402
 
@@ -119,7 +120,7 @@ def test_asha_sweep_of_four_trials_two_at_a_time(ray_session, run_ctx, tmp_path:
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     assert complete  # ASHA never stops the first trial to reach a rung
     for t in complete:
-        assert t.values == [t.user_attrs["metrics"]["accuracy"], t.user_attrs["metrics"]["size_kb"]]
+        assert t.values == [read_metrics(t)["accuracy"], read_metrics(t)["size_kb"]]
         assert run_ctx.space.decode(t.params).to_dict() == t.user_attrs["policy"]
     for t in trials:
         if t.state == TrialState.PRUNED:
@@ -142,7 +143,7 @@ def test_run_ray_writes_the_runner_storage_layout(ray_session, run_ctx) -> None:
     assert len(done) == 3 and all(t.state == TrialState.COMPLETE for t in done)
     assert sorted(t.system_attrs[SLOT_ATTR] for t in done) == [0, 1, 2]
     for t in done:
-        metrics = t.user_attrs["metrics"]
+        metrics = read_metrics(t)
         assert t.values == [metrics["accuracy"], metrics["size_kb"]]
         assert {"bops", "compression_ratio", "seconds_total"} <= set(metrics)
         assert not {"training_iteration", "step", "final"} & set(metrics)

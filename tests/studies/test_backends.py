@@ -14,6 +14,7 @@ import pytest
 from optuna.trial import TrialState
 
 from compsearch.errors import ConfigError
+from compsearch.record import read_metrics, read_policy
 from compsearch.studies.backends import (
     SLOT_ATTR,
     BudgetedStudy,
@@ -148,7 +149,7 @@ def _check_jobs(storage: optuna.storages.BaseStorage, strategies: list[str], bud
         assert len(done) == budget, strategy
         assert all(t.state == TrialState.COMPLETE for t in done), strategy
         assert sorted(t.system_attrs[SLOT_ATTR] for t in done) == list(range(budget)), strategy
-        assert all({"policy", "metrics"} <= set(t.user_attrs) for t in done)
+        assert all(read_policy(t) and read_metrics(t) for t in done)
         assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
         for a, b in itertools.combinations(done, 2):  # duplicate proposals among concurrent trials
             if a.datetime_start < b.datetime_complete and b.datetime_start < a.datetime_complete and a.params == b.params:

@@ -18,6 +18,7 @@ from optuna.trial import TrialState
 
 from compsearch.errors import FineTuneDiverged, SpecError
 from compsearch.evaluators.evaluator import CompressionEvaluator
+from compsearch.record import read_constraints, read_metrics
 from compsearch.studies.results import (
     counted_trials,
     counts_toward_budget,
@@ -42,10 +43,10 @@ def test_one_study_per_strategy_and_seed(tiny_run) -> None:
     for trials in studies.values():
         assert [t.state for t in trials] == [TrialState.COMPLETE] * 4
         for t in trials:
-            metrics = t.user_attrs["metrics"]
+            metrics = read_metrics(t)
             # values follow the objectives; the constraint is size_kb - 12 (feasible <= 0)
             assert t.values == [metrics["accuracy"], metrics["size_kb"]]
-            assert t.constraints == {"max_size_kb": pytest.approx(metrics["size_kb"] - 12.0)}
+            assert read_constraints(t) == [pytest.approx(metrics["size_kb"] - 12.0)]
             assert ctx.space.decode(t.params).to_dict() == t.user_attrs["policy"]
             assert metrics["steps"] == 5
 
