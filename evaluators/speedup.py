@@ -1,69 +1,173 @@
-"""Physically remove pruned output channels (Torch-Pruning), keeping the masked model's outputs.
-
-Why Torch-Pruning and not NNI's ``ModelSpeedup``: measured with ``benchmarks/speedup.py``
-on the supported timm families at 32x32 (resnet18, vit_tiny_patch16_224, mobilenetv3_small_050,
-efficientnet_b0, convnext_atto; numbers in that script's output), Torch-Pruning's dependency
-graph builds on all five and removes every private channel group exactly, while NNI 3.0's
-``ModelSpeedup`` (given ``graph_module=torch.fx.symbolic_trace(model)``) fails on more of them
-(fx tracing or its shape inference). Torch-Pruning is imported lazily (``pip install torch-pruning``).
+"""Physically remove pruned output channels (built on Torch-Pruning), keeping the masked model's outputs.
 
 **What is removed.** A unit with channel-structured pruning (``structure="channel"``,
 ``keep < 1``; the classifier output layer excluded) drops the output channels its
-importance criterion ranks lowest (the same masks as the evaluator,
-:func:`~compsearch.evaluators.masks.compute_mask`). Torch-Pruning's pruning *group* of
-those channels is everything coupled to them: the unit's weight rows and bias, the
-following normalization's channels, depthwise convs that pass them through, the input
-columns of the consumers. A unit is *removable* when its group holds no other producer
-(a conv/linear other than depthwise pass-throughs) and no LayerNorm/GroupNorm -- removing
-a channel of a residual stream would change other units, a LayerNorm's statistics
-change when a channel leaves, and a fused q/k/v projection is split into attention heads. Units that are not removable keep their pruned weight rows
-zeroed in place (a masked, not smaller, layer).
+importance criterion ranks lowest (the evaluator's masks,
+:func:`~compsearch.evaluators.masks.compute_mask`, or ``channels=`` given explicitly).
+Its *group* is everything coupled to those channels (found on Torch-Pruning's traced
+graph by :func:`~compsearch.evaluators.channel_groups.channel_group`): its weight rows
+and bias, the BatchNorm channels after it, depthwise convs and squeeze-excite gates the
+channels pass through, the input columns of its consumers. A unit whose group cannot be
+removed exactly (a residual stream, a LayerNorm, a grouped conv, attention heads, a
+split, ...) stays **masked**: its pruned weight rows are zeroed in place and
+:attr:`PrunePlan.masked` says why (a :class:`~compsearch.errors.ModelError` message
+naming the unit and the coupling; ``strict=True`` raises it).
 
-**The reference it equals** (:func:`masked_reference`): the model with, for every
-removable unit, every parameter of its group zeroed at the pruned channels (so those
-channels are exactly 0 everywhere the group reaches: activations map 0 to 0, a
-squeeze-excite gate multiplies a 0), and for every other pruned unit its weight rows
-zeroed. (The evaluator zeroes the weight rows only; a bias or BatchNorm shift of a
-pruned channel survives there, so its fine-tuned model is not exactly removable.)
+**The masked model it equals** (:func:`masked_reference`, :func:`zero_pruned`): the model
+with, for every removed unit, every output-channel parameter of its group zeroed at the
+pruned channels (weight rows, biases, BatchNorm scale and shift, gate rows; so those
+channels are exactly 0 wherever the group reaches), and for every masked unit its pruned
+weight rows zeroed. The pruned model's outputs are checked against it on the example
+input and a second random batch (``max |f_pruned - f_masked| <= atol * max(1, max
+|f_masked|)``); a removal that breaks this (an op Torch-Pruning's graph does not model)
+is found by bisection and that unit is masked instead, so the result is always exact.
+
+**Side-effect free.** The caller's model is never modified: every step works on
+:func:`clone_model` copies, which also deep-copy models that cache non-leaf tensors
+(LeViT's attention-bias cache after a forward with gradients).
+
+Why Torch-Pruning and not NNI's ``ModelSpeedup``: see ``benchmarks/speedup.py``.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 from torch import nn
 
 from compsearch.errors import ModelError
+from compsearch.evaluators.channel_groups import (
+    ChannelGroup,
+    Graph,
+    build_graph,
+    channel_group,
+    torch_pruning,
+)
 from compsearch.evaluators.masks import compute_mask
 from compsearch.spaces.policy import Policy
 from compsearch.spaces.units import Unit
 
-_CHANNEL_NORMS = (nn.LayerNorm, nn.GroupNorm)
+PLAN_VERSION = 1
 
 
 @dataclass(frozen=True)
 class PrunePlan:
-    """Which channels leave which unit.
+    """Which channels leave which unit, and which units stay masked.
 
     Attributes:
-        channels: unit name -> sorted pruned output-channel indices.
-        removable: units whose channels are physically removed.
-        masked: units whose pruned rows stay zeroed in place, with the reason.
+        channels: unit name -> sorted pruned output-channel indices (removed or masked).
+        groups: removed unit -> its :class:`ChannelGroup` (original indices).
+        masked: unit -> why its channels stay in place, zeroed (a sentence naming the coupling).
     """
 
-    channels: dict[str, list[int]]
-    removable: tuple[str, ...]
+    channels: dict[str, tuple[int, ...]]
+    groups: dict[str, ChannelGroup] = field(default_factory=dict)
     masked: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def removed(self) -> tuple[str, ...]:
+        """Units whose channels are physically removed, in planning order."""
+        return tuple(self.groups)
+
+    def merged(self) -> tuple[dict[str, set[int]], dict[str, set[int]]]:
+        """Union over the groups: module -> removed output channels, module -> removed input channels."""
+        outs: dict[str, set[int]] = {}
+        ins: dict[str, set[int]] = {}
+        for group in self.groups.values():
+            for name, idxs in group.out.items():
+                outs.setdefault(name, set()).update(idxs)
+            for name, idxs in group.inp.items():
+                ins.setdefault(name, set()).update(idxs)
+        return outs, ins
+
+    def mask(self, reasons: Mapping[str, str]) -> PrunePlan:
+        """This plan with the units of ``reasons`` masked instead of removed."""
+        groups = {u: g for u, g in self.groups.items() if u not in reasons}
+        return replace(self, groups=groups, masked={**self.masked, **reasons})
+
+    def only(self, units: Sequence[str]) -> PrunePlan:
+        """This plan removing only ``units`` (the others neither removed nor masked, unless masked already)."""
+        keep = set(units) | set(self.masked)
+        return PrunePlan(channels={u: c for u, c in self.channels.items() if u in keep},
+                         groups={u: self.groups[u] for u in units}, masked=dict(self.masked))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (``version``, ``channels``, ``groups``, ``masked``); :meth:`from_dict` reads it."""
+        return {"version": PLAN_VERSION, "channels": {u: list(c) for u, c in self.channels.items()},
+                "groups": {u: g.to_dict() for u, g in self.groups.items()}, "masked": dict(self.masked)}
+
+    @staticmethod
+    def from_dict(d: Mapping[str, Any]) -> PrunePlan:
+        if d.get("version") != PLAN_VERSION:
+            raise ModelError(f"prune plan version={d.get('version')!r} is not supported; allowed: {PLAN_VERSION}")
+        return PrunePlan(channels={u: tuple(c) for u, c in d["channels"].items()},
+                         groups={u: ChannelGroup.from_dict(g) for u, g in d["groups"].items()},
+                         masked=dict(d["masked"]))
+
+
+@dataclass(frozen=True)
+class PruneResult:
+    """A physically pruned copy of a model.
+
+    Attributes:
+        model: the pruned model (eval mode); the caller's model is untouched.
+        plan: what was removed and what stays masked.
+        max_error: ``max |f_pruned(x) - f_masked(x)| / max(1, max |f_masked(x)|)`` over the check inputs.
+        params_before, params_after: parameter counts.
+        seconds: wall time of planning, pruning and checking.
+    """
+
+    model: nn.Module
+    plan: PrunePlan
+    max_error: float
+    params_before: int
+    params_after: int
+    seconds: float
+
+
+def _tensors(value: Any) -> Iterator[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        yield value
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _tensors(v)
+    elif isinstance(value, list | tuple):
+        for v in value:
+            yield from _tensors(v)
+
+
+def clone_model(model: nn.Module) -> nn.Module:
+    """``copy.deepcopy(model)`` that also works when a module caches a non-leaf tensor.
+
+    ``deepcopy`` refuses tensors that carry an autograd history (e.g. timm LeViT's
+    ``attention_bias_cache`` filled by a forward with gradients); those are copied as
+    detached clones (same values). Parameters and buffers are copied as usual.
+    """
+    memo: dict[int, Any] = {}
+    for module in model.modules():
+        for key, value in vars(module).items():
+            if key in ("_parameters", "_buffers", "_modules"):
+                continue
+            for t in _tensors(value):
+                if t.grad_fn is not None:
+                    memo[id(t)] = t.detach().clone()
+    return copy.deepcopy(model, memo)
+
+
+def parameter_count(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
 
 
 def pruned_channels(model: nn.Module, policy: Policy, units: Sequence[Unit], *, criterion: str = "l1") -> dict[str, list[int]]:
-    """Pruned output channels of every channel-pruned unit (head excluded), from the base weights.
+    """Pruned output channels of every channel-pruned unit (head excluded), from the model's weights.
 
-    Criteria needing gradients (``taylor``, ``fisher``) are not supported here; use ``l1``/``l2``.
+    Criteria needing gradients (``taylor``, ``fisher``) are not supported here: pass the
+    evaluator's masks as ``channels=`` to :func:`plan_pruning` instead.
     """
     out: dict[str, list[int]] = {}
     for unit in units:
@@ -77,129 +181,212 @@ def pruned_channels(model: nn.Module, policy: Policy, units: Sequence[Unit], *, 
     return out
 
 
-def _graph(model: nn.Module, example_input: torch.Tensor) -> Any:
-    try:
-        import torch_pruning as tp
-    except ImportError as e:
-        raise ImportError(f"physical pruning needs Torch-Pruning ({e}); install it with: pip install torch-pruning") from None
-    with torch.enable_grad():  # the dependency graph is traced through autograd
-        return tp, tp.DependencyGraph().build_dependency(model, example_inputs=example_input)
+class PruneAnalyzer:
+    """Traces a copy of ``model`` once and plans any number of channel sets on it.
 
+    Groups are cached per ``(unit, channels)``, so an evaluator can ask for the plan of
+    every candidate cheaply (the walk of one unit takes milliseconds).
 
-def _group(tp: Any, graph: Any, module: nn.Module, idxs: list[int]) -> Any:
-    fn = tp.prune_linear_out_channels if isinstance(module, nn.Linear) else tp.prune_conv_out_channels
-    return graph.get_pruning_group(module, fn, idxs=idxs)
+    Args:
+        model: the plain model (no compression forwards attached); not changed.
+        example_input: a batch, ``n x ...``.
+    """
 
+    def __init__(self, model: nn.Module, example_input: torch.Tensor) -> None:
+        torch_pruning()
+        self._graph: Graph = build_graph(clone_model(model), example_input)
+        self._cache: dict[tuple[str, tuple[int, ...]], ChannelGroup | str] = {}
 
-def _is_depthwise(module: nn.Module) -> bool:
-    return isinstance(module, nn.Conv2d | nn.Conv1d) and module.groups > 1 and module.groups == module.in_channels
+    def group(self, unit: str, channels: Sequence[int]) -> ChannelGroup | str:
+        """The unit's group, or the sentence completing "its channels ..." saying why it cannot go."""
+        key = (unit, tuple(sorted(channels)))
+        if key not in self._cache:
+            self._cache[key] = channel_group(self._graph, unit, key[1])
+        return self._cache[key]
 
-
-def _why_not_removable(group: Any, root: nn.Module) -> str | None:
-    for dep, _ in group:
-        target = dep.target.module
-        out = dep.handler.__name__ == "prune_out_channels"
-        if type(target).__name__ == "_UnbindOp" or "ScaledDotProduct" in str(dep.target.name):
-            return "its channels are split into attention heads (q/k/v)"
-        if isinstance(target, _CHANNEL_NORMS):
-            return f"its channels reach a {type(target).__name__} ({dep.target.name.split(' ')[0]})"
-        if out and target is not root and isinstance(target, nn.Linear | nn.Conv1d | nn.Conv2d) and not _is_depthwise(target):
-            return f"its channels are shared with {dep.target.name.split(' ')[0]} (a coupled group, e.g. a residual stream)"
-    return None
+    def plan(self, channels: Mapping[str, Sequence[int]]) -> PrunePlan:
+        """The :class:`PrunePlan` for unit -> pruned output channels (empty lists are ignored)."""
+        chans = {u: tuple(sorted(c)) for u, c in channels.items() if len(c)}
+        groups, masked = {}, {}
+        for unit, idxs in chans.items():
+            found = self.group(unit, idxs)
+            if isinstance(found, ChannelGroup):
+                groups[unit] = found
+            else:
+                masked[unit] = f"unit {unit!r} stays masked: its channels {found}"
+        return PrunePlan(channels=chans, groups=groups, masked=masked)
 
 
 def plan_pruning(model: nn.Module, policy: Policy, units: Sequence[Unit], example_input: torch.Tensor,
-                 *, criterion: str = "l1") -> PrunePlan:
-    """Decide which pruned units can lose their channels physically (see the module docstring)."""
-    channels = pruned_channels(model, policy, units, criterion=criterion)
-    if not channels:
-        return PrunePlan(channels={}, removable=())
-    tp, graph = _graph(model, example_input)
-    removable, masked = [], {}
-    for name, idxs in channels.items():
-        module = model.get_submodule(name)
-        why = _why_not_removable(_group(tp, graph, module, idxs), module)
-        if why is None:
-            removable.append(name)
-        else:
-            masked[name] = why
-    return PrunePlan(channels=channels, removable=tuple(removable), masked=masked)
+                 *, criterion: str = "l1", channels: Mapping[str, Sequence[int]] | None = None) -> PrunePlan:
+    """Decide which pruned units can lose their channels physically (see the module docstring).
 
-
-def _zero_rows(module: nn.Module, idxs: list[int]) -> None:
-    with torch.no_grad():
-        for attr in ("weight", "bias"):
-            p = getattr(module, attr, None)
-            if isinstance(p, torch.Tensor) and p.dim() >= 1:
-                p[idxs] = 0
-
-
-def _zero_weight_rows(model: nn.Module, plan: PrunePlan) -> None:
-    """Zero the pruned weight rows of the units that stay in place (masked, not removed)."""
-    with torch.no_grad():
-        for name in plan.masked:
-            weight = model.get_submodule(name).weight
-            if not isinstance(weight, torch.Tensor):
-                raise ModelError(f"unit {name!r} has no weight tensor; only Conv and Linear layers prune")
-            weight[plan.channels[name]] = 0
-
-
-def masked_reference(model: nn.Module, plan: PrunePlan, example_input: torch.Tensor) -> nn.Module:
-    """A copy of ``model`` with the plan's channels zeroed (whole groups for removable units)."""
-    ref = copy.deepcopy(model).eval()
-    _zero_weight_rows(ref, plan)
-    if plan.removable:
-        tp, graph = _graph(ref, example_input)
-        for name in plan.removable:
-            for dep, idxs in _group(tp, graph, ref.get_submodule(name), plan.channels[name]):
-                if dep.handler.__name__ == "prune_out_channels" and isinstance(dep.target.module, nn.Module):
-                    _zero_rows(dep.target.module, list(idxs))
-    return ref
-
-
-def physically_prune(model: nn.Module, policy: Policy, units: Sequence[Unit], example_input: torch.Tensor,
-                     *, criterion: str = "l1", atol: float = 1e-4) -> nn.Module:
-    """A smaller copy of ``model`` whose outputs equal :func:`masked_reference`'s.
-
-    Args:
-        model: the (fine-tuned or base) model; not changed.
-        policy: its compression policy (only channel pruning matters here).
-        units: the model's units (:func:`~compsearch.spaces.discover_units`).
-        example_input: a batch, ``n x ...`` (also used to check the outputs).
-        criterion: ``l1`` or ``l2`` (how channels were ranked).
-        atol: allowed ``max |f_pruned(x) - f_ref(x)|``, relative to ``max |f_ref(x)|`` (at least 1).
-
-    Returns:
-        The pruned model (eval mode), with attribute ``compsearch_plan`` (:class:`PrunePlan`).
-
-    Raises:
-        ModelError: the pruned model's outputs differ from the reference's.
+    ``channels`` (unit -> pruned output channels, e.g. from the evaluator's masks)
+    replaces the channels computed from ``policy`` with ``criterion``.
     """
-    plan = plan_pruning(model, policy, units, example_input, criterion=criterion)
-    pruned = copy.deepcopy(model).eval()
-    _zero_weight_rows(pruned, plan)
-    if plan.removable:
-        tp, graph = _graph(pruned, example_input)
-        for name in plan.removable:  # private groups: removing one never shifts another's indices
-            group = _group(tp, graph, pruned.get_submodule(name), plan.channels[name])
-            group.prune()
-    _check_equal(pruned, masked_reference(model, plan, example_input), example_input, atol=atol)
-    pruned.compsearch_plan = plan  # type: ignore[assignment]
+    chans = channels if channels is not None else pruned_channels(model, policy, units, criterion=criterion)
+    if not any(len(c) for c in chans.values()):
+        return PrunePlan(channels={})
+    return PruneAnalyzer(model, example_input).plan(chans)
+
+
+def zero_pruned(model: nn.Module, plan: PrunePlan) -> nn.Module:
+    """Zero, in place, what the plan prunes: group output channels of removed units, weight rows of masked ones.
+
+    This is the masked model the pruned one equals; an evaluator that applies it after
+    every optimizer step trains exactly the model that export removes.
+    """
+    outs, _ = plan.merged()
+    with torch.no_grad():
+        for unit in plan.masked:
+            if unit in plan.channels:
+                weight = model.get_submodule(unit).weight
+                if not isinstance(weight, torch.Tensor):
+                    raise ModelError(f"unit {unit!r} has no weight tensor; only Conv and Linear layers prune")
+                weight[list(plan.channels[unit])] = 0
+        for name, idxs in outs.items():
+            module = model.get_submodule(name)
+            for attr in ("weight", "bias"):
+                p = getattr(module, attr, None)
+                if isinstance(p, torch.Tensor) and p.dim() >= 1 and p.shape[0] > max(idxs):
+                    p[sorted(idxs)] = 0
+    return model
+
+
+def masked_reference(model: nn.Module, plan: PrunePlan) -> nn.Module:
+    """A copy of ``model`` (eval mode) with the plan's channels zeroed (:func:`zero_pruned`)."""
+    return zero_pruned(clone_model(model).eval(), plan)
+
+
+def _out_fn(tp: Any, m: nn.Module) -> Any:
+    if isinstance(m, nn.Conv1d | nn.Conv2d):
+        depthwise = m.groups > 1 and m.groups == m.in_channels == m.out_channels
+        return tp.prune_depthwise_conv_out_channels if depthwise else tp.prune_conv_out_channels
+    if isinstance(m, nn.Linear):
+        return tp.prune_linear_out_channels
+    if isinstance(m, nn.modules.batchnorm._BatchNorm):
+        return tp.prune_batchnorm_out_channels
+    if isinstance(m, nn.PReLU):
+        return tp.prune_prelu_out_channels
+    raise ModelError(f"cannot remove output channels of a {type(m).__name__}")
+
+
+def _in_fn(tp: Any, m: nn.Module) -> Any:
+    if isinstance(m, nn.Conv1d | nn.Conv2d) and m.groups == 1:
+        return tp.prune_conv_in_channels
+    if isinstance(m, nn.Linear):
+        return tp.prune_linear_in_channels
+    raise ModelError(f"cannot remove input channels of a {type(m).__name__} (groups={getattr(m, 'groups', 1)})")
+
+
+def apply_plan(model: nn.Module, plan: PrunePlan) -> nn.Module:
+    """A copy of ``model`` (eval mode) with the plan applied: zeroed (:func:`zero_pruned`), then the groups removed.
+
+    Needs no tracing, so it also rebuilds the pruned architecture of a saved plan on a
+    freshly built model before its weights are loaded. Indices are the original ones:
+    every module is pruned once with the union of its groups' channels.
+    """
+    tp = torch_pruning()
+    pruned = zero_pruned(clone_model(model).eval(), plan)
+    outs, ins = plan.merged()
+    for name, idxs in outs.items():
+        module = pruned.get_submodule(name)
+        _out_fn(tp, module)(module, sorted(idxs))
+    for name, idxs in ins.items():
+        module = pruned.get_submodule(name)
+        _in_fn(tp, module)(module, sorted(idxs))
     return pruned
 
 
-def _check_equal(pruned: nn.Module, reference: nn.Module, x: torch.Tensor, *, atol: float) -> None:
+def _flat(out: Any) -> list[torch.Tensor]:
+    return [t for t in _tensors(out if not isinstance(out, dict) else list(out.values()))]
+
+
+def check_inputs(example_input: torch.Tensor) -> list[torch.Tensor]:
+    """The example input and, for float inputs, a second batch drawn from ``N(mean, std)`` of it (seed 0)."""
+    inputs = [example_input]
+    if example_input.is_floating_point():
+        gen = torch.Generator(device="cpu").manual_seed(0)
+        noise = torch.randn(example_input.shape, generator=gen).to(example_input)
+        inputs.append(noise * example_input.std().clamp_min(1e-3) + example_input.mean())
+    return inputs
+
+
+def output_error(model: nn.Module, reference: nn.Module, inputs: Sequence[torch.Tensor]) -> float:
+    """``max |f(x) - f_ref(x)| / max(1, max |f_ref(x)|)`` over the inputs and every output tensor."""
+    worst = 0.0
     with torch.no_grad():
-        got, want = pruned(x), reference(x)
-    scale = max(1.0, float(want.abs().max()))
-    diff = float((got - want).abs().max())
-    if diff > atol * scale:
-        raise ModelError(f"physically pruned model differs from the masked reference by {diff:.3g} "
-                         f"(allowed {atol * scale:.3g}); a channel group was not removed exactly")
+        for x in inputs:
+            for got, want in zip(_flat(model(x)), _flat(reference(x)), strict=True):
+                if got.shape != want.shape:
+                    return float("inf")
+                scale = max(1.0, float(want.abs().max())) if want.numel() else 1.0
+                worst = max(worst, float((got - want).abs().max()) / scale if got.numel() else 0.0)
+    return worst
 
 
-def parameter_count(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
+def _attempt(model: nn.Module, plan: PrunePlan, inputs: Sequence[torch.Tensor]) -> tuple[float, nn.Module | None, str]:
+    try:
+        pruned = apply_plan(model, plan)
+        err = output_error(pruned, masked_reference(model, plan), inputs)
+    except Exception as e:  # noqa: BLE001 - a removal that breaks the forward is masked, not raised
+        return float("inf"), None, f"{type(e).__name__}: {str(e)[:160]}"
+    return err, pruned, f"the outputs differ from the masked model by {err:.3g}"
 
 
-__all__ = ["PrunePlan", "masked_reference", "parameter_count", "physically_prune", "plan_pruning", "pruned_channels"]
+def _culprits(model: nn.Module, plan: PrunePlan, units: Sequence[str], inputs: Sequence[torch.Tensor],
+              atol: float) -> dict[str, str]:
+    """Removed units whose removal alone breaks the outputs (bisection)."""
+    err, _, why = _attempt(model, plan.only(units), inputs)
+    if err <= atol:
+        return {}
+    if len(units) == 1:
+        return {units[0]: f"unit {units[0]!r} stays masked: removing its channels failed ({why}); "
+                          f"Torch-Pruning's graph misses a coupling of this model"}
+    mid = len(units) // 2
+    return {**_culprits(model, plan, units[:mid], inputs, atol), **_culprits(model, plan, units[mid:], inputs, atol)}
+
+
+def physically_prune(model: nn.Module, policy: Policy, units: Sequence[Unit], example_input: torch.Tensor,
+                     *, criterion: str = "l1", channels: Mapping[str, Sequence[int]] | None = None,
+                     atol: float = 1e-4, strict: bool = False) -> PruneResult:
+    """A smaller copy of ``model`` whose outputs equal :func:`masked_reference`'s.
+
+    Args:
+        model: the (fine-tuned or base) model; never changed.
+        policy: its compression policy (only channel pruning matters here).
+        units: the model's units (:func:`~compsearch.spaces.discover_units`).
+        example_input: a batch, ``n x ...`` (traced, and used to check the outputs).
+        criterion: ``l1`` or ``l2`` (how channels were ranked) when ``channels`` is None.
+        channels: unit -> pruned output channels (e.g. the evaluator's masks); overrides the policy's.
+        atol: allowed relative output error (see :attr:`PruneResult.max_error`).
+        strict: raise instead of masking a unit that cannot be removed.
+
+    Returns:
+        A :class:`PruneResult`; units that could not be removed are in ``plan.masked``.
+
+    Raises:
+        ModelError: ``strict`` and a pruned unit stays masked (the message names the unit and the coupling).
+    """
+    start = time.perf_counter()
+    plan = plan_pruning(model, policy, units, example_input, criterion=criterion, channels=channels)
+    inputs = check_inputs(example_input)
+    while True:
+        err, pruned, why = _attempt(model, plan, inputs)
+        if err <= atol and pruned is not None:
+            break
+        bad = _culprits(model, plan, plan.removed, inputs, atol) if plan.removed else {}
+        if not bad:  # only the removals together fail (or nothing is removed and the forward fails)
+            if not plan.removed:
+                raise ModelError(f"the masked model cannot run: {why}")
+            bad = {u: f"unit {u!r} stays masked: removing all groups together failed ({why})" for u in plan.removed}
+        plan = plan.mask(bad)
+    if strict and plan.masked:
+        raise ModelError(next(iter(plan.masked.values())) + "; pass strict=False to keep such units masked")
+    return PruneResult(model=pruned, plan=plan, max_error=err, params_before=parameter_count(model),
+                       params_after=parameter_count(pruned), seconds=time.perf_counter() - start)
+
+
+__all__ = ["PLAN_VERSION", "PruneAnalyzer", "PrunePlan", "PruneResult", "apply_plan", "check_inputs", "clone_model",
+           "masked_reference", "output_error", "parameter_count", "physically_prune", "plan_pruning", "pruned_channels",
+           "zero_pruned"]

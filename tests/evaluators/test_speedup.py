@@ -1,15 +1,22 @@
-"""Physical channel removal with Torch-Pruning: smaller models, same outputs as the masked reference."""
+"""Physical channel removal: smaller models, the masked model's outputs, honest masking, no side effects."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
+from torch import nn
 
 pytest.importorskip("torch_pruning", reason="Torch-Pruning is not installed (pip install torch-pruning)")
 
+from compsearch.errors import ModelError  # noqa: E402
 from compsearch.evaluators.models import build_model  # noqa: E402
 from compsearch.evaluators.speedup import (  # noqa: E402
+    PrunePlan,
+    apply_plan,
     masked_reference,
+    output_error,
     parameter_count,
     physically_prune,
     plan_pruning,
@@ -27,18 +34,23 @@ def test_digits_cnn_loses_half_its_channels_with_identical_outputs() -> None:
     x = torch.randn(8, 1, 8, 8)
     units = discover_units(model, x)
     policy = _half(units, skip=("features.0",))  # features.3 (32), features.5 (32), classifier.1 (64)
-    pruned = physically_prune(model, policy, units, x)
-    plan = pruned.compsearch_plan
-    assert plan.removable == ("features.3", "features.5", "classifier.1") and plan.masked == {}
+    result = physically_prune(model, policy, units, x)
+    plan, pruned = result.plan, result.model
+    assert plan.removed == ("features.3", "features.5", "classifier.1") and plan.masked == {}
     # the 16 channels of features.3 with the smallest L1 norms are the ones removed
     norms = model.features[3].weight.abs().sum(dim=(1, 2, 3))
-    assert plan.channels["features.3"] == sorted(norms.argsort()[:16].tolist())
+    assert plan.channels["features.3"] == tuple(sorted(norms.argsort()[:16].tolist()))
     # 16 -> 32 -> 32 -> 64 -> 10 becomes 16 -> 16 -> 16 -> 32 -> 10; flatten 16 x 2 x 2 = 64 inputs:
     # 160 + (16*16*9+16) + (16*16*9+16) + (32*64+32) + (10*32+10) = 7210 (was 22954)
-    assert parameter_count(model) == 22954 and parameter_count(pruned) == 7210
+    assert result.params_before == 22954 and result.params_after == parameter_count(pruned) == 7210
     assert pruned.classifier[1].in_features == 64 and pruned.classifier[3].in_features == 32
+    # the flatten maps channel c to columns 4c..4c+3 of classifier.1: the kept columns are the kept channels'
+    kept = [c for c in range(32) if c not in plan.channels["features.5"]]
+    cols = [4 * c + k for c in kept for k in range(4)]
+    rows = [r for r in range(64) if r not in plan.channels["classifier.1"]]
+    torch.testing.assert_close(pruned.classifier[1].weight, model.classifier[1].weight[rows][:, cols])
     with torch.no_grad():
-        torch.testing.assert_close(pruned(x), masked_reference(model, plan, x)(x), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(pruned(x), masked_reference(model, plan)(x), atol=1e-5, rtol=1e-5)
 
 
 def test_the_reference_zeroes_the_removed_channels_only() -> None:
@@ -47,32 +59,15 @@ def test_the_reference_zeroes_the_removed_channels_only() -> None:
     x = torch.randn(4, 1, 8, 8)
     units = discover_units(model, x)
     plan = plan_pruning(model, Policy({"features.3": UnitPolicy(keep=0.25)}), units, x)
-    ref = masked_reference(model, plan, x)
-    gone = plan.channels["features.3"]
+    ref = masked_reference(model, plan)
+    gone = list(plan.channels["features.3"])
     assert len(gone) == 24  # keep round(0.25 * 32) = 8
     w, b = ref.features[3].weight, ref.features[3].bias
     assert float(w[gone].detach().abs().sum()) == 0.0 and float(b[gone].detach().abs().sum()) == 0.0
     kept = [c for c in range(32) if c not in gone]
     torch.testing.assert_close(w[kept], model.features[3].weight[kept])
-
-
-def test_resnet18_removes_the_private_conv1_groups_and_masks_the_residual_stream() -> None:
-    from compsearch.evaluators.models import build_model as build
-
-    torch.manual_seed(0)
-    model = build("resnet18", num_classes=10, in_chans=3).eval()
-    x = torch.randn(2, 3, 32, 32)
-    units = discover_units(model, x)
-    pruned = physically_prune(model, _half(units), units, x)
-    plan = pruned.compsearch_plan
-    assert sorted(plan.removable) == sorted(f"layer{s}.{b}.conv1" for s in range(1, 5) for b in range(2))
-    assert "coupled group" in plan.masked["layer1.0.conv2"]
-    assert pruned.layer1[0].conv1.out_channels == 32 and pruned.layer1[0].bn1.num_features == 32
-    assert pruned.layer1[0].conv2.in_channels == 32 and pruned.layer1[0].conv2.out_channels == 64
-    assert parameter_count(pruned) < 0.55 * parameter_count(model)
-    with torch.no_grad():
-        ref = masked_reference(model, plan, x)(x)
-        torch.testing.assert_close(pruned(x), ref, atol=1e-4 * max(1.0, float(ref.abs().max())), rtol=0)
+    # the consumer's input columns stay (the zero channel makes them irrelevant)
+    torch.testing.assert_close(ref.features[5].weight, model.features[5].weight)
 
 
 def test_a_policy_without_channel_pruning_changes_nothing() -> None:
@@ -80,5 +75,179 @@ def test_a_policy_without_channel_pruning_changes_nothing() -> None:
     x = torch.randn(2, 1, 8, 8)
     units = discover_units(model, x)
     policy = Policy({u.name: UnitPolicy(w_bits=4, keep=0.5, structure="unstructured") for u in units if not u.is_head})
-    pruned = physically_prune(model, policy, units, x)
-    assert pruned.compsearch_plan.channels == {} and parameter_count(pruned) == parameter_count(model)
+    result = physically_prune(model, policy, units, x)
+    assert result.plan.channels == {} and result.params_after == parameter_count(model)
+
+
+class _Grouped(nn.Module):
+    """conv(3->8) - BN - ReLU - grouped conv(8->8, groups=2) - pool - linear(8->4)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1, groups=2)
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv2(torch.relu(self.bn1(self.conv1(x))))
+        return self.head(y.mean(dim=(2, 3)))
+
+
+class _Split(nn.Module):
+    """conv(3->8) -> chunk into two halves -> their product -> linear(4->4)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.head = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, b = self.conv1(x).chunk(2, dim=1)
+        return self.head((a * torch.sigmoid(b)).mean(dim=(2, 3)))
+
+
+class _Flip(nn.Module):
+    """conv(3->8) -> channel flip -> conv(8->8) -> linear: Torch-Pruning maps channel i to i, not 7-i."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 1)
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.conv2(torch.relu(self.conv1(x)).flip(1)).mean(dim=(2, 3)))
+
+
+@pytest.mark.parametrize(("model_cls", "unit", "coupling"), [
+    (_Grouped, "conv1", "reach the grouped conv 'conv2' (groups=2)"),
+    (_Grouped, "conv2", "reach the grouped conv 'conv2' (groups=2)"),
+    (_Split, "conv1", "pass through a torch.split/chunk"),
+    (_Flip, "conv1", "removing its channels failed (the outputs differ from the masked model by"),
+])
+def test_a_group_that_cannot_go_stays_masked_and_says_why(model_cls, unit, coupling) -> None:
+    torch.manual_seed(0)
+    model = model_cls().eval()
+    x = torch.randn(2, 3, 6, 6)
+    units = discover_units(model, x)
+    policy = Policy({unit: UnitPolicy(keep=0.5)})
+    result = physically_prune(model, policy, units, x)
+    assert result.plan.removed == () and list(result.plan.masked) == [unit]
+    assert result.plan.masked[unit].startswith(f"unit {unit!r} stays masked: its channels " if "failed" not in coupling
+                                                else f"unit {unit!r} stays masked: ")
+    assert coupling in result.plan.masked[unit]
+    # masked = the pruned weight rows zeroed in place, nothing else; outputs equal the reference's
+    w = result.model.get_submodule(unit).weight
+    assert w.shape == model.get_submodule(unit).weight.shape
+    assert float(w.detach()[list(result.plan.channels[unit])].abs().sum()) == 0.0
+    assert result.max_error <= 1e-6
+    with pytest.raises(ModelError, match=f"unit '{unit}' stays masked"):
+        physically_prune(model, policy, units, x, strict=True)
+
+
+def test_a_saved_plan_rebuilds_the_pruned_architecture_on_a_fresh_model() -> None:
+    torch.manual_seed(0)
+    model = build_model("digits_cnn", num_classes=10, in_chans=1).eval()
+    x = torch.randn(4, 1, 8, 8)
+    units = discover_units(model, x)
+    result = physically_prune(model, _half(units, skip=("features.0",)), units, x)
+    plan = PrunePlan.from_dict(copy.deepcopy(result.plan.to_dict()))
+    assert plan == result.plan
+    torch.manual_seed(5)
+    fresh = apply_plan(build_model("digits_cnn", num_classes=10, in_chans=1), plan)  # other weights, same shapes
+    assert {k: v.shape for k, v in fresh.state_dict().items()} == {k: v.shape for k, v in result.model.state_dict().items()}
+    fresh.load_state_dict(result.model.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(x), result.model(x))
+    with pytest.raises(ModelError, match="prune plan version=99"):
+        PrunePlan.from_dict({**plan.to_dict(), "version": 99})
+
+
+# --- timm families (random init, 32 px, no downloads) --------------------------------------------------
+
+def _mixer() -> nn.Module:
+    from timm.models.mlp_mixer import MlpMixer
+
+    return MlpMixer(num_classes=10, img_size=32, patch_size=8, num_blocks=4, embed_dim=64)
+
+
+IMG = {"img_size": 32}
+FAST = {  # name -> (timm kwargs, what the family exercises)
+    "resnet18": ({}, "residual stream masked, conv1 groups removed"),
+    "regnetx_002": ({}, "grouped convs"),
+    "mobilenetv3_small_050": ({}, "squeeze-excite gates, depthwise convs"),
+    "densenet121": ({}, "concat graph"),
+    "vit_tiny_patch16_224": (IMG, "attention (unbind), LayerNorm, MLP removed"),
+    "levit_128s": (IMG, "attention-bias cache, BatchNorm1d on tokens"),
+}
+SLOW = {
+    "resnext26ts": (IMG, ""), "efficientnet_b0": ({}, ""), "tf_efficientnet_b0": ({}, ""), "dpn68": ({}, ""),
+    "ghostnet_100": ({}, ""), "convnext_atto": ({}, ""), "deit_tiny_distilled_patch16_224": (IMG, ""),
+    "mixer": ({}, ""), "resmlp_12_224": (IMG, ""), "coatnet_nano_rw_224": (IMG, ""), "maxvit_nano_rw_256": (IMG, ""),
+    "mobilevit_xxs": (IMG, ""), "hrnet_w18_small": ({}, ""), "cspresnet50": ({}, ""), "dla34": ({}, ""),
+    "res2net50_14w_8s": ({}, ""), "selecsls42b": ({}, ""), "rexnet_100": ({}, ""), "poolformer_s12": ({}, ""),
+    "pvt_v2_b0": ({}, ""), "efficientvit_b0": ({}, ""), "mixnet_s": ({}, ""), "skresnet18": ({}, ""),
+    "repvit_m0_9": (IMG, ""), "inception_next_tiny": ({}, ""),
+}
+
+
+def _timm(name: str, kwargs: dict) -> nn.Module:
+    if name == "mixer":
+        return _mixer()
+    import timm
+
+    return timm.create_model(name, pretrained=False, num_classes=10, **kwargs)
+
+
+def _check_family(name: str, kwargs: dict) -> PrunePlan:
+    torch.manual_seed(0)
+    model = _timm(name, kwargs).train()  # training mode: pruning must not switch the caller's model
+    x = torch.randn(2, 3, 32, 32)
+    units = discover_units(model, x)
+    with torch.enable_grad():  # a forward with gradients (LeViT then caches a non-leaf tensor)
+        model.eval()
+        model(x)
+        model.train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    result = physically_prune(model, _half(units), units, x)
+    plan, pruned = result.plan, result.model
+    # side-effect free: same weights, same mode; and the pruned model deep-copies
+    assert model.training and all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    copy.deepcopy(pruned)
+    # every pruned unit is either removed (smaller by its pruned channels) or masked with a reason
+    assert set(plan.removed) | set(plan.masked) == set(plan.channels) and not set(plan.removed) & set(plan.masked)
+    for unit in plan.removed:
+        assert pruned.get_submodule(unit).weight.shape[0] == model.get_submodule(unit).weight.shape[0] - len(plan.channels[unit])
+    assert all(why.startswith(f"unit {u!r} stays masked: ") for u, why in plan.masked.items())
+    # exact on an input the check never saw
+    gen = torch.Generator().manual_seed(123)
+    fresh = [torch.randn(3, 3, 32, 32, generator=gen)]
+    assert output_error(pruned, masked_reference(model, plan), fresh) <= 1e-4
+    assert result.params_after <= result.params_before
+    return plan
+
+
+@pytest.mark.parametrize("name", list(FAST))
+def test_timm_family_prunes_exactly_without_side_effects(name: str) -> None:
+    plan = _check_family(name, FAST[name][0])
+    if name == "resnet18":
+        assert sorted(plan.removed) == sorted(f"layer{s}.{b}.conv1" for s in range(1, 5) for b in range(2))
+        assert "shared with the producer" in plan.masked["layer1.0.conv2"]
+    elif name == "regnetx_002":
+        assert "reach the grouped conv 's1.b1.conv2.conv'" in plan.masked["s1.b1.conv1.conv"]
+    elif name == "mobilenetv3_small_050":  # the expansion conv goes with its depthwise conv and SE gate rows
+        group = plan.groups["blocks.1.0.conv_pw"]
+        assert {"blocks.1.0.conv_dw", "blocks.1.0.bn2"} <= set(group.out) and "blocks.1.0.conv_pwl" in group.inp
+        assert any(".se.conv_expand" in m for u, g in plan.groups.items() for m in g.out if u.endswith("conv_pw"))
+    elif name == "densenet121":  # every conv of a dense layer feeds a concat: all removable
+        assert plan.masked == {} and len(plan.removed) == 120
+    elif name == "vit_tiny_patch16_224":
+        assert sorted(plan.removed) == sorted(f"blocks.{i}.mlp.fc1" for i in range(12))
+        assert "unbind" in plan.masked["blocks.0.attn.qkv"] and "LayerNorm" in plan.masked["blocks.0.mlp.fc2"]
+    else:
+        assert plan.removed
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(SLOW))
+def test_more_timm_families_prune_exactly_without_side_effects(name: str) -> None:
+    _check_family(name, SLOW[name][0])

@@ -1,0 +1,278 @@
+"""Which layers a unit's pruned output channels reach: coupling analysis on Torch-Pruning's graph.
+
+Torch-Pruning (``torch_pruning.DependencyGraph``) traces one forward pass through
+autograd into a graph of layer and operator nodes, with index mappings through
+``torch.cat`` and flatten. :func:`channel_group` walks that graph from a unit's pruned
+output channels, the way ``DependencyGraph.get_pruning_group`` does, but
+
+* stops at the first coupling that cannot be removed exactly and returns it as the
+  reason (so a residual stream is refused after a few steps, not after visiting every
+  block: the walk that took over 75 s on some timm models takes milliseconds);
+* remembers every visited ``(node, handler, indices)`` in a hash set (Torch-Pruning
+  scans a list) and gives up after ``budget`` steps;
+* never prunes anything: it returns which output/input channels of which modules would
+  go (:class:`ChannelGroup`), by module name, in the original indices.
+
+A group is **removable** when it holds, besides the unit itself, only
+BatchNorm/PReLU layers and depthwise convolutions (``groups == in == out``) that the
+channels pass through, element-wise ops, flattens and ``torch.cat`` with known sizes,
+the input columns of consumer convolutions/linears (``groups == 1``), and *gates*: a
+producer whose output only multiplies the channels (squeeze-excite's ``conv_expand``
+-> sigmoid -> ``x * gate``). Anything else is a reason to keep the unit masked:
+another producer (a residual stream, a fused q/k/v projection), a LayerNorm/GroupNorm
+(its statistics change when a channel leaves), a grouped convolution (its groups would
+become unequal), a split/slice/unbind/expand (the model's code fixes the sizes), a free
+``nn.Parameter``, a matrix product, or the model's output.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+BUDGET = 20000  # dependency steps per unit before the coupling is called too wide
+_GATE_HOPS = 8
+_MATMUL = ("MmBackward", "BmmBackward", "MatmulBackward", "BaddbmmBackward", "AddmmBackward")
+_REFUSED_OPS = {
+    "SPLIT": "a torch.split/chunk",
+    "SLICE": "a slice",
+    "UNBIND": "an unbind (attention heads)",
+    "EXPAND": "an expand",
+    "CUSTOMIZED": "a custom layer",
+    "MHA": "an nn.MultiheadAttention",
+    "LSTM": "an LSTM",
+    "EMBED": "an embedding",
+}
+_NORMS = {"LN": "LayerNorm", "GN": "GroupNorm", "IN": "InstanceNorm"}
+
+
+def torch_pruning() -> Any:
+    """The ``torch_pruning`` module (imported lazily; a clear error when it is missing)."""
+    try:
+        import torch_pruning as tp
+    except ImportError as e:
+        raise ImportError(f"physical pruning needs Torch-Pruning ({e}); install it with: pip install 'compsearch[speedup]'") from None
+    return tp
+
+
+@dataclass(frozen=True)
+class ChannelGroup:
+    """The channels that leave when one unit's pruned output channels are removed.
+
+    Attributes:
+        out: module name -> removed output channels (the unit, BatchNorm/PReLU layers,
+            depthwise convs and gates); for a depthwise conv also its input channels.
+        inp: module name -> removed input channels of consumer convs/linears (for a
+            flatten the ``c x h x w`` columns of each channel).
+    """
+
+    out: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    inp: dict[str, tuple[int, ...]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, dict[str, list[int]]]:
+        return {"out": {k: list(v) for k, v in self.out.items()}, "in": {k: list(v) for k, v in self.inp.items()}}
+
+    @staticmethod
+    def from_dict(d: dict[str, Any]) -> ChannelGroup:
+        return ChannelGroup(out={k: tuple(v) for k, v in d["out"].items()}, inp={k: tuple(v) for k, v in d["in"].items()})
+
+
+@dataclass
+class Graph:
+    """Torch-Pruning's dependency graph of one model, with what the walk needs.
+
+    Attributes:
+        dg: the ``DependencyGraph`` (None when tracing failed).
+        names: module -> qualified name in the traced model.
+        calls: module -> number of forward calls in the traced pass.
+        error: why the model could not be traced (when ``dg`` is None).
+        broken: concat/split/reshape nodes whose index mapping Torch-Pruning could not build.
+    """
+
+    dg: Any
+    names: dict[Any, str]
+    calls: dict[nn.Module, int]
+    error: str = ""
+    broken: set[Any] = field(default_factory=set)
+
+
+def build_graph(model: nn.Module, example_input: torch.Tensor) -> Graph:
+    """Trace ``model`` (changed: eval mode, Torch-Pruning's bookkeeping) into a :class:`Graph`.
+
+    Never raises for a model Torch-Pruning cannot handle: ``Graph.error`` says why.
+    """
+    tp = torch_pruning()
+    from torch_pruning.dependency import index_mapping
+
+    calls: dict[nn.Module, int] = {}
+    hooks = [m.register_forward_hook(lambda mod, _i, _o: calls.__setitem__(mod, calls.get(mod, 0) + 1))
+             for m in model.modules() if isinstance(m, nn.Conv1d | nn.Conv2d | nn.Linear | nn.modules.batchnorm._BatchNorm)]
+    dg = tp.DependencyGraph()
+    names = {m: n for n, m in model.named_modules()}
+    try:
+        with torch.enable_grad(), warnings.catch_warnings():  # traced through autograd
+            warnings.simplefilter("ignore")  # Torch-Pruning's shape-inference chatter; failures are caught below
+            dg.build_dependency(model, example_inputs=example_input, verbose=False)
+    except Exception as e:  # noqa: BLE001 - Torch-Pruning's failure becomes the reason units stay masked
+        if getattr(dg, "module2node", None) is None:
+            return Graph(dg=None, names=names, calls=calls, error=f"{type(e).__name__}: {str(e)[:200]}")
+        # build_dependency failed in its last step (index mappings): redo them node by node below
+    finally:
+        for h in hooks:
+            h.remove()
+    broken = set()
+    updates = {"CONCAT": index_mapping.update_concat_index_mapping, "SPLIT": index_mapping.update_split_index_mapping,
+               "RESHAPE": index_mapping.update_reshape_index_mapping}
+    for node in list(dg.module2node.values()):
+        update = updates.get(node.type.name)
+        if update is None:
+            continue
+        try:
+            update(dg, node)
+        except Exception:  # noqa: BLE001 - a node Torch-Pruning cannot map is refused by the walk
+            broken.add(node)
+    return Graph(dg=dg, names=names, calls=calls, broken=broken)
+
+
+def _label(graph: Graph, node: Any) -> str:
+    if node.type.name == "PARAMETER":
+        name = getattr(graph.dg, "_param_to_name", {}).get(node.module)
+    else:
+        name = graph.names.get(node.module)
+    return repr(name) if name is not None else f"{node.type.name.lower()} op {_op_name(node)}"
+
+
+def _op_name(node: Any) -> str:
+    fn = node.grad_fn
+    return fn.name() if fn is not None and hasattr(fn, "name") else "?"
+
+
+def _true_depthwise(m: nn.Module) -> bool:
+    return isinstance(m, nn.Conv1d | nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels == m.out_channels
+
+
+def _is_gate(node: Any) -> bool:
+    """The node's output reaches a product only through single-input element-wise ops."""
+    cur = node
+    for _ in range(_GATE_HOPS):
+        if len(cur.outputs) != 1:
+            return False
+        nxt = cur.outputs[0]
+        if nxt.type.name != "ELEMENTWISE":
+            return False
+        if _op_name(nxt).startswith("MulBackward"):
+            return len(nxt.inputs) == 2
+        if len(nxt.inputs) != 1:
+            return False
+        cur = nxt
+    return False
+
+
+def _is_product_of_activations(node: Any) -> bool:
+    """A matrix product (or fused attention) of two traced activations.
+
+    The ``addmm``/``mm`` inside an ``nn.Linear`` on a 3-D input is not: its second operand
+    is the transposed weight, a node with no traced inputs.
+    """
+    name = _op_name(node)
+    if "ScaledDotProduct" in name or "Attention" in name:
+        return True
+    if not name.startswith(_MATMUL):
+        return False
+    return sum(1 for n in node.inputs if n.inputs or n.type.name != "ELEMENTWISE") >= 2
+
+
+def _refusal(graph: Graph, node: Any, is_out: bool, root: Any) -> str | None:
+    """Why removing channels at ``node`` would not be exact (None: it is fine)."""
+    kind, module = node.type.name, node.module
+    if node in graph.broken:
+        return f"pass through {_label(graph, node)}, whose channel sizes Torch-Pruning cannot infer"
+    if kind in _NORMS:
+        return f"reach the {_NORMS[kind]} {_label(graph, node)}, whose statistics change when a channel leaves"
+    if kind in _REFUSED_OPS:
+        return f"pass through {_REFUSED_OPS[kind]} ({_label(graph, node)}), whose sizes the model's code fixes"
+    if kind == "PARAMETER":
+        return f"reach the free parameter {_label(graph, node)}"
+    if kind == "OUTPUT":
+        return "are outputs of the model"
+    if kind == "CONCAT" and getattr(module, "offsets", None) is None:
+        return f"pass through a torch.cat ({_label(graph, node)}) whose input sizes Torch-Pruning cannot infer"
+    if kind == "ELEMENTWISE" and _is_product_of_activations(node):
+        return f"reach a product of two activations ({_op_name(node)}, e.g. attention)"
+    if isinstance(module, nn.Module) and graph.calls.get(module, 1) > 1:
+        return f"reach {_label(graph, node)}, which the forward calls {graph.calls[module]} times"
+    if isinstance(module, nn.Conv1d | nn.Conv2d | nn.Linear) and not _true_depthwise(module):
+        if getattr(module, "groups", 1) > 1:
+            return f"reach the grouped conv {_label(graph, node)} (groups={module.groups}), whose groups would become unequal"
+        if is_out and node is not root and not _is_gate(node):
+            return f"are shared with the producer {_label(graph, node)} (a coupled group, e.g. a residual stream)"
+    if isinstance(module, nn.Conv1d | nn.Conv2d) and kind == "DEPTHWISE_CONV" and not _true_depthwise(module):
+        return f"reach the grouped conv {_label(graph, node)} (groups={module.groups}), whose groups would become unequal"
+    return None
+
+
+def channel_group(graph: Graph, unit: str, idxs: Sequence[int], *, budget: int = BUDGET) -> ChannelGroup | str:
+    """The :class:`ChannelGroup` of removing output channels ``idxs`` of module ``unit``, or why not.
+
+    Args:
+        graph: from :func:`build_graph` on the model holding ``unit``.
+        unit: qualified name of a Conv/Linear module.
+        idxs: its output channels to remove.
+        budget: dependency steps before giving up.
+
+    Returns:
+        The group, or a sentence completing "its channels ..." that names the coupling.
+    """
+    if graph.dg is None:
+        return f"cannot be traced: Torch-Pruning failed on this model ({graph.error})"
+    from torch_pruning import _helpers
+    from torch_pruning.dependency.dependency import Dependency
+
+    dg = graph.dg
+    root = dg.model.get_submodule(unit)
+    node = dg.module2node.get(root)
+    if node is None:
+        return "are not reached by Torch-Pruning's trace (a layer called outside the traced forward)"
+    pruner = dg.get_pruner_of_module(root)
+    fn = pruner.prune_out_channels
+    stack = [(Dependency(fn, fn, source=node, target=node), [_helpers._HybridIndex(idx=i, root_idx=i) for i in idxs])]
+    seen: set[tuple[int, Any, frozenset[int]]] = set()
+    out: dict[str, set[int]] = {}
+    inp: dict[str, set[int]] = {}
+    while stack:
+        dep, hidx = stack.pop()
+        target, handler = dep.target, dep.handler
+        module = target.module
+        is_module = isinstance(module, nn.Module) and module in graph.names and not isinstance(module, nn.Parameter)
+        own = dg.get_pruner_of_module(module) if is_module else None
+        is_out = own is not None and handler == own.prune_out_channels
+        why = _refusal(graph, target, is_out, node)
+        if why is not None:
+            return why
+        if is_module and own is not None and list(module.parameters(recurse=False)) + list(module.buffers(recurse=False)):
+            (out if is_out else inp).setdefault(graph.names[module], set()).update(i.idx for i in hidx)
+        for new_dep in target.dependencies:
+            if not new_dep.is_triggered_by(handler):
+                continue
+            new = hidx
+            for mapping in new_dep.index_mapping:
+                if mapping is not None:
+                    new = mapping(new)
+            if not new:
+                continue
+            key = (id(new_dep.target), new_dep.handler, frozenset(i.idx for i in new))
+            if key in seen:
+                continue
+            seen.add(key)
+            if len(seen) > budget:
+                return f"reach more than {budget} dependencies (a coupling too wide to analyse)"
+            stack.append((new_dep, new))
+    return ChannelGroup(out={k: tuple(sorted(v)) for k, v in out.items()}, inp={k: tuple(sorted(v)) for k, v in inp.items()})
+
+
+__all__ = ["BUDGET", "ChannelGroup", "Graph", "build_graph", "channel_group", "torch_pruning"]
