@@ -1,49 +1,93 @@
-"""The shared evaluator: turns a compression policy into accuracy and cost numbers.
+"""The shared evaluator: turns a compression policy into quality and cost numbers, for any task.
 
-One :class:`CompressionEvaluator` owns one working copy of the model and the data
-(moved to its device once). Every call first restores the base weights and
-buffers with ``copy_`` from a cached state, then attaches the candidate's
-compression to the units:
+One :class:`CompressionEvaluator` owns one working copy of the model and one
+:class:`~compsearch.evaluators.tasks.Task` (moved to its device once). The task says what
+fine-tuning minimises and what quality means; everything else here -- masks, fake
+quantization, cost, proxy, sensitivity, the hooks below -- never knows which task it serves.
 
-* pruning masks (importance criterion from :mod:`compsearch.evaluators.masks`,
-  computed on the base weights) zero the pruned weights in storage; they are
-  re-applied after every optimizer step, so pruned weights stay exactly 0;
-* weight and input fake quantization (:mod:`compsearch.evaluators.quant`) replace
-  the unit's ``forward``; the weight is re-quantized in every forward, so the
-  weights a forward uses always sit on the grid;
-* input-activation ranges are calibrated on ``calib_batches`` train batches (eval
-  mode), then frozen or tracked by EMA.
+Every call first restores the base weights and buffers with ``copy_`` from a cached state,
+then attaches the candidate's compression to the units:
 
-The compression stays attached after :meth:`CompressionEvaluator.evaluate`, so
-``evaluator.model`` is the last evaluated (fine-tuned, compressed) candidate
-until the next call; :meth:`CompressionEvaluator.effective_weights` shows the weights
-its forward uses.
+* pruning masks (importance criterion from :mod:`compsearch.evaluators.masks`, computed on
+  the base weights) zero the pruned weights in storage; they are re-applied after every
+  optimizer step, so pruned weights stay exactly 0;
+* weight and input fake quantization (:mod:`compsearch.evaluators.quant`): the module's own
+  forward runs with the effective weight substituted; the weight is re-quantized in every
+  forward, so the weights a forward uses always sit on the grid;
+* input-activation ranges are calibrated on the task's calibration batches (eval mode),
+  then frozen or tracked by EMA.
+
+The compression stays attached after :meth:`CompressionEvaluator.evaluate` (and
+:meth:`~CompressionEvaluator.proxy`), so ``evaluator.model`` is the last evaluated
+candidate until the next call; :meth:`~CompressionEvaluator.compressed_units` describes it.
+
+Hooks for strategies and export (computed on demand, cached):
+
+* ``unit_stats()`` -> ``{unit: UnitStats}``: weight, input-activation and gradient statistics
+  of the uncompressed model (definitions in :class:`~compsearch.evaluators.types.UnitStats`).
+* ``reconstruction_error(policy)`` -> ``{unit: float}``: relative MSE of each unit's output
+  under the policy (no fine-tuning) against the uncompressed model on the proxy inputs.
+* ``compressed_units()`` -> ``{unit: CompressedUnit}``: the effective weight, mask and
+  quantization parameters of every unit the last candidate compresses (export reads this).
+* model-level criteria (``register_criterion(name, model_level=True)``): scores computed once
+  from the uncompressed model and the task's calibration inputs.
+
+Divergence: ``evaluate`` raises :class:`~compsearch.errors.FineTuneDiverged` ("diverged", a
+failed trial) on a non-finite training loss, a non-finite validation loss, or a final
+validation loss above ``EvaluatorConfig.divergence_ratio x max(uncompressed validation loss,
+task.loss_floor())``.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from compsearch.errors import ConfigError, ModelError, PolicyError, check_int_at_least
-from compsearch.evaluators.checks import check_data_fits, resolve_device
+from compsearch.errors import (
+    ConfigError,
+    FineTuneDiverged,
+    ModelError,
+    PolicyError,
+    check_int_at_least,
+)
+from compsearch.evaluators.checks import resolve_device
+from compsearch.evaluators.compressed import UnitCompression, probe_weight_uses, resolve_weight
 from compsearch.evaluators.cost import CostModel
-from compsearch.evaluators.finetune import fine_tune
-from compsearch.evaluators.masks import GradientStats, compute_mask, get_criterion
-from compsearch.evaluators.quant import ACT_RANGES, ActQuantizer, CompressedForward, WeightQuant
-from compsearch.evaluators.types import DataSplits, EvalResult, FineTuneConfig, Reporter
+from compsearch.evaluators.masks import (
+    GradientStats,
+    ModelContext,
+    channel_mask,
+    compute_mask,
+    get_criterion,
+)
+from compsearch.evaluators.quant import ACT_RANGES, ActQuantizer, WeightQuant
+from compsearch.evaluators.stats import (
+    activation_stats,
+    gradient_unit_stats,
+    relative_errors,
+    weight_unit_stats,
+)
+from compsearch.evaluators.tasks import Task, as_task
+from compsearch.evaluators.types import (
+    CompressedUnit,
+    DataSplits,
+    EvalResult,
+    FineTuneConfig,
+    Reporter,
+    UnitStats,
+)
 from compsearch.spaces.policy import Policy, UnitPolicy
-from compsearch.spaces.units import COMPRESSIBLE, Unit, discover_units
+from compsearch.spaces.units import Unit, discover_units
 
-_PROXY_CACHE = 4096
+_CACHE = 4096
 
 
 @dataclass(frozen=True)
@@ -51,16 +95,22 @@ class EvaluatorConfig:
     """How the evaluator compresses, calibrates, fine-tunes and measures.
 
     Attributes:
-        criterion: registered importance criterion (``l1``, ``l2``, ``taylor``, ``fisher``, ``nni-l1``, ``nni-l2``, ``nni-fpgm``).
+        criterion: registered importance criterion (``l1``, ``l2``, ``taylor``, ``fisher``,
+            ``nni-l1``, ``nni-l2``, ``nni-fpgm``, and model-level ones such as ``lrp``).
         finetune: fine-tuning of every candidate.
-        calib_batches: train batches that calibrate input-activation ranges.
+        calib_batches: task calibration batches that calibrate input-activation ranges.
         calib_batch_size: samples per calibration batch.
         act_range: ``"frozen"`` (calibrated range kept) or ``"ema"`` (EMA in training mode).
         ema_momentum: EMA momentum of ``act_range="ema"``.
         eval_batch_size: batch size of validation/test/proxy forwards (memory only).
-        proxy_samples: first validation samples used by ``proxy``.
-        sensitivity_batches: train mini-batches (of ``finetune.batch_size``) of the
-            gradient statistics behind ``sensitivity``, ``taylor`` and ``fisher``.
+        proxy_samples: proxy inputs used by ``proxy`` and ``reconstruction_error``.
+        sensitivity_batches: task gradient batches (of ``finetune.batch_size``) behind
+            ``sensitivity``, ``taylor``, ``fisher`` and ``unit_stats``.
+        divergence_ratio: a fine-tuned candidate whose validation loss exceeds this multiple
+            of ``max(uncompressed validation loss, task.loss_floor())`` fails as diverged
+            (default 10: for classification the floor is ``ln(classes)``, the loss of a
+            uniform guess, so only a model far worse than guessing fails); None = only
+            non-finite losses fail.
         seed: seed of the calibration and gradient-statistics batches.
     """
 
@@ -73,6 +123,7 @@ class EvaluatorConfig:
     eval_batch_size: int = 1024
     proxy_samples: int = 256
     sensitivity_batches: int = 8
+    divergence_ratio: float | None = 10.0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -83,6 +134,9 @@ class EvaluatorConfig:
             raise ConfigError(f"act_range={self.act_range!r} is unknown; allowed: {list(ACT_RANGES)}")
         if not 0.0 <= self.ema_momentum < 1.0:
             raise ConfigError(f"ema_momentum={self.ema_momentum!r} must be in [0, 1)")
+        ratio = self.divergence_ratio
+        if ratio is not None and (isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not ratio > 1):
+            raise ConfigError(f"divergence_ratio={ratio!r} must be a number > 1 (or None to check only non-finite losses)")
         check_int_at_least("EvaluatorConfig", self, dict.fromkeys(
             ("calib_batches", "calib_batch_size", "eval_batch_size", "proxy_samples", "sensitivity_batches"), 1))
 
@@ -92,33 +146,37 @@ def _fields(costs: Mapping[str, float]) -> dict[str, float]:
     return {k: costs[k] for k in ("size_bits", "compression_ratio", "bops", "sparsity")}
 
 
-def _data_on(data: DataSplits, device: torch.device) -> DataSplits:
-    moved = {f"{k}_{s}": getattr(data, f"{k}_{s}").to(device) for s in ("train", "val", "test") for k in ("x", "y")}
-    return DataSplits(**moved, num_classes=data.num_classes, name=data.name)
+def _remember(cache: OrderedDict[str, object], key: str, value: object) -> None:
+    cache[key] = value
+    if len(cache) > _CACHE:
+        cache.popitem(last=False)
 
 
 class CompressionEvaluator:
-    """Cost, proxy, sensitivity and full evaluation of compression policies on one model.
+    """Cost, proxy, sensitivity, hooks and full evaluation of compression policies on one model.
 
     Args:
-        model: a trained classifier; copied once (the caller's model is not changed).
-        data: train/val/test splits; ``num_classes`` must match the model's outputs.
+        model: the trained model; copied once (the caller's model is not changed). It maps
+            one input tensor to one output tensor.
+        task_or_data: a :class:`~compsearch.evaluators.tasks.Task`, or train/val/test
+            :class:`DataSplits` (wrapped in ``ClassificationTask``).
         config: evaluator settings (default :class:`EvaluatorConfig`).
         finetune: overrides ``config.finetune``.
         criterion: overrides ``config.criterion``.
-        units: the units to compress (default: :func:`discover_units` on two train samples).
+        units: the units to compress (default: :func:`discover_units` on the task's example input).
         device: ``"auto"`` (cuda if available, else cpu), or a torch device.
 
     Raises:
         DataError: the data does not fit the model.
-        ModelError: the model has no compressible layer, or ``units`` names a non-layer.
+        ModelError: the model has no compressible layer, a unit cannot be compressed
+            faithfully (the message says why and what to do).
         UnknownNameError: unknown criterion.
     """
 
     def __init__(
         self,
         model: nn.Module,
-        data: DataSplits,
+        task_or_data: Task | DataSplits,
         *,
         config: EvaluatorConfig | None = None,
         finetune: FineTuneConfig | None = None,
@@ -136,33 +194,30 @@ class CompressionEvaluator:
         if not isinstance(model, nn.Module):
             raise ModelError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         self.model = copy.deepcopy(model).to(self.device)
-        check_data_fits(self.model, data)
-        self.data = _data_on(data, self.device)
-        found = units if units is not None else discover_units(self.model, self.data.x_train[:2])
+        self.task = as_task(task_or_data, eval_batch_size=cfg.eval_batch_size).to(self.device)
+        self.task.check_model(self.model)
+        found = units if units is not None else discover_units(self.model, self.task.example_input())
         self.units: tuple[Unit, ...] = tuple(found)
-        self._modules = {u.name: self._module(u.name) for u in self.units}
-        self._weights = {name: cast(torch.Tensor, m.weight) for name, m in self._modules.items()}
+        self._owners = {u.name: resolve_weight(self.model, u.name) for u in self.units}
+        probe_weight_uses(self.model, self._owners, self.task.example_input())
+        self._modules = {name: owner.module for name, owner in self._owners.items()}
+        self._weights = {name: owner.weight for name, owner in self._owners.items()}
         self._live = list(self.model.state_dict().values())
         self._base = [t.detach().clone() for t in self._live]
         total = sum(p.numel() for p in self.model.parameters())
         self._cost = CostModel(units=self.units, total_params=total)
-        self._attached: list[CompressedForward] = []
+        self._attached: dict[str, UnitCompression] = {}
+        self._policy: Policy | None = None
         self._masked: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = []
         self._channel_masks: dict[tuple[str, float], torch.Tensor | None] = {}
         self._grads: dict[str, GradientStats] | None = None
-        self._teacher: torch.Tensor | None = None
+        self._model_scores: dict[str, torch.Tensor] | None = None
+        self._unit_stats: dict[str, UnitStats] | None = None
         self._proxy_ref: torch.Tensor | None = None
-        self._proxy_cache: OrderedDict[str, float] = OrderedDict()
+        self._reference: nn.Module | None = None
+        self._proxy_cache: OrderedDict[str, object] = OrderedDict()
+        self._recon_cache: OrderedDict[str, object] = OrderedDict()
         self._base_metrics: dict[bool, EvalResult] = {}
-
-    def _module(self, name: str) -> nn.Module:
-        try:
-            module = self.model.get_submodule(name)
-        except AttributeError:
-            raise ModelError(f"unit {name!r} is not a submodule of {type(self.model).__name__}") from None
-        if not isinstance(module, COMPRESSIBLE):
-            raise ModelError(f"unit {name!r} is a {type(module).__name__}; only Conv1d, Conv2d and Linear compress")
-        return module
 
     # ------------------------------------------------------------------ public API
     def cost(self, policy: Policy | Mapping[str, UnitPolicy]) -> dict[str, float]:
@@ -170,34 +225,69 @@ class CompressionEvaluator:
 
         Definitions in :mod:`compsearch.evaluators.cost`; no torch work (microseconds).
         """
-        return self._cost(self._policy(policy))
+        return self._cost(self._check(policy))
 
     def proxy(self, policy: Policy | Mapping[str, UnitPolicy]) -> float:
-        """Logit MSE, ``mean((f_c(x) - f(x))**2)`` over the first ``proxy_samples`` validation
-        samples and all classes, of the compressed model ``f_c`` (masks, quantization,
-        calibrated activations; no fine-tuning) against the uncompressed ``f``. Cached per policy.
-        """
-        policy = self._policy(policy)
+        """Output MSE, ``mean((f_c(x) - f(x))**2)`` over the task's first ``proxy_samples``
+        proxy inputs and all outputs (logits for a classifier), of the compressed model
+        ``f_c`` (masks, quantization, calibrated activations; no fine-tuning) against the
+        uncompressed ``f``. Cached per policy; leaves the candidate attached."""
+        policy = self._check(policy)
         if policy.key in self._proxy_cache:
             self._proxy_cache.move_to_end(policy.key)
-            return self._proxy_cache[policy.key]
-        reference = self._reference_logits()
+            return float(self._proxy_cache[policy.key])  # type: ignore[arg-type]
+        reference = self._reference_outputs()
         self._attach(policy)
-        x = self.data.x_val[: self.config.proxy_samples]
-        value = float(F.mse_loss(self._logits(x), reference))
-        self._proxy_cache[policy.key] = value
-        if len(self._proxy_cache) > _PROXY_CACHE:
-            self._proxy_cache.popitem(last=False)
+        value = float(F.mse_loss(self._outputs(self._proxy_inputs()), reference))
+        _remember(self._proxy_cache, policy.key, value)
         return value
 
     def sensitivity(self) -> dict[str, float]:
         """Per-unit Fisher information: ``sum_i E_batches[g_i**2]`` over the unit's weights.
 
-        ``g`` is the cross-entropy gradient of one train mini-batch (of
+        ``g`` is the gradient of the task's loss on one of its gradient batches (of
         ``finetune.batch_size``, ``sensitivity_batches`` batches, eval mode): the trace of
         the unit's diagonal empirical Fisher. Cached.
         """
         return {name: float(stats.sq_mean.sum()) for name, stats in self._gradient_stats().items()}
+
+    def unit_stats(self) -> dict[str, UnitStats]:
+        """Statistics of every unit of the uncompressed model (definitions in
+        :class:`~compsearch.evaluators.types.UnitStats`): weights, input activations over
+        the calibration batches (NaN where the unit's module forward never runs, i.e. its
+        weight is used functionally), gradients from the gradient statistics. Cached."""
+        if self._unit_stats is None:
+            grads = self._gradient_stats()
+            self._reset()
+            acts = activation_stats(self.model, self._modules, self._calibration_inputs())
+            self._unit_stats = {
+                name: UnitStats(**weight_unit_stats(self._weights[name]), **acts[name], **gradient_unit_stats(grads[name]))
+                for name in self._modules
+            }
+        return self._unit_stats
+
+    def reconstruction_error(self, policy: Policy | Mapping[str, UnitPolicy]) -> dict[str, float]:
+        """Per unit, ``sum((y_c - y)**2) / sum(y**2)`` of the unit's output ``y_c`` in the
+        compressed model (masks + quantization, calibrated, no fine-tuning; errors of earlier
+        units included) against ``y`` in the uncompressed model, over the proxy inputs (one
+        forward each, through forward hooks). NaN for a unit whose module forward never
+        runs (weight used functionally). Cached per policy; leaves the candidate attached."""
+        policy = self._check(policy)
+        if policy.key in self._recon_cache:
+            self._recon_cache.move_to_end(policy.key)
+            return dict(self._recon_cache[policy.key])  # type: ignore[call-overload]
+        reference = self._reference_model()
+        self._attach(policy)
+        errors = relative_errors(self.model, reference, list(self._modules), self._proxy_inputs(), self.config.eval_batch_size)
+        _remember(self._recon_cache, policy.key, errors)
+        return dict(errors)
+
+    def compressed_units(self) -> dict[str, CompressedUnit]:
+        """What the forward of the last evaluated / proxied candidate uses, per unit it
+        compresses (see :class:`~compsearch.evaluators.types.CompressedUnit`); empty before
+        any ``evaluate``/``proxy``/``reconstruction_error``."""
+        with torch.no_grad():
+            return {name: c.describe() for name, c in self._attached.items()}
 
     def evaluate(
         self,
@@ -212,53 +302,51 @@ class CompressionEvaluator:
         Args:
             policy: unit name -> UnitPolicy; a unit left out stays uncompressed.
             steps: fine-tuning steps (None = ``config.finetune``; 0 = none).
-            reporter: receives intermediate validation accuracy (may raise ``optuna.TrialPruned``).
-            test: also measure test accuracy (for final reporting only).
+            reporter: receives the intermediate quality metric (may raise ``optuna.TrialPruned``).
+            test: also measure the test split (for final reporting only).
 
         ``reporter.final`` is not called here: the caller (the Optuna objective, a Ray
         Tune or NNI trial) reports the final metrics it assembles.
 
         Raises:
             PolicyError: the policy names a unit the model does not have.
-            FineTuneDiverged: the fine-tuning loss became nan/inf.
+            FineTuneDiverged: a non-finite loss, or a final validation loss above the
+                divergence bound (see :class:`EvaluatorConfig`).
         """
         start = time.perf_counter()
-        policy = self._policy(policy)
+        policy = self._check(policy)
         costs = self._cost(policy)
         ft_config = self.config.finetune
-        teacher = self._teacher_logits() if ft_config.distill > 0 else None
-        self._attach(policy)
+        bound = self._divergence_bound()
+        self._prepare_criteria(policy)
+        self._reset()
+        self.task.prepare(self.model, ft_config)
+        self._attach(policy, reset=False)
         prepared = time.perf_counter()
-        result = fine_tune(
-            self.model,
-            x=self.data.x_train,
-            y=self.data.y_train,
-            config=ft_config,
-            steps=steps,
-            teacher_logits=teacher,
-            reporter=reporter,
-            validate=lambda: self._measure("val")[0],
-            after_step=self._apply_masks,
+        quality = self.task.quality
+        result = self.task.fine_tune(
+            self.model, config=ft_config, steps=steps, reporter=reporter,
+            validate=lambda: self.task.measure(self.model, "val")[quality], after_step=self._apply_masks,
         )
         tuned = time.perf_counter()
-        accuracy, loss = self._measure("val")
-        test_accuracy = self._measure("test")[0] if test else None
+        values = self.task.measure(self.model, "val")
+        if result.steps > 0:
+            self._check_diverged(values, bound, result.steps)
+        tests = self.task.measure(self.model, "test") if test else None
         end = time.perf_counter()
         seconds = {"prepare": prepared - start, "finetune": tuned - prepared, "validate": end - tuned, "total": end - start}
-        return EvalResult(
-            accuracy=accuracy, loss=loss, test_accuracy=test_accuracy, steps=result.steps, seconds=seconds, **_fields(costs)
-        )
+        return EvalResult(values=values, quality=quality, test_values=tests, steps=result.steps, seconds=seconds, **_fields(costs))
 
     def base_metrics(self, *, test: bool = False) -> EvalResult:
         """Metrics of the uncompressed model without fine-tuning (cached)."""
         if test not in self._base_metrics:
             start = time.perf_counter()
             self._reset()
-            accuracy, loss = self._measure("val")
-            test_accuracy = self._measure("test")[0] if test else None
+            values = self.task.measure(self.model, "val")
+            tests = self.task.measure(self.model, "test") if test else None
             seconds = {"validate": time.perf_counter() - start, "total": time.perf_counter() - start}
             self._base_metrics[test] = EvalResult(
-                accuracy=accuracy, loss=loss, test_accuracy=test_accuracy, seconds=seconds, **_fields(self._cost(Policy()))
+                values=values, quality=self.task.quality, test_values=tests, seconds=seconds, **_fields(self._cost(Policy()))
             )
         return self._base_metrics[test]
 
@@ -266,15 +354,12 @@ class CompressionEvaluator:
         """Weights the current forward uses per unit (after masks and quantization), detached."""
         with torch.no_grad():
             out = {name: w.detach().clone() for name, w in self._weights.items()}
-            for fwd in self._attached:
-                out[self._name_of(fwd.module)] = fwd.effective_weight().detach().clone()
+            for name, c in self._attached.items():
+                out[name] = c.effective_weight().detach().clone()
         return out
 
     # ------------------------------------------------------------------ internals
-    def _name_of(self, module: nn.Module) -> str:
-        return next(n for n, m in self._modules.items() if m is module)
-
-    def _policy(self, policy: Policy | Mapping[str, UnitPolicy]) -> Policy:
+    def _check(self, policy: Policy | Mapping[str, UnitPolicy]) -> Policy:
         if not isinstance(policy, Policy):
             if not isinstance(policy, Mapping):
                 raise PolicyError(f"policy must be a Policy or a mapping unit -> UnitPolicy, got {type(policy).__name__}")
@@ -283,22 +368,25 @@ class CompressionEvaluator:
 
     def _reset(self) -> None:
         """Detach all compression and restore base weights and buffers in place."""
-        for fwd in self._attached:
-            fwd.remove()
-        self._attached, self._masked = [], []
+        for c in self._attached.values():
+            c.remove()
+        self._attached, self._masked, self._policy = {}, [], None
         with torch.no_grad():
             torch._foreach_copy_(self._live, self._base)
         for p in self.model.parameters():
             p.grad = None
 
-    def _attach(self, policy: Policy) -> None:
-        """Restore the base model, then attach masks and quantizers of ``policy`` and calibrate."""
-        self._reset()
+    def _attach(self, policy: Policy, *, reset: bool = True) -> None:
+        """Restore the base model (unless ``reset=False``: already restored), then attach
+        masks and quantizers of ``policy`` and calibrate."""
+        self._prepare_criteria(policy)
+        if reset:
+            self._reset()
         act: list[ActQuantizer] = []
         for name, up in policy.items():
             if up.is_identity:
                 continue
-            module, weight = self._modules[name], self._weights[name]
+            weight = self._weights[name]
             mask = self._mask(name, up)
             if mask is not None:
                 with torch.no_grad():
@@ -307,15 +395,24 @@ class CompressionEvaluator:
                 self._masked.append((weight, mask, rows))
             wq = WeightQuant(up.w_bits, up.scheme, up.granularity == "channel") if up.quantized else None
             aq = ActQuantizer(bits=up.a_bits, mode=self.config.act_range, momentum=self.config.ema_momentum) if up.act_quantized else None
-            if wq is None and aq is None:
-                continue
-            binary = wq is not None and wq.bits == 1 and wq.scheme == "symmetric"
-            fwd = CompressedForward(module, weight_quant=wq, act_quant=aq, mask=mask if binary else None)
-            self._attached.append(fwd.install())
+            compression = UnitCompression(self._owners[name], name=name, weight_quant=wq, act_quant=aq, mask=mask)
+            self._attached[name] = compression.install()
             if aq is not None:
                 act.append(aq)
+        self._policy = policy
         if act:
             self._calibrate(act)
+
+    def _prepare_criteria(self, policy: Policy) -> None:
+        """Compute what the criterion needs (gradient statistics, model-level scores) before
+        any compression is attached."""
+        if not any(up.pruned for up in policy.values()):
+            return
+        criterion = get_criterion(self.config.criterion)
+        if criterion.needs_gradients:
+            self._gradient_stats()
+        if criterion.model_level:
+            self._channel_scores()
 
     def _mask(self, name: str, up: UnitPolicy) -> torch.Tensor | None:
         if not up.pruned:
@@ -323,9 +420,15 @@ class CompressionEvaluator:
         criterion = get_criterion(self.config.criterion)
         if up.structure == "channel" and (name, up.keep) in self._channel_masks:
             return self._channel_masks[(name, up.keep)]
-        grads = self._gradient_stats()[name] if criterion.needs_gradients else None
         weight = self._weights[name]
-        mask = compute_mask(weight, keep=up.keep, structure=up.structure, criterion=criterion, grads=grads)
+        if criterion.model_level:
+            if up.structure != "channel":
+                raise ConfigError(f"criterion {criterion.name!r} scores whole channels only, but unit {name!r} has "
+                                  f"structure={up.structure!r}; use structure 'channel' or a criterion such as 'l1'")
+            mask = channel_mask(self._channel_scores()[name], keep=up.keep, weight=weight)
+        else:
+            grads = self._gradient_stats()[name] if criterion.needs_gradients else None
+            mask = compute_mask(weight, keep=up.keep, structure=up.structure, criterion=criterion, grads=grads)
         if up.structure == "channel":
             self._channel_masks[(name, up.keep)] = mask
         return mask
@@ -340,43 +443,61 @@ class CompressionEvaluator:
                     else:
                         weight.mul_(mask)
 
-    def _calibrate(self, quantizers: list[ActQuantizer]) -> None:
+    def _calibration_inputs(self) -> list[torch.Tensor]:
         cfg = self.config
-        gen = torch.Generator().manual_seed(cfg.seed)
-        n = self.data.x_train.shape[0]
-        idx = torch.randperm(n, generator=gen)[: cfg.calib_batches * cfg.calib_batch_size].to(self.device)
+        return self.task.calibration_inputs(batches=cfg.calib_batches, batch_size=cfg.calib_batch_size, seed=cfg.seed)
+
+    def _calibrate(self, quantizers: list[ActQuantizer]) -> None:
         self.model.eval()
         with torch.no_grad():
-            for batch in idx.split(cfg.calib_batch_size):
-                self.model(self.data.x_train[batch])
+            for x in self._calibration_inputs():
+                self.model(x)
+        for c in self._attached.values():
+            c.check_calibrated()
         for q in quantizers:
             q.freeze()
 
-    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+    def _outputs(self, x: torch.Tensor) -> torch.Tensor:
         self.model.eval()
         with torch.no_grad():
             return torch.cat([self.model(b) for b in x.split(self.config.eval_batch_size)])
 
-    def _measure(self, split: str) -> tuple[float, float]:
-        """Top-1 accuracy and mean cross-entropy on ``split``."""
-        x, y = self.data.split(split)
-        logits = self._logits(x)
-        return float((logits.argmax(dim=1) == y).float().mean()), float(F.cross_entropy(logits, y))
+    def _proxy_inputs(self) -> torch.Tensor:
+        return self.task.proxy_inputs(self.config.proxy_samples)
 
-    def _reference_logits(self) -> torch.Tensor:
+    def _reference_outputs(self) -> torch.Tensor:
         if self._proxy_ref is None:
             self._reset()
-            self._proxy_ref = self._logits(self.data.x_val[: self.config.proxy_samples])
+            self._proxy_ref = self._outputs(self._proxy_inputs())
         return self._proxy_ref
 
-    def _teacher_logits(self) -> torch.Tensor:
-        if self._teacher is None:
+    def _reference_model(self) -> nn.Module:
+        """A frozen copy of the uncompressed model (for per-unit reference outputs)."""
+        if self._reference is None:
             self._reset()
-            self._teacher = self._logits(self.data.x_train)
-        return self._teacher
+            self._reference = copy.deepcopy(self.model).eval().requires_grad_(False)
+        return self._reference
+
+    def _divergence_bound(self) -> float | None:
+        ratio = self.config.divergence_ratio
+        if ratio is None:
+            return None
+        base = self.base_metrics().loss
+        floor = max(base, self.task.loss_floor())
+        return ratio * floor if math.isfinite(floor) and floor > 0 else None
+
+    def _check_diverged(self, values: Mapping[str, float], bound: float | None, steps: int) -> None:
+        loss = values["loss"]
+        if not math.isfinite(loss) or (bound is not None and loss > bound):
+            lr = self.config.finetune.lr
+            raise FineTuneDiverged(
+                f"fine-tuning diverged: validation loss {loss:.6g} after {steps} steps exceeds "
+                f"{bound if bound is not None else 'a finite value'} (divergence_ratio={self.config.divergence_ratio} x "
+                f"max(uncompressed loss, task loss floor)); lower finetune.lr (now {lr})"
+            )
 
     def _gradient_stats(self) -> dict[str, GradientStats]:
-        """``E[g]`` and ``E[g**2]`` per unit weight over ``sensitivity_batches`` train mini-batches (cached)."""
+        """``E[g]`` and ``E[g**2]`` per unit weight over ``sensitivity_batches`` task gradient batches (cached)."""
         if self._grads is None:
             self._grads = self._compute_gradient_stats()
         return self._grads
@@ -385,23 +506,42 @@ class CompressionEvaluator:
         cfg = self.config
         self._reset()
         self.model.eval()
-        gen = torch.Generator().manual_seed(cfg.seed)
-        n = self.data.x_train.shape[0]
-        idx = torch.randperm(n, generator=gen).to(self.device).split(cfg.finetune.batch_size)[: cfg.sensitivity_batches]
+        batches = self.task.gradient_batches(batches=cfg.sensitivity_batches, batch_size=cfg.finetune.batch_size, seed=cfg.seed)
         sums = {n: torch.zeros_like(w) for n, w in self._weights.items()}
         squares = {n: torch.zeros_like(w) for n, w in self._weights.items()}
-        for batch in idx:
+        for batch in batches:
             self.model.zero_grad(set_to_none=True)
-            F.cross_entropy(self.model(self.data.x_train[batch]), self.data.y_train[batch]).backward()
+            batch.loss(self.model(batch.inputs)).backward()
             for name, weight in self._weights.items():
                 g = weight.grad
                 if g is not None:
                     sums[name] += g
                     squares[name] += g.square()
         self.model.zero_grad(set_to_none=True)
-        k = len(idx)
+        k = max(len(batches), 1)
         return {name: GradientStats(mean=sums[name] / k, sq_mean=squares[name] / k) for name in self._modules}
 
-    def __repr__(self) -> str:
-        return f"CompressionEvaluator({type(self.model).__name__}, {len(self.units)} units, data={self.data.name!r}, device={self.device})"
+    def _channel_scores(self) -> dict[str, torch.Tensor]:
+        """Scores of the model-level criterion, once per evaluator (base model, calibration inputs)."""
+        if self._model_scores is None:
+            criterion = get_criterion(self.config.criterion)
+            cfg = self.config
+            self._reset()
+            self.model.eval()
+            context = ModelContext(
+                model=self.model, modules=dict(self._modules), weights=dict(self._weights),
+                inputs=self._calibration_inputs(),
+                loss_batches=self.task.gradient_batches(batches=cfg.sensitivity_batches, batch_size=cfg.finetune.batch_size, seed=cfg.seed),
+                seed=cfg.seed,
+            )
+            scores = criterion.score(context)
+            self._reset()
+            missing = sorted(set(self._modules) - set(scores))
+            if missing:
+                raise ConfigError(f"model-level criterion {criterion.name!r} gave no scores for unit(s) {missing}; "
+                                  f"it must score every unit of context.modules")
+            self._model_scores = {n: scores[n].detach().float().to(self.device) for n in self._modules}
+        return self._model_scores
 
+    def __repr__(self) -> str:
+        return f"CompressionEvaluator({type(self.model).__name__}, {len(self.units)} units, task={self.task.describe()!r}, device={self.device})"

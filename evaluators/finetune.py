@@ -149,7 +149,7 @@ def fine_tune(
             if not math.isfinite(value):
                 raise FineTuneDiverged(
                     f"fine-tuning diverged at step {step + 1}/{total}: loss={value} "
-                    f"(optimizer={config.optimizer}, lr={config.lr}); lower finetune.lr or use fewer bits"
+                    f"(optimizer={config.optimizer}, lr={config.lr}); lower finetune.lr or give the candidate more bits"
                 )
             if after_step is not None:
                 after_step()

@@ -11,6 +11,17 @@ weight; higher = more important). Built in:
 * ``fisher``: ``0.5 * F * w**2`` with ``F = E_batches[g**2]`` the diagonal of the
   empirical (mini-batch) Fisher information; the second-order estimate of the loss
   change when ``w`` is removed (Optimal-Brain-Damage with the Fisher as Hessian).
+* model-level criteria (``model_level=True``, channel pruning only; e.g. ``lrp`` and
+  ``gates``): scores need the whole model, not one weight. The evaluator computes them
+  **once**, from the uncompressed model and the task's calibration inputs and gradient
+  batches (a :class:`ModelContext`), as unit name -> ``out_channels`` scores, caches
+  them, and turns each unit's scores into a channel mask with :func:`channel_mask`.
+  Register one with::
+
+      @register_criterion("my-criterion", model_level=True)
+      def score(context: ModelContext) -> dict[str, torch.Tensor]:
+          ...  # one 1-D tensor of out_channels scores per name in context.modules
+
 * ``nni-l1``, ``nni-l2``, ``nni-fpgm`` (channel pruning only; need NNI,
   ``pip install "compsearch[nni]"``): the per-channel metric computed by NNI's own
   ``L1NormPruner``, ``L2NormPruner`` and ``FPGMPruner`` (FPGM: a filter's summed
@@ -33,15 +44,19 @@ deterministic.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import torch
+from torch import nn
 
 from compsearch.errors import ConfigError
 from compsearch.registry import Registry
 
 ScoreFn = Callable[[torch.Tensor, "GradientStats | None"], torch.Tensor]
+ModelScoreFn = Callable[["ModelContext"], "dict[str, torch.Tensor]"]
+_Fn = TypeVar("_Fn", bound=Callable[..., Any])
 
 
 @dataclass(frozen=True)
@@ -58,34 +73,69 @@ class GradientStats:
 
 
 @dataclass(frozen=True)
+class ModelContext:
+    """What a model-level criterion sees (built once per evaluator).
+
+    Attributes:
+        model: the uncompressed model (base weights, no compression attached, eval mode).
+            The criterion may run forwards and backwards and even change weights: the
+            evaluator restores the base weights afterwards; it must remove any hook or
+            module it adds.
+        modules: unit name -> the module owning the unit's weight, in execution order.
+        weights: unit name -> the unit's weight parameter (``out x ...``).
+        inputs: the task's calibration input batches (``b x ...`` each).
+        loss_batches: the task's ``(inputs, loss)`` gradient batches
+            (:class:`~compsearch.evaluators.types.GradientBatch`), for criteria that need
+            the task's loss (e.g. trained gates).
+        seed: the evaluator's seed.
+    """
+
+    model: nn.Module
+    modules: Mapping[str, nn.Module]
+    weights: Mapping[str, torch.Tensor]
+    inputs: Sequence[torch.Tensor]
+    loss_batches: Sequence[Any]
+    seed: int
+
+
+@dataclass(frozen=True)
 class Criterion:
     """An importance criterion.
 
     Attributes:
         name: registered name.
-        score: ``(weight, grads) -> scores`` of the weight's shape; ``grads`` is None
-            unless ``needs_gradients``.
+        score: ``(weight, grads) -> scores`` of the weight's shape (``grads`` is None
+            unless ``needs_gradients``); for ``model_level`` criteria
+            ``(ModelContext) -> {unit: out_channels scores}``.
         needs_gradients: the evaluator must compute :class:`GradientStats` first.
         channel_only: scores only whole output channels (``structure="channel"``).
+        model_level: scores every unit at once from the model (implies ``channel_only``).
     """
 
     name: str
-    score: ScoreFn
+    score: Callable[..., Any]
     needs_gradients: bool = False
     channel_only: bool = False
+    model_level: bool = False
 
 
 CRITERIA: Registry[Criterion] = Registry("criterion")
 
 
-def register_criterion(name: str, *, needs_gradients: bool = False, channel_only: bool = False) -> Callable[[ScoreFn], ScoreFn]:
-    """Decorator registering ``fn(weight, grads) -> scores`` as criterion ``name``.
+def register_criterion(
+    name: str, *, needs_gradients: bool = False, channel_only: bool = False, model_level: bool = False
+) -> Callable[[_Fn], _Fn]:
+    """Decorator registering a criterion as ``name``.
 
-    Registering a name twice raises :class:`~compsearch.errors.DuplicateNameError`.
+    ``fn(weight, grads) -> scores`` (weight-level), or with ``model_level=True``
+    ``fn(context: ModelContext) -> {unit name: 1-D out_channels scores}`` (channel pruning
+    only; computed once per evaluator and cached). Registering a name twice raises
+    :class:`~compsearch.errors.DuplicateNameError`.
     """
 
-    def add(fn: ScoreFn) -> ScoreFn:
-        CRITERIA.register(name, Criterion(name=name, score=fn, needs_gradients=needs_gradients, channel_only=channel_only))
+    def add(fn: _Fn) -> _Fn:
+        CRITERIA.register(name, Criterion(name=name, score=fn, needs_gradients=needs_gradients,
+                                          channel_only=channel_only or model_level, model_level=model_level))
         return fn
 
     return add
@@ -198,15 +248,38 @@ def compute_mask(
     if crit.channel_only and structure != "channel":
         raise ConfigError(f"criterion {crit.name!r} scores whole channels only, but structure={structure!r}; "
                           f"use structure 'channel' (space choices) or a criterion such as 'l1'")
+    if crit.model_level:
+        raise ConfigError(f"criterion {crit.name!r} is model-level: it scores all units from the model at once; "
+                          f"use CompressionEvaluator (which computes its channel scores) and channel_mask(...)")
     with torch.no_grad():
         scores = crit.score(weight.detach(), grads)
         if structure == "channel":
-            per_channel = scores.reshape(weight.shape[0], -1).sum(dim=1)
-            mask = top_k_mask(per_channel, keep_count(keep, weight.shape[0]))
-            shape = (weight.shape[0],) + (1,) * (weight.dim() - 1)
-        elif structure == "unstructured":
+            return channel_mask(scores.reshape(weight.shape[0], -1).sum(dim=1), keep=keep, weight=weight)
+        if structure == "unstructured":
             mask = top_k_mask(scores.flatten(), keep_count(keep, weight.numel()))
-            shape = tuple(weight.shape)
-        else:
-            raise ConfigError(f"structure={structure!r} is unknown; allowed: ['channel', 'unstructured']")
-    return mask.reshape(shape).to(weight.dtype)
+            return mask.reshape(weight.shape).to(weight.dtype)
+    raise ConfigError(f"structure={structure!r} is unknown; allowed: ['channel', 'unstructured']")
+
+
+def channel_mask(scores: torch.Tensor, *, keep: float, weight: torch.Tensor) -> torch.Tensor | None:
+    """Channel mask keeping the ``keep_count(keep, out)`` highest-scored output channels.
+
+    Args:
+        scores: ``out`` channel scores (higher = more important).
+        keep: kept fraction in (0, 1].
+        weight: the ``out x ...`` weight the mask is for (shape and dtype).
+
+    Returns:
+        None for ``keep == 1``, else a 0/1 mask ``out x 1 x ... x 1`` in ``weight``'s dtype.
+
+    Raises:
+        ConfigError: ``scores`` is not one finite score per output channel.
+    """
+    if keep >= 1.0:
+        return None
+    out = weight.shape[0]
+    if tuple(scores.shape) != (out,) or not bool(torch.isfinite(scores).all()):
+        raise ConfigError(f"channel scores of shape {tuple(scores.shape)} must be {out} finite values "
+                          f"(one per output channel of a {tuple(weight.shape)} weight)")
+    mask = top_k_mask(scores.detach().to(weight.device), keep_count(keep, out))
+    return mask.reshape((out,) + (1,) * (weight.dim() - 1)).to(weight.dtype)

@@ -52,11 +52,9 @@ is the min/max seen over a few calibration batches, then either frozen
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from compsearch.errors import ConfigError
 
@@ -245,6 +243,16 @@ class ActQuantizer:
         self.hi = float("-inf")
         self._qparams: tuple[float, int] = (1.0, 0)
 
+    @property
+    def calibrated(self) -> bool:
+        """Whether a range has been observed (at least one tensor seen)."""
+        return self.lo <= self.hi
+
+    @property
+    def qparams(self) -> tuple[float, int]:
+        """The ``(scale, zero_point)`` in use (after :meth:`freeze`; moves with EMA)."""
+        return self._qparams
+
     def freeze(self) -> None:
         """End calibration: quantize from now on with the observed range."""
         if self.lo > self.hi:
@@ -279,59 +287,3 @@ class WeightQuant:
     def __call__(self, w: torch.Tensor) -> torch.Tensor:
         return fake_quantize_weight(w, bits=self.bits, scheme=self.scheme, per_channel=self.per_channel)
 
-
-class CompressedForward:
-    """Replacement ``forward`` of one unit: quantized input, quantized (and masked) weight.
-
-    Installed as an instance attribute (``module.forward = CompressedForward(...)``) so
-    the effective weight is computed once per forward with no parametrization
-    machinery; :meth:`remove` restores the class ``forward``.
-
-    Args:
-        module: ``nn.Conv1d``, ``nn.Conv2d`` or ``nn.Linear``.
-        weight_quant: weight fake quantizer, or None.
-        act_quant: input fake quantizer, or None.
-        mask: multiplied into the quantized weight (broadcastable to ``weight``), or None.
-            Only needed where quantization could move a stored zero off 0 (binary
-            grid); otherwise pruned weights are kept at exactly 0 in storage.
-    """
-
-    def __init__(
-        self,
-        module: nn.Module,
-        *,
-        weight_quant: WeightQuant | None,
-        act_quant: ActQuantizer | None,
-        mask: torch.Tensor | None = None,
-    ) -> None:
-        self.module = module
-        self.weight_quant = weight_quant
-        self.act_quant = act_quant
-        self.mask = mask
-        self._linear = isinstance(module, nn.Linear)
-
-    def effective_weight(self) -> torch.Tensor:
-        """The weight the forward uses (``out x ...``)."""
-        w = cast(torch.Tensor, self.module.weight)
-        if self.weight_quant is not None:
-            w = self.weight_quant(w)
-        if self.mask is not None:
-            w = w * self.mask
-        return w
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self.act_quant is not None:
-            x = self.act_quant(x, self.module.training)
-        w = self.effective_weight()
-        bias = cast("torch.Tensor | None", self.module.bias)
-        if self._linear:
-            return F.linear(x, w, bias)
-        return cast(torch.Tensor, self.module._conv_forward(x, w, bias))  # type: ignore[operator]
-
-    def install(self) -> CompressedForward:
-        self.module.forward = self  # type: ignore[method-assign]
-        return self
-
-    def remove(self) -> None:
-        if self.module.__dict__.get("forward") is self:
-            del self.module.forward

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 import torch
@@ -102,33 +103,208 @@ class DataSplits:
 
 
 @dataclass(frozen=True)
+class GradientBatch:
+    """One mini-batch of a task's loss, for gradient statistics.
+
+    Attributes:
+        inputs: ``b x ...`` model inputs.
+        loss: maps the model's outputs for ``inputs`` to a scalar loss (e.g. the
+            cross-entropy against the batch's labels).
+    """
+
+    inputs: torch.Tensor
+    loss: Callable[[torch.Tensor], torch.Tensor]
+
+
+_COSTS = ("size_bits", "compression_ratio", "bops", "sparsity")
+
+
+@dataclass(frozen=True, init=False)
 class EvalResult:
     """Everything one full evaluation measured.
 
     Attributes:
-        accuracy: top-1 accuracy on the validation split after fine-tuning.
-        loss: cross-entropy on the validation split after fine-tuning.
+        values: the task's metrics on the validation split after fine-tuning: its quality
+            metric (``accuracy`` for classification, ``return`` for a policy), ``loss``
+            and any extras (e.g. ``return_se``).
+        quality: the name of the task's quality metric (a key of ``values``).
         size_bits, compression_ratio, bops, sparsity: exact costs (see ``cost``).
-        test_accuracy: top-1 on the test split, only when asked for (final reporting).
+        test_values: the task's metrics on the test split, only when asked for (final
+            reporting), else None.
         steps: fine-tuning steps actually run.
         seconds: wall time per phase (``prepare``, ``finetune``, ``validate``, ``total``).
+
+    ``EvalResult(accuracy=..., loss=..., size_bits=..., ...)`` (classification shorthand)
+    is the same as ``EvalResult(values={"accuracy": ..., "loss": ...}, ...)``;
+    ``test_accuracy=`` likewise fills ``test_values``.
     """
 
-    accuracy: float
-    loss: float
+    values: Mapping[str, float]
+    quality: str
     size_bits: float
     compression_ratio: float
     bops: float
     sparsity: float
-    test_accuracy: float | None = None
+    test_values: Mapping[str, float] | None = None
     steps: int = 0
     seconds: dict[str, float] = field(default_factory=dict)
 
+    def __init__(
+        self,
+        *,
+        size_bits: float,
+        compression_ratio: float,
+        bops: float,
+        sparsity: float,
+        values: Mapping[str, float] | None = None,
+        quality: str = "accuracy",
+        test_values: Mapping[str, float] | None = None,
+        steps: int = 0,
+        seconds: Mapping[str, float] | None = None,
+        accuracy: float | None = None,
+        loss: float | None = None,
+        test_accuracy: float | None = None,
+    ) -> None:
+        vals = dict(values or {})
+        shorthand = {k: v for k, v in (("accuracy", accuracy), ("loss", loss)) if v is not None}
+        clash = sorted(set(shorthand) & set(vals))
+        if clash:
+            raise TypeError(f"EvalResult got {clash} both as keyword and in values; give each once")
+        vals.update(shorthand)
+        if quality not in vals:
+            raise ConfigError(f"EvalResult values {sorted(vals)} lack the quality metric {quality!r}")
+        tests = None if test_values is None else dict(test_values)
+        if test_accuracy is not None:
+            tests = {**(tests or {}), "accuracy": test_accuracy}
+        for name, value in (("values", vals), ("quality", quality), ("size_bits", size_bits),
+                            ("compression_ratio", compression_ratio), ("bops", bops), ("sparsity", sparsity),
+                            ("test_values", tests), ("steps", steps), ("seconds", dict(seconds or {}))):
+            object.__setattr__(self, name, value)
+
+    def __getitem__(self, name: str) -> float:
+        """The task metric ``name`` on the validation split (e.g. ``result["return"]``)."""
+        try:
+            return self.values[name]
+        except KeyError:
+            raise KeyError(f"{name!r} was not measured; this task measured {sorted(self.values)}") from None
+
+    @property
+    def score(self) -> float:
+        """The value of the task's quality metric (``values[quality]``)."""
+        return self.values[self.quality]
+
+    @property
+    def accuracy(self) -> float:
+        """Validation top-1 accuracy (classification tasks)."""
+        return self["accuracy"]
+
+    @property
+    def loss(self) -> float:
+        """The task's loss on the validation split."""
+        return self["loss"]
+
+    @property
+    def test_accuracy(self) -> float | None:
+        """Test top-1 accuracy when the test split was measured, else None."""
+        return None if self.test_values is None else self.test_values.get("accuracy")
+
     def metrics(self) -> dict[str, Any]:
-        """Flat JSON-ready dict of every metric (timings as ``seconds_<phase>``)."""
-        out = {k: v for k, v in asdict(self).items() if k != "seconds"}
+        """Flat JSON-ready dict of every metric: the task's values (``accuracy``, ``loss``, ...),
+        the costs, ``test_<name>`` of every test value (``test_<quality>: None`` when the test
+        split was not measured), ``steps`` and timings as ``seconds_<phase>``."""
+        out: dict[str, Any] = {k: float(v) for k, v in self.values.items()}
+        out.update({k: getattr(self, k) for k in _COSTS})
+        if self.test_values is None:
+            out[f"test_{self.quality}"] = None
+        else:
+            out.update({f"test_{k}": float(v) for k, v in self.test_values.items()})
+        out["steps"] = self.steps
         out.update({f"seconds_{k}": v for k, v in self.seconds.items()})
         return out
+
+
+@dataclass(frozen=True)
+class UnitStats:
+    """Statistics of one unit of the uncompressed model (``evaluator.unit_stats()``).
+
+    Attributes:
+        weight_mean, weight_var: mean and population variance of the weight's elements.
+        weight_entropy: normalised histogram entropy of the weights, ``H / ln(B)`` in [0, 1]:
+            ``B = 64`` equal-width bins over ``[min w, max w]``, ``p_b`` = share of weights in
+            bin ``b``, ``H = -sum_b p_b ln p_b`` (0 when all weights are equal).
+        act_mean, act_var, act_zero_fraction: mean, population variance and share of exact
+            zeros of the unit's input activation over all elements of the calibration
+            batches; NaN when the unit's module forward never runs (weight used functionally).
+        grad_mean: ``mean_i E_b[g_i]``, the mean over weights of the mean gradient of the
+            task's loss over the gradient batches.
+        grad_var: ``mean_i (E_b[g_i**2] - E_b[g_i]**2)``, the mean over weights of the
+            gradient's variance across the gradient batches.
+    """
+
+    weight_mean: float
+    weight_var: float
+    weight_entropy: float
+    act_mean: float
+    act_var: float
+    act_zero_fraction: float
+    grad_mean: float
+    grad_var: float
+
+
+@dataclass(frozen=True)
+class CompressedUnit:
+    """One compressed unit as the forward uses it (``evaluator.compressed_units()``).
+
+    The integer codes of the weight are ``q = round(weight / scale + zero_point)``, in
+    ``[qmin, qmax]``, and ``(q - zero_point) * scale == weight`` exactly where the mask keeps
+    the weight (:meth:`codes`, :meth:`dequantize`); for integral zero points this is
+    ``round(weight / scale) + zero_point``. Pruned weights are 0 in ``weight``: on the integer
+    grids 0 is a level (code ``zero_point``); on the binary grid (``w_bits=1``, codes {0, 1},
+    levels ``-scale/2``, ``+scale/2``, ``zero_point = 0.5``) it is not, and
+    ``weight = dequantize(codes) * mask``.
+
+    Attributes:
+        name: unit name.
+        weight: the effective float weight the forward uses (``out x ...``), after masks
+            and quantization (the module's own forward may transform it further, e.g.
+            weight standardisation).
+        mask: 0/1 pruning mask (``out x 1 x ... x 1`` for channels, else the weight's shape),
+            or None.
+        functional: the weight is read outside its module's forward.
+        w_bits, scheme, per_channel: the weight grid, or None when the weight is float.
+        scale, zero_point: ``out x 1 x ... x 1`` per channel or 0-d per tensor (None when float).
+        qmin, qmax: integer code range (None when float).
+        a_bits, act_scale, act_zero_point: the input grid (per tensor, asymmetric), or None
+            when the input is float.
+    """
+
+    name: str
+    weight: torch.Tensor
+    mask: torch.Tensor | None
+    functional: bool
+    w_bits: int | None
+    scheme: str | None
+    per_channel: bool | None
+    scale: torch.Tensor | None
+    zero_point: torch.Tensor | None
+    qmin: int | None
+    qmax: int | None
+    a_bits: int | None
+    act_scale: float | None
+    act_zero_point: int | None
+
+    def codes(self) -> torch.Tensor:
+        """``round(weight / scale + zero_point)`` as int32 (``out x ...``), in ``[qmin, qmax]``."""
+        if self.scale is None or self.zero_point is None:
+            raise ConfigError(f"unit {self.name!r} has float weights (w_bits >= 16); there are no integer codes")
+        return torch.round(self.weight / self.scale + self.zero_point).clamp_(self.qmin, self.qmax).to(torch.int32)
+
+    def dequantize(self, codes: torch.Tensor) -> torch.Tensor:
+        """``(codes - zero_point) * scale`` (times the mask on the binary grid)."""
+        if self.scale is None or self.zero_point is None:
+            raise ConfigError(f"unit {self.name!r} has float weights (w_bits >= 16); nothing to dequantize")
+        w = (codes.to(self.scale.dtype) - self.zero_point) * self.scale
+        return w * self.mask if self.mask is not None and self.w_bits == 1 else w
 
 
 @runtime_checkable

@@ -1,0 +1,333 @@
+"""The compressed forward: a unit's own computation with its effective weight substituted.
+
+A unit's *effective weight* is ``fake_quantize(w) * mask`` of its stored weight ``w``
+(:mod:`compsearch.evaluators.quant`; the mask only on the binary grid, where 0 is not a
+level -- elsewhere pruned weights are kept at exactly 0 in storage). The module's **own**
+forward computes with it, so whatever a subclass does -- "same" padding
+(timm ``Conv2dSame``), weight standardisation (``StdConv2d``, ``ScaledStdConv2d``), any
+other ``Conv1d``/``Conv2d``/``Linear`` subclass -- happens exactly as in the uncompressed
+model. Two ways, chosen per unit by a probe forward (:func:`probe_weight_uses`):
+
+* **module** (the weight is read only inside its module's own forward): the module's
+  ``forward`` is wrapped (an instance attribute, removed afterwards). The wrapper quantizes
+  the input activation, computes the effective weight once, puts it in place of the
+  parameter for the duration of the module's original forward (``module._parameters``
+  entry swapped, restored in ``finally``), and returns that forward's output.
+* **functional** (the weight is also, or only, read outside its module's forward, e.g.
+  ``F.linear(x, self.qkv.weight, bias)`` in EVA-style attention, or a raw parameter such
+  as ``in_proj_weight``): a ``torch.nn.utils.parametrize`` parametrization on the weight
+  makes every read return the effective weight. The input of such a computation is not
+  visible to the evaluator, so input-activation quantization (``a_bits < 16``) of a
+  functional unit is **refused** with a :class:`~compsearch.errors.ModelError`.
+
+Refused at construction (:func:`resolve_weight`, :func:`probe_weight_uses`), each with a
+:class:`~compsearch.errors.ModelError` that says why and what to do: a unit that is not a
+``Conv1d``/``Conv2d``/``Linear`` (or subclass) nor a parameter; a weight that is not a
+plain stored parameter (already parametrized, weight-norm, lazy/uninitialised); a weight
+the forward never reads (compressing it would change nothing); two units sharing one weight.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, cast
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from compsearch.errors import ModelError
+from compsearch.evaluators.quant import ActQuantizer, WeightQuant, weight_qparams
+from compsearch.evaluators.types import CompressedUnit
+from compsearch.spaces.units import COMPRESSIBLE
+
+MODULE, FUNCTIONAL = "module", "functional"
+
+
+@dataclass
+class WeightOwner:
+    """Where one unit's weight lives.
+
+    Attributes:
+        module: the module holding the parameter.
+        param: the parameter's attribute name on ``module`` (``"weight"`` for layers).
+        weight: the stored parameter (``out x ...``).
+        use: :data:`MODULE` or :data:`FUNCTIONAL` (set by :func:`probe_weight_uses`).
+    """
+
+    module: nn.Module
+    param: str
+    weight: nn.Parameter
+    use: str = MODULE
+
+
+def _plain_parameter(module: nn.Module, param: str, name: str) -> nn.Parameter:
+    if parametrize.is_parametrized(module, param):
+        raise ModelError(f"unit {name!r}: its {param} is computed by a torch parametrization; compsearch compresses "
+                         f"stored weights only: remove it first (torch.nn.utils.parametrize.remove_parametrizations("
+                         f"module, {param!r}, leave_parametrized=True)) or exclude the unit")
+    weight = module._parameters.get(param)
+    if not isinstance(weight, nn.Parameter):
+        raise ModelError(f"unit {name!r}: {type(module).__name__}.{param} is not a stored nn.Parameter (weight norm or "
+                         f"another hook computes it); remove the weight norm (torch.nn.utils.remove_weight_norm) or "
+                         f"exclude the unit")
+    if isinstance(weight, nn.parameter.UninitializedParameter):
+        raise ModelError(f"unit {name!r}: {type(module).__name__} is a lazy module whose weight is not initialised; "
+                         f"run one forward before compressing")
+    return weight
+
+
+def resolve_weight(model: nn.Module, name: str) -> WeightOwner:
+    """The module and parameter of unit ``name``: a ``Conv1d``/``Conv2d``/``Linear`` (or
+    subclass) submodule and its ``weight``, or a parameter path (``attn.in_proj_weight``,
+    always :data:`FUNCTIONAL`).
+
+    Raises:
+        ModelError: neither, or the weight is not a plain stored parameter.
+    """
+    try:
+        module = model.get_submodule(name)
+    except AttributeError:
+        module = None
+    if module is not None:
+        if not isinstance(module, COMPRESSIBLE):
+            raise ModelError(f"unit {name!r} is a {type(module).__name__}; only Conv1d, Conv2d, Linear and their "
+                             f"subclasses (or a parameter path such as 'attn.in_proj_weight') compress")
+        return WeightOwner(module=module, param="weight", weight=_plain_parameter(module, "weight", name))
+    owner_name, _, param = name.rpartition(".")
+    try:
+        owner = model.get_submodule(owner_name)
+    except AttributeError:
+        owner = None
+    if owner is None or param not in owner._parameters:
+        raise ModelError(f"unit {name!r} is neither a submodule nor a parameter of {type(model).__name__}")
+    weight = _plain_parameter(owner, param, name)
+    if weight.dim() < 2:
+        raise ModelError(f"unit {name!r} is a {weight.dim()}-D parameter; a unit's weight is out x ... (at least 2-D)")
+    return WeightOwner(module=owner, param=param, weight=weight, use=FUNCTIONAL)
+
+
+class _Probe(nn.Module):
+    """Identity parametrization counting reads inside / outside the owner's own forward."""
+
+    def __init__(self, name: str, depth: dict[int, int], reads: dict[str, list[int]], owner: nn.Module) -> None:
+        super().__init__()
+        self._name, self._depth, self._reads, self._owner = name, depth, reads, id(owner)
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        self._reads[self._name][0 if self._depth.get(self._owner, 0) > 0 else 1] += 1
+        return w
+
+
+def probe_weight_uses(model: nn.Module, owners: Mapping[str, WeightOwner], example_input: torch.Tensor) -> None:
+    """Set every owner's ``use`` from one eval forward of ``example_input``.
+
+    A weight read only while its module's own forward runs is :data:`MODULE`; read (also)
+    outside it, :data:`FUNCTIONAL`. Parametrizations and hooks are removed afterwards and
+    the parameters left exactly as found (same objects, same order).
+
+    Raises:
+        ModelError: a weight is never read, or two units share one weight tensor.
+    """
+    seen: dict[int, str] = {}
+    for name, owner in owners.items():
+        other = seen.setdefault(id(owner.weight), name)
+        if other != name:
+            raise ModelError(f"units {other!r} and {name!r} share one weight tensor; compress only one of them "
+                             f"(exclude the other)")
+    depth: dict[int, int] = {}
+    reads: dict[str, list[int]] = {name: [0, 0] for name in owners}
+    handles, done = [], []
+    orders = {id(o.module): list(o.module._parameters) for o in owners.values()}
+    try:
+        for name, owner in owners.items():
+            m = owner.module
+            if id(m) not in depth:
+                depth[id(m)] = 0
+                handles.append(m.register_forward_pre_hook(lambda mod, _a: depth.__setitem__(id(mod), depth[id(mod)] + 1)))
+                handles.append(m.register_forward_hook(lambda mod, _a, _o: depth.__setitem__(id(mod), depth[id(mod)] - 1)))
+            parametrize.register_parametrization(m, owner.param, _Probe(name, depth, reads, m), unsafe=True)
+            done.append(owner)
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                model(example_input)
+        finally:
+            model.train(was_training)
+    finally:
+        for h in handles:
+            h.remove()
+        for owner in done:
+            _unparametrize(owner, orders[id(owner.module)])
+    for name, owner in owners.items():
+        inside, outside = reads[name]
+        if inside + outside == 0:
+            raise ModelError(f"unit {name!r}: the model's forward never reads its {owner.param} on the example input, "
+                             f"so compressing it would change nothing; leave it out (exclude={name!r})")
+        if outside or owner.use == FUNCTIONAL:
+            owner.use = FUNCTIONAL
+
+
+def _unparametrize(owner: WeightOwner, order: list[str]) -> None:
+    """Remove the parametrization on ``owner.param`` and restore the parameter order."""
+    m = owner.module
+    if parametrize.is_parametrized(m, owner.param):
+        parametrize.remove_parametrizations(m, owner.param, leave_parametrized=False)
+    params = m._parameters
+    if list(params) != order:
+        items = dict(params)
+        params.clear()
+        params.update((k, items[k]) for k in order)
+    if m._parameters.get(owner.param) is not owner.weight:
+        raise ModelError(f"{type(m).__name__}.{owner.param} was replaced while compressed; compsearch cannot restore it")
+
+
+class _Effective(nn.Module):
+    """Parametrization whose forward is the unit's effective weight (functional units)."""
+
+    def __init__(self, compression: UnitCompression) -> None:
+        super().__init__()
+        self._compression = [compression]  # a list, so the compression is not a submodule
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        return self._compression[0].effective_from(w)
+
+
+class UnitCompression:
+    """One unit's compression in force: quantized input, quantized (and masked) weight, the
+    module's own forward (see the module docstring for the two ways).
+
+    Args:
+        owner: the unit's weight owner (after :func:`probe_weight_uses`).
+        name: the unit name (for messages).
+        weight_quant: weight fake quantizer, or None.
+        act_quant: input fake quantizer, or None.
+        mask: the unit's pruning mask (``out x 1 x ... x 1`` or the weight's shape), or
+            None. Multiplied into the quantized weight only on the binary grid; it is kept
+            for :meth:`describe` in every case.
+
+    Raises:
+        ModelError: ``act_quant`` on a functional unit.
+    """
+
+    def __init__(
+        self,
+        owner: WeightOwner,
+        *,
+        name: str,
+        weight_quant: WeightQuant | None,
+        act_quant: ActQuantizer | None,
+        mask: torch.Tensor | None = None,
+    ) -> None:
+        if act_quant is not None and owner.use == FUNCTIONAL:
+            raise ModelError(
+                f"unit {name!r}: its weight is used functionally (read outside {type(owner.module).__name__}.forward, "
+                f"e.g. F.linear(x, module.weight, ...)), so its input activation is not visible and cannot be "
+                f"quantized; give this unit a_bits >= 16 (weight quantization and pruning work)"
+            )
+        self.owner, self.name = owner, name
+        self.weight_quant, self.act_quant, self.mask = weight_quant, act_quant, mask
+        binary = weight_quant is not None and weight_quant.bits == 1 and weight_quant.scheme == "symmetric"
+        self._forward_mask = mask if binary else None
+        self._original: Any = None
+        self._installed = False
+        self._cache: tuple[int, torch.Tensor] | None = None
+
+    def effective_from(self, w: torch.Tensor) -> torch.Tensor:
+        """The effective weight of stored weight ``w`` (straight-through gradient to ``w``)."""
+        if self.weight_quant is not None:
+            w = self.weight_quant(w)
+        if self._forward_mask is not None:
+            w = w * self._forward_mask
+        return w
+
+    def effective_weight(self) -> torch.Tensor:
+        """The weight the forward uses now (``out x ...``); reused while the stored weight is
+        unchanged and no gradient is being recorded (evaluation forwards)."""
+        w = self.owner.weight
+        if self.weight_quant is None and self._forward_mask is None:
+            return w
+        if torch.is_grad_enabled():
+            self._cache = None
+            return self.effective_from(w)
+        version = w._version
+        if self._cache is None or self._cache[0] != version:
+            self._cache = (version, self.effective_from(w))
+        return self._cache[1]
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """The module's forward with quantized input and the effective weight swapped in."""
+        if self.act_quant is not None:
+            training = self.owner.module.training
+            if args:
+                args = (self.act_quant(args[0], training), *args[1:])
+            elif len(kwargs) == 1:
+                key, value = next(iter(kwargs.items()))
+                kwargs = {key: self.act_quant(value, training)}
+            else:
+                raise ModelError(f"unit {self.name!r}: cannot tell which argument of {sorted(kwargs)} is the input to quantize")
+        params = self.owner.module._parameters
+        params[self.owner.param] = cast(nn.Parameter, self.effective_weight())
+        try:
+            return self._original(*args, **kwargs)
+        finally:
+            params[self.owner.param] = self.owner.weight
+
+    def install(self) -> UnitCompression:
+        """Put the compression in force (wrap the forward, or parametrize a functional weight)."""
+        m = self.owner.module
+        if self.weight_quant is None and self.act_quant is None:
+            pass  # pruning only: the masks live in storage, the forward is untouched
+        elif self.owner.use == FUNCTIONAL:
+            self._order = list(m._parameters)
+            parametrize.register_parametrization(m, self.owner.param, _Effective(self), unsafe=True)
+        else:
+            self._had_instance_forward = "forward" in m.__dict__
+            self._original = m.forward
+            m.forward = self  # type: ignore[method-assign]
+        self._installed = True
+        return self
+
+    def remove(self) -> None:
+        """Undo :meth:`install`; the module is exactly as before."""
+        if not self._installed:
+            return
+        m = self.owner.module
+        if self.owner.use == FUNCTIONAL:
+            if parametrize.is_parametrized(m, self.owner.param):
+                _unparametrize(self.owner, self._order)
+        elif m.__dict__.get("forward") is self:
+            if self._had_instance_forward:
+                m.forward = self._original  # type: ignore[method-assign]
+            else:
+                del m.forward
+        self._installed, self._cache = False, None
+
+    def check_calibrated(self) -> None:
+        """Raise :class:`ModelError` if the input quantizer never saw an input."""
+        if self.act_quant is not None and not self.act_quant.calibrated:
+            raise ModelError(f"unit {self.name!r}: its forward did not run on the calibration inputs, so its input "
+                             f"range is unknown; give it a_bits >= 16 or check the task's calibration_inputs")
+
+    def describe(self) -> CompressedUnit:
+        """The unit as its forward uses it now (see :class:`CompressedUnit`)."""
+        w = self.owner.weight.detach()
+        effective = self.effective_from(w).detach().clone()
+        mask = None if self.mask is None else self.mask.detach().clone()
+        q: dict[str, Any] = {"w_bits": None, "scheme": None, "per_channel": None, "scale": None,
+                             "zero_point": None, "qmin": None, "qmax": None}
+        wq = self.weight_quant
+        if wq is not None:
+            scale, zero_point, qmin, qmax = weight_qparams(w, bits=wq.bits, scheme=wq.scheme, per_channel=wq.per_channel)
+            q = {"w_bits": wq.bits, "scheme": wq.scheme, "per_channel": wq.per_channel, "scale": scale,
+                 "zero_point": zero_point, "qmin": qmin, "qmax": qmax}
+        a: dict[str, Any] = {"a_bits": None, "act_scale": None, "act_zero_point": None}
+        if self.act_quant is not None:
+            act_scale, act_zero = self.act_quant.qparams
+            a = {"a_bits": self.act_quant.bits, "act_scale": act_scale, "act_zero_point": act_zero}
+        return CompressedUnit(name=self.name, weight=effective, mask=mask, functional=self.owner.use == FUNCTIONAL, **q, **a)
+
+
+__all__ = ["FUNCTIONAL", "MODULE", "UnitCompression", "WeightOwner", "probe_weight_uses", "resolve_weight"]
