@@ -407,7 +407,11 @@ class EvaluatorContract:
       weights' worth of bits and sets ``sparsity`` accordingly;
     * ``sensitivity()`` has one finite, non-negative value per unit;
     * after ``evaluate`` of a 4-bit, 50%-channel policy the weights its forward uses have
-      exactly the kept rows non-zero and at most ``2^4`` distinct values per channel;
+      exactly the kept rows non-zero and at most ``2^4`` distinct values per channel, the
+      result carries the task's quality metric, and ``compressed_units()`` reproduces those
+      weights exactly from integer codes in ``[qmin, qmax]``;
+    * ``reconstruction_error`` of the identity policy is 0 for every unit whose forward runs,
+      and ``unit_stats`` has finite weight and gradient statistics for every unit;
     * a policy naming a unit the model lacks raises :class:`~compsearch.errors.PolicyError`.
     """
 
@@ -445,12 +449,24 @@ class EvaluatorContract:
         unit, _ = self._two_units(evaluator)
         up = UnitPolicy(w_bits=4, a_bits=8, keep=0.5, granularity="channel", structure="channel")
         result = evaluator.evaluate(Policy({unit.name: up}))
-        assert 0.0 <= result.accuracy <= 1.0
+        assert np.isfinite(result.values[result.quality]) and result.quality in result.metrics()
         w = evaluator.effective_weights()[unit.name].detach().reshape(unit.out_channels, -1)
         alive = (w != 0).any(dim=1)
         assert int(alive.sum()) <= int(np.floor(unit.out_channels * 0.5 + 0.5))
         for row in w[alive]:
             assert len(torch.unique(row)) <= 2**4
+        packed = evaluator.compressed_units()[unit.name]
+        codes = packed.codes()
+        assert packed.qmin <= int(codes.min()) and int(codes.max()) <= packed.qmax
+        assert torch.equal(packed.dequantize(codes).reshape(unit.out_channels, -1), w)
+
+    def test_hooks(self, evaluator: Any) -> None:
+        errors = evaluator.reconstruction_error(Policy())
+        assert set(errors) == {u.name for u in evaluator.units}
+        assert all(e == 0.0 or np.isnan(e) for e in errors.values())
+        for stats in evaluator.unit_stats().values():
+            assert all(np.isfinite(v) for v in (stats.weight_mean, stats.weight_var, stats.grad_mean, stats.grad_var))
+            assert 0.0 <= stats.weight_entropy <= 1.0
 
     def test_unknown_unit_raises(self, evaluator: Any) -> None:
         from compsearch.errors import PolicyError

@@ -9,9 +9,16 @@ import pytest
 import torch
 from torch import nn
 
-from compsearch.errors import ConfigError, DataError, ModelError, PolicyError, UnknownNameError
+from compsearch.errors import (
+    ConfigError,
+    DataError,
+    FineTuneDiverged,
+    ModelError,
+    PolicyError,
+    UnknownNameError,
+)
 from compsearch.evaluators import CompressionEvaluator, EvaluatorConfig, FineTuneConfig
-from compsearch.evaluators.masks import keep_count
+from compsearch.evaluators.masks import CRITERIA, ModelContext, keep_count, register_criterion
 from compsearch.evaluators.quant import fake_quantize_weight
 from compsearch.evaluators.types import DataSplits
 from compsearch.spaces import Policy, UnitPolicy
@@ -175,3 +182,70 @@ def test_bad_construction(
         EvaluatorConfig(calib_batches=0)
     with pytest.raises(ConfigError, match="device='tpu9' is not a torch device"):
         CompressionEvaluator(tiny_cnn, tiny_data, device="tpu9")
+
+
+def test_quantized_candidate_at_huge_lr_fails_as_diverged(tiny_cnn: nn.Module, tiny_data: DataSplits) -> None:
+    # lr 1e6 under fake quantization keeps every loss finite (the grid bounds the weights a
+    # forward uses), so only the validation-loss rule catches it: bound = 10 x max(base loss
+    # 1.455, ln 4) = 14.55, while the candidate ends near 4e5
+    policy = Policy.uniform(["0", "2", "4", "9"], UnitPolicy(w_bits=4, a_bits=8))
+    huge = FineTuneConfig(steps=12, batch_size=32, lr=1e6)
+    ev = CompressionEvaluator(tiny_cnn, tiny_data, finetune=huge, device="cpu")
+    with pytest.raises(FineTuneDiverged, match=r"fine-tuning diverged: validation loss .* exceeds 14.55"):
+        ev.evaluate(policy)
+    unchecked = CompressionEvaluator(tiny_cnn, tiny_data, config=EvaluatorConfig(finetune=huge, divergence_ratio=None))
+    assert unchecked.evaluate(policy).loss > 1e3  # what the old evaluator returned as a result
+    assert ev.evaluate(policy, steps=0).steps == 0  # no fine-tuning, nothing to diverge
+    with pytest.raises(ConfigError, match=r"divergence_ratio=0.5 must be a number > 1"):
+        EvaluatorConfig(divergence_ratio=0.5)
+
+
+def test_compressed_units_pack_exactly(ev: CompressionEvaluator) -> None:
+    assert ev.compressed_units() == {}
+    policy = Policy({
+        "0": UnitPolicy(w_bits=4, a_bits=8, scheme="asymmetric", granularity="channel"),
+        "2": UnitPolicy(keep=0.5, structure="channel"),
+        "4": UnitPolicy(w_bits=3, keep=0.5, granularity="tensor", structure="unstructured"),
+        "9": UnitPolicy(w_bits=1, keep=0.5),
+    })
+    ev.evaluate(policy, steps=3)
+    units, effective = ev.compressed_units(), ev.effective_weights()
+    assert set(units) == {"0", "2", "4", "9"}
+    assert units["2"].w_bits is None and units["2"].mask is not None and units["2"].mask.shape == (8, 1, 1, 1)
+    for name in ("0", "4", "9"):
+        u = units[name]
+        assert u.scale is not None and u.zero_point is not None and u.qmin is not None and u.qmax is not None
+        assert torch.equal(u.weight, effective[name])
+        codes = u.codes()
+        assert int(codes.min()) >= u.qmin and int(codes.max()) <= u.qmax
+        assert torch.equal(u.dequantize(codes), u.weight)  # reproduces the effective weight exactly
+        if name != "9":  # integral zero points: round(w / scale) + zero_point
+            assert torch.equal(torch.round(u.weight / u.scale) + u.zero_point, codes.float())
+    assert units["0"].scale.shape == (8, 1, 1, 1) and units["4"].scale.dim() == 0
+    assert (units["9"].qmin, units["9"].qmax) == (0, 1) and units["9"].mask is not None
+    assert units["0"].a_bits == 8 and units["4"].a_bits is None
+    assert units["0"].act_scale == ev._attached["0"].act_quant.qparams[0]  # type: ignore[union-attr]
+
+
+def test_model_level_criterion_is_computed_once(tiny_cnn: nn.Module, tiny_data: DataSplits) -> None:
+    calls: list[ModelContext] = []
+
+    @register_criterion("test-later-channels", model_level=True)
+    def later(context: ModelContext) -> dict[str, torch.Tensor]:
+        calls.append(context)
+        # 144 train samples: 2 calibration batches of 50; gradient batches of 32: 5 (of at most 8)
+        assert not context.model.training and len(context.inputs) == 2 and len(context.loss_batches) == 5
+        return {name: torch.arange(float(w.shape[0])) for name, w in context.weights.items()}
+
+    try:
+        config = EvaluatorConfig(criterion="test-later-channels", calib_batches=2, calib_batch_size=50, finetune=FT)
+        ev = CompressionEvaluator(tiny_cnn, tiny_data, config=config, device="cpu")
+        ev.evaluate(Policy({"4": UnitPolicy(keep=0.5), "0": UnitPolicy(w_bits=4, keep=0.25)}), steps=2)
+        ev.proxy(Policy({"4": UnitPolicy(keep=0.75)}))
+        assert len(calls) == 1
+        rows = ev.compressed_units()["4"].mask.flatten()  # type: ignore[union-attr]
+        assert rows.tolist() == [0, 0, 1, 1, 1, 1, 1, 1]  # 6 of 8, the highest-scored (last) channels
+        with pytest.raises(ConfigError, match="scores whole channels only"):
+            ev.evaluate(Policy({"4": UnitPolicy(keep=0.5, structure="unstructured")}))
+    finally:
+        CRITERIA.unregister("test-later-channels")
