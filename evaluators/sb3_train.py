@@ -13,6 +13,7 @@ import torch
 
 from compsearch.errors import ConfigError
 from compsearch.evaluators.envs import check_spaces_fit, make_env
+from compsearch.evaluators.rollout import torch_threads
 
 if TYPE_CHECKING:
     from compsearch.evaluators.agents import AgentRecipe
@@ -48,6 +49,9 @@ def learn(
 
     Returns:
         The trained SB3 model. The global python/numpy/torch RNG states are restored.
+        Training runs torch single-threaded (small networks gain nothing from intra-op
+        threads, lose much on a loaded machine, and the result does not depend on the
+        machine's thread count).
 
     Raises:
         ConfigError: unknown env id, unfit spaces, or bad ``agent.hyper`` keys.
@@ -63,7 +67,7 @@ def learn(
     check_spaces_fit(recipe.algo, probe)
     probe.close()
     py_state, np_state = random.getstate(), np.random.get_state()
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), torch_threads(1):
         try:
             env = make_vec_env(lambda: make_env(recipe.env, recipe.env_kwargs), n_envs=recipe.n_envs, seed=recipe.seed)
             model = cls("MlpPolicy", env, policy_kwargs=policy_kwargs, seed=recipe.seed, device=device, verbose=0, **hyper)
