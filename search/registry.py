@@ -75,7 +75,7 @@ def _load_builtin() -> None:
     # Importing these modules registers their strategies; heavy backends stay lazy inside them.
     import compsearch.search.baselines  # noqa: F401
 
-    for optional in ("compsearch.search.hirl", "compsearch.search.bayes"):
+    for optional in ("compsearch.search.hirl", "compsearch.search.sls", "compsearch.search.bayes"):
         try:
             __import__(optional)
         except ModuleNotFoundError as e:

@@ -1,26 +1,33 @@
-"""Hierarchical RL strategy (HiReLC-style) ``hirl`` and the flat RL baselines ``amc``
-and ``haq``, registered as Optuna samplers.
+"""The hierarchical RL strategy ``hirl`` with its registered ablations, and the flat RL
+baselines ``amc`` and ``haq``, as Optuna samplers.
 
-Layout: the maths are plain torch modules and functions (``agents``: PPO policies and
-the high-level ensemble; ``hierarchy``: hierarchical rollouts; ``surrogate``: MLP
-ensemble; ``ddpg``: DDPG actor-critic; ``state``: block features; ``reward`` and
-``objective``: exact costs, goals and scalarization); ``sampler`` and ``flat`` are
-the thin Optuna shells. Importing this package imports torch but nothing heavier.
+The samplers here are thin shells; the maths (PPO agents, allocation ensemble, hierarchy,
+state, rewards, surrogate, DDPG) live in :mod:`compsearch.search.rl`. ``sls``
+(:mod:`compsearch.search.sls`) is the same proposal loop without agents. Importing this
+package imports torch but nothing heavier.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from compsearch.search.hirl.flat import FlatRLConfig, FlatRLSampler
-from compsearch.search.hirl.sampler import HiRLConfig, HiRLSampler
+from compsearch.search.hirl.sampler import HiRLConfig, HiRLSampler, default_parts
+from compsearch.search.hirl.variants import VARIANTS
 from compsearch.search.registry import SearchContext, register_strategy
 
 
-@register_strategy("hirl")
-def _hirl(ctx: SearchContext, **options: Any) -> HiRLSampler:
-    """Hierarchical RL; ``options``: ``config=HiRLConfig(...)``, ``sensitivity=``, or HiRLConfig fields."""
-    return HiRLSampler.from_context(ctx, **options)
+def _variant(name: str) -> Callable[..., HiRLSampler]:
+    def factory(ctx: SearchContext, **options: Any) -> HiRLSampler:
+        return HiRLSampler.from_context(ctx, name=name, **options)
+
+    factory.__doc__ = f"``{name}`` (see compsearch.search.hirl.variants); options: HiRLConfig fields, parts, aliases."
+    return factory
+
+
+for _name in VARIANTS:
+    register_strategy(_name)(_variant(_name))
 
 
 @register_strategy("amc")
@@ -35,4 +42,4 @@ def _haq(ctx: SearchContext, **options: Any) -> FlatRLSampler:
     return FlatRLSampler.from_context(ctx, method="haq", **options)
 
 
-__all__ = ["FlatRLConfig", "FlatRLSampler", "HiRLConfig", "HiRLSampler"]
+__all__ = ["VARIANTS", "FlatRLConfig", "FlatRLSampler", "HiRLConfig", "HiRLSampler", "default_parts"]

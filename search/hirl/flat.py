@@ -2,21 +2,21 @@
 Wang et al. 2019).
 
 One shared single-agent design serves both (cleaner than two copies): a DDPG agent
-(:mod:`~compsearch.search.hirl.ddpg`) steps through the space's blocks in execution
-order and, at each, outputs one continuous action in ``[0, 1]`` per *controlled* field,
+(:mod:`~compsearch.search.rl.ddpg`) steps through the space's kernels (layers, or whatever one
+space group sets; :mod:`~compsearch.search.rl.layout`) in execution order and, at each, outputs one continuous action in ``[0, 1]`` per *controlled* field,
 mapped to the nearest choice (ordinal: ``round(a (n - 1))``; categorical: ``floor(a n)``).
 AMC controls ``keep`` (pruning ratio), HAQ controls ``w_bits`` and ``a_bits``; every other
 field stays at its identity/default choice (32 bits, keep 1.0, symmetric, per-channel,
 channel structure), as in the original methods. If the space has none of the controlled
 fields, every ordinal field is controlled.
 
-State at block ``t``: the block features of :mod:`~compsearch.search.hirl.state`, ``t / G``,
+State at kernel ``t``: the kernel features of :mod:`~compsearch.search.rl.state`, ``t / K``,
 the goal ``T``, the size already spent by blocks ``< t`` and the size still ahead (both as
 fractions of the searched weights at 32 bits), and the previous action.
 Budget: after the episode, while the exact primary cost ratio exceeds ``T`` the controlled
 ordinal choice whose one-step decrease saves the most is decreased (HAQ's rule; AMC's
 per-layer action clipping has the same effect). Reward: the scalarized real objective
-values of the finished trial (:mod:`~compsearch.search.hirl.reward`), given at the last
+values of the finished trial (:mod:`~compsearch.search.rl.reward`), given at the last
 step, minus the mean over finished trials (AMC's baseline). Learnt state is rebuilt from
 the trials: each finished trial's transitions are recomputed from its params, with the
 goal relabelled to its own achieved cost ratio (which its actions satisfy).
@@ -32,10 +32,12 @@ import numpy as np
 
 from compsearch.errors import ConfigError, check_keywords
 from compsearch.search.common import CompressionSampler, Observation
-from compsearch.search.hirl.ddpg import DDPGAgent, DDPGConfig, Transitions
-from compsearch.search.hirl.objective import StrategyObjective
-from compsearch.search.hirl.reward import scalarize
 from compsearch.search.registry import DEFAULT_OBJECTIVES, SearchContext
+from compsearch.search.rl.ddpg import DDPGAgent, DDPGConfig, Transitions
+from compsearch.search.rl.layout import block_layout
+from compsearch.search.rl.objective import StrategyObjective
+from compsearch.search.rl.reward import scalarize
+from compsearch.search.rl.state import FisherPrior, kernel_features
 from compsearch.spaces.policy import UnitPolicy
 
 if TYPE_CHECKING:
@@ -120,18 +122,21 @@ class FlatRLSampler(CompressionSampler):
     # ---- episode maths -------------------------------------------------------------------
     def _setup(self, study: Study) -> tuple[StrategyObjective, DDPGAgent]:
         if self._obj is None:
-            self._obj = StrategyObjective(self.ctx, study.directions, sensitivity=None, fisher=True)
-            lay = self._obj.layout
-            self._step_dims = [lay.group_dims(g)[self._controlled[lay.group_dims(g)]] for g in range(lay.n_groups)]
+            lay = block_layout(self.space, merge=True)
+            self._obj = StrategyObjective(self.ctx, study.directions, layout=lay)
+            ev = self.ctx.evaluator
+            sens = ev.sensitivity() if ev is not None and hasattr(ev, "sensitivity") else None
+            self._features = kernel_features(lay, FisherPrior().build(lay, sens), ev)
+            self._step_dims = [lay.kernel_dims(k)[self._controlled[lay.kernel_dims(k)]] for k in range(lay.n_kernels)]
             self._adim = max(1, max(len(d) for d in self._step_dims))
-            self._agent = DDPGAgent(state_dim=self._obj.features.shape[1] + 4 + self._adim, action_dim=self._adim, config=self.config.ddpg, seed=self.seed)
+            self._agent = DDPGAgent(state_dim=self._features.shape[1] + 4 + self._adim, action_dim=self._adim, config=self.config.ddpg, seed=self.seed)
         assert self._agent is not None
         return self._obj, self._agent
 
     def _state(self, t: int, goal: float, spent: float, ahead: float, prev: np.ndarray) -> np.ndarray:
         obj = self._obj
         assert obj is not None
-        return np.concatenate([obj.features[t], [t / obj.layout.n_groups, goal, spent, ahead], prev]).astype(np.float32)
+        return np.concatenate([self._features[t], [t / obj.layout.n_kernels, goal, spent, ahead], prev]).astype(np.float32)
 
     def _to_index(self, dims: np.ndarray, a: np.ndarray) -> list[int]:
         sp = self.space.dimensions()
@@ -148,8 +153,8 @@ class FlatRLSampler(CompressionSampler):
         """States of every step of the episode that produced ``actions`` (``D``)."""
         obj = self._obj
         assert obj is not None
-        full = obj.cost.group_full_bits
-        ratios = obj.cost.group_ratio(obj.cost.deltas(actions[None]))[0]
+        full = obj.cost.kernel_full_bits
+        ratios = obj.cost.kernel_ratio(obj.cost.deltas(actions[None]))[0]
         states, spent, prev = [], 0.0, np.zeros(self._adim)
         for t, dims in enumerate(self._step_dims):
             ahead = float(full[t:].sum() / full.sum())
@@ -184,13 +189,13 @@ class FlatRLSampler(CompressionSampler):
         obj, agent = self._obj, self._agent
         assert obj is not None and agent is not None
         actions = self._default.copy()
-        full = obj.cost.group_full_bits
+        full = obj.cost.kernel_full_bits
         spent, prev = 0.0, np.zeros(self._adim)
         for t, dims in enumerate(self._step_dims):
             s = self._state(t, goal, spent, float(full[t:].sum() / full.sum()), prev)
             a = self._rng.random(self._adim) if random else agent.act(s[None], noise)[0]
             actions[dims] = self._to_index(dims, a)
-            spent += float(obj.cost.group_ratio(obj.cost.deltas(actions[None]))[0, t] * full[t] / full.sum())
+            spent += float(obj.cost.kernel_ratio(obj.cost.deltas(actions[None]))[0, t] * full[t] / full.sum())
             prev = self._to_action(dims, actions[dims].tolist())
         return self._enforce(actions, goal) if obj.mode == "budget" else actions
 

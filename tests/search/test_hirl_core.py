@@ -1,4 +1,4 @@
-"""RL core of the hirl/amc/haq strategies on problems with known answers."""
+"""RL core of the hirl/amc/haq strategies (compsearch.search.rl) on problems with known answers."""
 
 from __future__ import annotations
 
@@ -9,23 +9,47 @@ import pytest
 import torch
 
 from compsearch.errors import ConfigError
-from compsearch.search.hirl.agents import AgentWeights, AllocationEnsemble, PPOAgent, PPOConfig
-from compsearch.search.hirl.ddpg import DDPGAgent, DDPGConfig, Transitions
-from compsearch.search.hirl.surrogate import SurrogateEnsemble, r_squared
+from compsearch.search.rl.allocation import AllocationEnsemble, fisher_prior
+from compsearch.search.rl.ddpg import DDPGAgent, DDPGConfig, Transitions
+from compsearch.search.rl.ppo import PerBlockPolicy, PPOAgent, PPOConfig, SharedPolicy
+from compsearch.search.rl.reward import RewardWeights
+from compsearch.search.rl.surrogate import SurrogateEnsemble, r_squared
+
+
+def _agent(policy_cls, *, in_dim: int, heads: tuple[int, ...], owners: np.ndarray, lr: float = 3e-2, **kw) -> PPOAgent:
+    policy = policy_cls(in_dim=in_dim, head_sizes=heads, hidden=32, generator=torch.Generator().manual_seed(0), owners=int(owners.max()) + 1, **kw)
+    return PPOAgent(policy=policy, owner=owners, head_mask=np.ones((len(owners), len(heads)), dtype=bool), config=PPOConfig(lr=lr))
 
 
 def test_ppo_bandit_picks_best_arm_within_40_updates() -> None:
     # 5 arms with mean rewards 0.1..0.9 (arm 2 best) and noise 0.1; 40 PPO updates of 32 pulls.
     means = np.array([0.1, 0.3, 0.9, 0.5, 0.4])
-    agent = PPOAgent(in_dim=1, head_sizes=(5,), config=PPOConfig(lr=3e-2), seed=0)
-    obs, mask, gen = torch.ones(32, 1, 1), torch.ones(1, 1, dtype=torch.bool), torch.Generator().manual_seed(0)
+    agent = _agent(SharedPolicy, in_dim=1, heads=(5,), owners=np.zeros(1, dtype=int))
+    obs, gen = torch.ones(32, 1, 1), torch.Generator().manual_seed(0)
     rng = np.random.default_rng(0)
     assert agent.probs(obs[:1])[0][0, 0, 2] < 0.3  # starts near uniform (1/5)
     for _ in range(40):
-        actions, logp = agent.act(obs, mask, gen)
+        actions, logp = agent.act(obs, gen)
         r = means[actions[:, 0, 0].numpy()] + rng.normal(0, 0.1, 32)
-        agent.update(obs, actions, logp, torch.as_tensor(r, dtype=torch.float32).view(32, 1), mask)
+        agent.update(obs, actions, logp, torch.as_tensor(r, dtype=torch.float32).view(32, 1))
     assert agent.probs(obs[:1])[0][0, 0, 2] > 0.9
+
+
+# Two blocks whose kernels have IDENTICAL features but opposite best arms (block 0: arm 0,
+# block 1: arm 2 of 3; reward 1 for the best arm, 0 otherwise). Features cannot tell the kernels
+# apart, so only owner-specific parameters can solve it: the block bias or embedding of the shared
+# policy, or the per-block networks. Without them a shared policy gets at best 1/2 per kernel.
+@pytest.mark.parametrize(("policy_cls", "kw"), [(SharedPolicy, {"bias": True}), (SharedPolicy, {"embed": 4}), (PerBlockPolicy, {})])
+def test_owner_specific_parameters_separate_identical_kernels(policy_cls, kw) -> None:
+    owners = np.array([0, 0, 1, 1])
+    agent = _agent(policy_cls, in_dim=2, heads=(3,), owners=owners, **kw)
+    obs, gen = torch.ones(64, 4, 2), torch.Generator().manual_seed(0)
+    best = torch.as_tensor([0, 0, 2, 2])
+    for _ in range(60):
+        actions, logp = agent.act(obs, gen)
+        agent.update(obs, actions, logp, (actions[..., 0] == best).float())
+    greedy, _ = agent.act(obs[:1], gen, greedy=True)
+    assert greedy[0, :, 0].tolist() == [0, 0, 2, 2]
 
 
 # Budget allocation with a computable optimum: bits b_i in {2, 4, 8} for 3 blocks with
@@ -36,16 +60,16 @@ def test_ppo_bandit_picks_best_arm_within_40_updates() -> None:
 SENS, PARAMS, BITS, BUDGET = np.array([1.0, 8.0, 64.0]), np.array([4.0, 2.0, 1.0]), np.array([2.0, 4.0, 8.0]), 24.0
 
 
-def _alloc_reward(levels: np.ndarray, w: AgentWeights) -> np.ndarray:
+def _alloc_reward(levels: np.ndarray, w: RewardWeights) -> np.ndarray:
     b = BITS[levels]
     err = (SENS * 4.0 ** (-b)).sum(-1)
     over = np.maximum(0.0, (PARAMS * b).sum(-1) / BUDGET - 1)
-    return -w.accuracy * 4 * err - w.penalty * over
+    return -w.quality * 4 * err - w.penalty * over
 
 
 def test_allocation_optimum_is_unique() -> None:
     combos = np.array(list(itertools.product(range(3), repeat=3)))
-    r = _alloc_reward(combos, AgentWeights())
+    r = _alloc_reward(combos, RewardWeights())
     order = np.argsort(-r)
     assert tuple(combos[order[0]]) == (0, 1, 2)
     assert r[order[0]] == pytest.approx(-4 * (1 / 16 + 8 / 256 + 64 / 65536))
@@ -57,7 +81,7 @@ def trained_ensemble() -> tuple[AllocationEnsemble, torch.Tensor]:
     # 150 PPO updates of 64 episodes (50 per agent; the acting agent cycles).
     feats = np.stack([np.log(SENS) / np.log(64), PARAMS / PARAMS.sum()], 1)
     obs = torch.as_tensor(np.repeat(feats[None], 64, 0), dtype=torch.float32)
-    ens = AllocationEnsemble(in_dim=2, levels=BITS, k=3, seed=0, config=PPOConfig(lr=1e-2, entropy=0.3), slots=3)
+    ens = AllocationEnsemble(in_dim=2, n_blocks=3, levels=BITS, k=3, seed=0, config=PPOConfig(lr=1e-2, entropy=0.3))
     gen = torch.Generator().manual_seed(0)
     for it in range(150):
         i = it % 3
@@ -74,18 +98,27 @@ def test_allocation_ensemble_finds_optimum_within_150_updates(trained_ensemble, 
 
 
 def test_vote_rejects_unknown_mode() -> None:
-    ens = AllocationEnsemble(in_dim=1, levels=(1.0, 2.0), k=3, seed=0)
+    ens = AllocationEnsemble(in_dim=1, n_blocks=2, levels=(1.0, 2.0), k=3, seed=0)
     with pytest.raises(ConfigError, match="voting='median' is unknown"):
         ens.vote(torch.ones(1, 2, 1), torch.Generator(), mode="median")
 
 
 def test_majority_vote_falls_back_to_mean_without_majority() -> None:
-    ens = AllocationEnsemble(in_dim=1, levels=(0.0, 1.0, 2.0, 3.0), k=3, seed=0)
+    ens = AllocationEnsemble(in_dim=1, n_blocks=1, levels=(0.0, 1.0, 2.0, 3.0), k=3, seed=0)
     picks = iter([torch.tensor([[0]]), torch.tensor([[1]]), torch.tensor([[3]])])  # mean 4/3 -> level 1
-    ens.sample = lambda i, obs, gen, prior=None, greedy=False: (next(picks), None)  # type: ignore[method-assign]
+    ens.sample = lambda i, obs, gen, greedy=False: (next(picks), None)  # type: ignore[method-assign]
     assert ens.vote(torch.ones(1, 1, 1), torch.Generator(), mode="majority").item() == 1
     picks = iter([torch.tensor([[3]]), torch.tensor([[0]]), torch.tensor([[3]])])  # 2 of 3 say 3
     assert ens.vote(torch.ones(1, 1, 1), torch.Generator(), mode="majority").item() == 3
+
+
+def test_fisher_prior_by_hand() -> None:
+    # sensitivities (1, e^2): log = (0, 2), standardized z = (-1, 1); levels (1, 2, 3) standardized
+    # v = (-1.2247, 0, 1.2247); offsets = strength * z_g * v_l, so the sensitive block prefers level 3.
+    prior = fisher_prior(np.array([1.0, np.exp(2.0)]), np.array([1.0, 2.0, 3.0]), 2.0).numpy()
+    v = np.sqrt(1.5)
+    np.testing.assert_allclose(prior, [[2 * v, 0.0, -2 * v], [-2 * v, 0.0, 2 * v]], atol=1e-5)
+    assert np.all(fisher_prior(np.array([3.0]), np.array([1.0, 2.0]), 1.0).numpy() == 0)  # one block: no prior
 
 
 def test_surrogate_fits_known_function() -> None:

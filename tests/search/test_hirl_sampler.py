@@ -1,4 +1,4 @@
-"""HiRLSampler and the flat RL samplers as Optuna samplers."""
+"""HiRLSampler (and its registered variants), SLS and the flat RL samplers as Optuna samplers."""
 
 from __future__ import annotations
 
@@ -17,18 +17,20 @@ from optuna.testing.pytest_samplers import (
 )
 from torch import nn
 
-from compsearch.search.hirl import FlatRLSampler, HiRLConfig, HiRLSampler
-from compsearch.search.hirl.objective import StrategyObjective
-from compsearch.search.hirl.reward import unit_cost_oracle
-from compsearch.search.hirl.surrogate import SurrogateConfig
-from compsearch.search.registry import SearchContext, get_strategy
+from compsearch.errors import ConfigError
+from compsearch.search.hirl import VARIANTS, FlatRLSampler, HiRLConfig, HiRLSampler
+from compsearch.search.registry import get_strategy
+from compsearch.search.rl.allocation import EnsembleAllocation, FixedAllocation
+from compsearch.search.rl.critic import RealRewards, SurrogateRewards
+from compsearch.search.rl.ppo import PerBlockLowLevel
+from compsearch.search.rl.proposals import AgentProposals, GreedyProposal, MutationProposals
+from compsearch.search.rl.reward import unit_cost_oracle
+from compsearch.search.rl.surrogate import SurrogateConfig
+from compsearch.search.sls import ORIGIN_ATTR
 from compsearch.spaces import discover_units, get_space
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
-FAST = dict(
-    episodes=16, iterations=3, replay_iterations=4, pool=16, startup_trials=2,
-    surrogate_config=SurrogateConfig(members=3, epochs=60),
-)
+FAST = dict(episodes=16, iterations=3, replay_iterations=4, pool=16, startup_trials=2, surrogate=SurrogateConfig(members=3, epochs=60))
 
 
 def toy_units():
@@ -52,8 +54,9 @@ def toy_objective(trial: optuna.Trial) -> tuple[float, float]:
     return acc, ORACLE(policy)["size_bits"]
 
 
-def hirl(seed: int | None = 0, **options) -> HiRLSampler:
-    return HiRLSampler(SPACE, seed=seed, config=HiRLConfig.from_options(**{**FAST, **options}))
+def hirl(seed: int | None = 0, name: str = "hirl", **options) -> HiRLSampler:
+    fast = {k: v for k, v in FAST.items() if not (name == "hirl-real" and k == "surrogate")}  # no surrogate to set
+    return get_strategy(name, space=SPACE, seed=seed, **{**fast, **options})
 
 
 class TestHiRLOptunaContract(BasicSamplerTestCase, RelativeSamplerTestCase, MultiObjectiveSamplerTestCase):
@@ -117,14 +120,42 @@ def test_pending_batch_gets_distinct_proposals() -> None:
     assert len(set(params) | set(_keys(study)[:4])) == 9
 
 
-@pytest.mark.parametrize(
-    "options",
-    [dict(high_level=False), dict(surrogate=False), dict(fisher=False), dict(curriculum=True), dict(voting="majority", k=2)],
-)
-def test_ablations_run(options) -> None:
-    sampler = HiRLSampler(SPACE, seed=0, sensitivity=SENS, config=HiRLConfig.from_options(**{**FAST, **options}))
-    study = _run(sampler, 7)
+@pytest.mark.parametrize("name", sorted(set(VARIANTS) - {"hirl"}))
+def test_variants_run_and_record_where_proposals_came_from(name: str) -> None:
+    study = _run(hirl(0, name=name), 7)
     assert len(set(_keys(study))) == 7
+    origins = [t.system_attrs[ORIGIN_ATTR] for t in study.trials]
+    assert origins[:2] == ["startup", "startup"] and all(o != "startup" for o in origins[3:])
+    allowed = {"startup", "fallback"} | {n for o in origins for n in o.split("+")}
+    if name == "hirl-agents":  # agents' proposals only
+        allowed &= {"startup", "fallback", "agents", "greedy"}
+    assert {n for o in origins for n in o.split("+")} <= allowed
+
+
+def test_majority_vote_and_per_block_low_level_run() -> None:
+    study = _run(hirl(0, voting="majority", k=2, low_level=PerBlockLowLevel()), 7)
+    assert len(set(_keys(study))) == 7
+
+
+def test_the_parts_are_objects_passed_in() -> None:
+    sampler = hirl(0, name="hirl-flat")
+    assert isinstance(sampler.allocation, FixedAllocation) and isinstance(sampler.rewards, SurrogateRewards)
+    assert isinstance(hirl(0, name="hirl-real").rewards, RealRewards)
+    assert [type(s) for s in hirl(0, name="hirl-agents").sources] == [AgentProposals, GreedyProposal]
+    custom = HiRLSampler(SPACE, seed=0, allocation=EnsembleAllocation(k=5), sources=(MutationProposals(n=4),))
+    assert custom.allocation.k == 5 and custom.sources == (MutationProposals(n=4),)
+
+
+def test_options_route_onto_parts_and_errors_name_the_option() -> None:
+    s = hirl(0, k=5, voting="majority", pool=8, mutations=0, min_real=2, prior_strength=0.5)
+    assert (s.allocation.k, s.allocation.voting, s.rewards.min_real, s.prior.strength) == (5, "majority", 2, 0.5)
+    assert [type(x).__name__ for x in s.sources] == ["AgentProposals", "GreedyProposal"] and s.sources[0].n == 8
+    with pytest.raises(ConfigError, match=r"MutationProposals.n=3 has no effect"):
+        hirl(0, name="hirl-agents", mutations=3)
+    with pytest.raises(ConfigError, match="voting='median' is unknown"):
+        hirl(0, voting="median")
+    with pytest.raises(TypeError, match="sls.*pool"):
+        get_strategy("sls", space=SPACE, seed=0, pool=3)
 
 
 @pytest.mark.parametrize("method", ["amc", "haq"])
@@ -138,27 +169,13 @@ def test_flat_rl_samplers_complete(method: str) -> None:
     assert len({t.params[f"{SPACE.units[0].name}.{field}"] for t in study.trials}) > 1
 
 
-def test_registry_builds_all_three_and_rejects_unknown_option() -> None:
-    for name in ("hirl", "amc", "haq"):
+def test_registry_builds_every_rl_strategy_and_rejects_unknown_option() -> None:
+    for name in (*VARIANTS, "sls", "amc", "haq"):
         assert isinstance(get_strategy(name, space=SPACE, seed=0), optuna.samplers.BaseSampler)
     with pytest.raises(TypeError, match="unexpected keyword"):
         get_strategy("hirl", space=SPACE, seed=0, episodez=3)
-    with pytest.raises(ValueError, match="voting='median' is unknown"):
-        HiRLConfig(voting="median")
-
-
-def test_group_cost_equals_oracle_and_features_match_space() -> None:
-    obj = StrategyObjective(SearchContext(space=SPACE), ["maximize", "minimize"], sensitivity=SENS, fisher=True)
-    rng = np.random.default_rng(0)
-    actions = np.array([[rng.integers(n) for n in SPACE.action_sizes()] for _ in range(20)])
-    metrics = obj.cost.metrics(actions)
-    for i, a in enumerate(actions):
-        params = SPACE.params_from_actions(a.tolist())
-        exact = ORACLE(SPACE.decode(params))
-        for key in ("size_bits", "bops", "sparsity", "compression_ratio"):
-            assert metrics[key][i] == pytest.approx(exact[key], rel=1e-9)
-        np.testing.assert_allclose(obj.featurize(a[None])[0], SPACE.features_from_params(params), atol=1e-6)
-    assert obj.mode == "budget" and obj.features.shape == (3, 13)
+    with pytest.raises(ValueError, match="episodes=0 must be an integer >= 1"):
+        HiRLConfig(episodes=0)
 
 
 def test_budget_sweep_spreads_proposals_along_the_size_axis(long_study) -> None:

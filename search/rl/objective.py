@@ -1,8 +1,8 @@
-"""What the RL strategies optimize for one study: goals, exact costs, surrogate rewards.
+"""What the RL strategies and ``sls`` optimize for one study: goals, exact costs, surrogate rewards.
 
-:class:`StrategyObjective` ties together the space's block layout and features
-(:mod:`~compsearch.search.hirl.state`), the exact :class:`~compsearch.search.hirl.reward.GroupCost`,
-the objective roles and scalarization (:mod:`~compsearch.search.hirl.reward`), and the
+:class:`StrategyObjective` ties together the space's block layout
+(:mod:`~compsearch.search.rl.layout`), the exact :class:`~compsearch.search.rl.reward.KernelCost`,
+the objective roles and scalarization (:mod:`~compsearch.search.rl.reward`), and the
 surrogate. One *goal* ``g`` in ``(0, 1]`` conditions each episode and proposal:
 
 * ``budget`` mode: ``g = T``, the target of the primary cost ratio. Proposal ``n``
@@ -23,11 +23,14 @@ from typing import Any
 import numpy as np
 
 from compsearch.search.common import Observation
-from compsearch.search.hirl.agents import AgentWeights
-from compsearch.search.hirl.reward import (
+from compsearch.search.registry import SearchContext
+from compsearch.search.rl.layout import BlockLayout
+from compsearch.search.rl.recon import Reconstruction
+from compsearch.search.rl.reward import (
     PRIMARY,
-    GroupCost,
+    KernelCost,
     Normalizer,
+    RewardWeights,
     constraint_penalty,
     objective_roles,
     scalar_mode,
@@ -36,9 +39,7 @@ from compsearch.search.hirl.reward import (
     unit_cost_oracle,
     van_der_corput,
 )
-from compsearch.search.hirl.state import block_features, find_model, group_layout, group_sensitivity
-from compsearch.search.hirl.surrogate import SurrogateEnsemble
-from compsearch.search.registry import SearchContext
+from compsearch.search.rl.surrogate import SurrogateEnsemble
 
 MINIMIZE_COST = ("size_bits", "size_kb", "bops")
 
@@ -61,11 +62,11 @@ class StrategyObjective:
     Args:
         ctx: the search context.
         directions: the study's directions.
-        sensitivity: unit -> Fisher sensitivity (default: ``ctx.evaluator.sensitivity()``).
-        fisher: use sensitivities (False zeroes the Fisher features).
+        layout: the space's :class:`~compsearch.search.rl.layout.BlockLayout`.
+        weights: the reward weights of the proposals (and of the low level).
     """
 
-    def __init__(self, ctx: SearchContext, directions: Sequence[Any], *, sensitivity: Mapping[str, float] | None, fisher: bool) -> None:
+    def __init__(self, ctx: SearchContext, directions: Sequence[Any], *, layout: BlockLayout, weights: RewardWeights | None = None) -> None:
         self.ctx, self.space = ctx, ctx.space
         dirs = [d if isinstance(d, str) else ("maximize" if int(d) == 2 else "minimize") for d in directions]
         self.objectives = objective_roles(ctx.objectives, dirs)
@@ -73,25 +74,22 @@ class StrategyObjective:
         self.learned = [o for o in self.objectives if not o.exact]
         self.exact = [o for o in self.objectives if o.exact]
         ev = ctx.evaluator
-        if sensitivity is None and fisher and ev is not None and hasattr(ev, "sensitivity"):
-            sensitivity = ev.sensitivity()
-        self.layout = group_layout(self.space)
-        self.features = block_features(self.layout, sensitivity=sensitivity, model=find_model(ev), fisher=fisher)
-        self.group_sensitivity = group_sensitivity(self.layout, sensitivity)
-        self.cost = GroupCost(self.space, self.layout, ev.cost if ev is not None and hasattr(ev, "cost") else unit_cost_oracle(self.space))
+        self.layout = layout
+        self.cost = KernelCost(self.space, layout, ev.cost if ev is not None and hasattr(ev, "cost") else unit_cost_oracle(self.space))
         self.primary = PRIMARY[self.exact[0].metric] if self.exact else "size_bits"
         zeros = np.zeros((1, len(self.space.dimensions())), dtype=np.int64)
         self.ratio_min = float(self._ratio(zeros)[0])
-        self._zero_block_ratio = self.cost.group_ratio(self.cost.deltas(zeros))[0]
+        self._zero_block_ratio = self.cost.block_ratio(self.cost.deltas(zeros))[0]
         self.ratio_max = _constraint_ratio(ctx.constraints, self.cost.identity, self.primary)
         self.ratio_min = min(self.ratio_min, self.ratio_max)
         self.has_proxy = ev is not None and hasattr(ev, "proxy") and bool(self.learned) and self.learned[0].metric != "value_0"
-        self.default_weights = AgentWeights()
+        self.default_weights = weights or RewardWeights()
         self._tables = [self._table(d) for d in self.space.dimensions()]
         self.normalizer = Normalizer.fit(np.zeros((0, len(self.learned))))
         self.surrogate: SurrogateEnsemble | None = None
         self.kappa = 0.0
         self.proxy_mode = False
+        self.recon: Reconstruction | None = None
 
     # ---- features and cost --------------------------------------------------------------
     @staticmethod
@@ -113,13 +111,6 @@ class StrategyObjective:
         """``n`` log-spaced block budget levels from the cheapest block ratio to 1."""
         lo = float(np.clip(np.min(self._zero_block_ratio), 1.0 / 64, 0.5))
         return np.geomspace(lo, 1.0, n) if n > 1 else np.ones(1)
-
-    def curriculum_low(self, round_: int, rounds: int) -> float:
-        """Lower end of the budget range after ``round_`` retrainings: from ``sqrt(r_min r_max)``
-        (mild) log-linearly down to ``r_min`` at ``rounds``."""
-        mild = np.sqrt(self.ratio_min * self.ratio_max)
-        frac = min(1.0, (round_ - 1) / max(rounds - 1, 1))
-        return float(np.exp(np.log(mild) + frac * (np.log(self.ratio_min) - np.log(mild))))
 
     # ---- goals --------------------------------------------------------------------------
     def _goal(self, u: np.ndarray, lo: float) -> np.ndarray:
@@ -195,10 +186,9 @@ class StrategyObjective:
         raw = {} if self.proxy_mode else {o.metric: mean[:, i] * (1 if o.direction == "maximize" else -1) for i, o in enumerate(self.learned)}
         return z, raw
 
-    def score(
-        self, actions: np.ndarray, goals: np.ndarray, weights: Sequence[AgentWeights], goal_index: int | None = None
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Rewards ``E x len(weights)`` and block cost ratios ``E x G`` of ``E x D`` actions."""
+    def score(self, actions: np.ndarray, goals: np.ndarray, weights: Sequence[RewardWeights]) -> tuple[np.ndarray, np.ndarray]:
+        """Rewards ``E x len(weights)`` (surrogate-predicted quality, exact cost) and the per-kernel
+        cost deltas ``E x K x 3`` (:meth:`KernelCost.deltas`) of ``E x D`` actions."""
         deltas = self.cost.deltas(actions)
         metrics = self.cost.metrics(actions, deltas)
         ratio = self._ratio(actions, metrics)
@@ -206,11 +196,26 @@ class StrategyObjective:
         exact = self._exact_signed(metrics, ratio)
         cons = constraint_penalty({**metrics, **raw}, self.ctx.constraints)
         cheb = self._chebyshev(goals) if self.mode == "chebyshev" else None
+        rec = self.recon_term(actions) if any(w.recon > 0 for w in weights) else 0.0
         out = np.stack(
-            [scalarize(self.mode, learned=learned, ratio=ratio, exact_signed=exact, target=goals, weights=w, chebyshev=cheb) - w.penalty * cons for w in weights],
+            [
+                scalarize(self.mode, learned=learned, ratio=ratio, exact_signed=exact, target=goals, weights=w, chebyshev=cheb)
+                - w.penalty * cons - w.recon * rec
+                for w in weights
+            ],
             axis=1,
         )
-        return out, self.cost.group_ratio(deltas)
+        return out, deltas
+
+    def recon_term(self, actions: np.ndarray) -> np.ndarray:
+        """``sum_k p_k rho(e_k) / sum_k p_k`` over kernels (``p_k``: weights, ``rho(e) = log10(1 + 100 e)``,
+        ``e_k``: :meth:`Reconstruction.errors <compsearch.search.rl.recon.Reconstruction.errors>`), ``E``;
+        0 without a reconstruction model."""
+        if self.recon is None or not self.recon.available:
+            return np.zeros(len(actions))
+        rho = np.log10(1.0 + 100.0 * self.recon.errors(actions))
+        p = self.cost.kernel_full_bits
+        return (rho * p).sum(1) / p.sum()
 
     def cost_score(self, actions: np.ndarray, goal: float) -> np.ndarray:
         """Exact-cost part of the reward only (no surrogate): ``-violation`` (budget and
@@ -224,7 +229,7 @@ class StrategyObjective:
 
     def real_episodes(self, history: Sequence[Observation], rng: np.random.Generator, lo: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Finished trials as episodes for the real-rewards-only ablation: actions ``n x D``,
-        goals ``n`` (budget mode: hindsight, the trial's own cost ratio), rewards ``n``, block ratios ``n x G``."""
+        goals ``n`` (budget mode: hindsight, the trial's own cost ratio), rewards ``n``, kernel cost deltas ``n x K x 3``."""
         x, y = self.real_data(history)
         actions = np.array([self.space.actions_from_params(o.params) for o in history], dtype=np.int64)
         finite = np.array([np.all(np.isfinite(self._signed(o))) for o in history], dtype=bool)
@@ -238,7 +243,7 @@ class StrategyObjective:
         cheb = self._chebyshev(goals) if self.mode == "chebyshev" else None
         r = scalarize(self.mode, learned=learned, ratio=ratio, exact_signed=self._exact_signed(metrics, ratio), target=goals, weights=self.default_weights, chebyshev=cheb)
         r = r - self.default_weights.penalty * constraint_penalty(dict(metrics), self.ctx.constraints)
-        return actions, goals, r, self.cost.group_ratio(deltas)
+        return actions, goals, r, deltas
 
     def incumbents(self, history: Sequence[Observation], goal: float, m: int) -> np.ndarray:
         """Actions ``m x D`` of the ``m`` finished trials with the best real reward for ``goal``."""

@@ -1,0 +1,45 @@
+"""The registered ``hirl`` variants: the default strategy and one ablation per part.
+
+=================== ======================================================================
+name                what differs from ``hirl``
+=================== ======================================================================
+``hirl``            nothing (the parts of :func:`~compsearch.search.hirl.sampler.default_parts`)
+``hirl-agents``     proposals from the agents only (agents' samples and greedy rollout, no mutations)
+``hirl-flat``       no high level: every block's budget is the global target
+``hirl-real``       no surrogate: the agents learn from real trials only
+``hirl-nofisher``   no Fisher prior (no sensitivity features, no allocation prior)
+``hirl-curriculum`` a curriculum on the compression target (mild targets first)
+=================== ======================================================================
+
+``sls`` (:mod:`compsearch.search.sls`) is ``hirl`` without any agents.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from compsearch.errors import UnknownNameError
+from compsearch.search.rl.allocation import FixedAllocation
+from compsearch.search.rl.critic import BudgetCurriculum, RealRewards
+from compsearch.search.rl.proposals import AgentProposals, GreedyProposal
+from compsearch.search.rl.state import NoPrior
+
+VARIANTS: dict[str, dict[str, Any]] = {
+    "hirl": {},
+    "hirl-agents": {"sources": (AgentProposals(), GreedyProposal())},
+    "hirl-flat": {"allocation": FixedAllocation()},
+    "hirl-real": {"rewards": RealRewards()},
+    "hirl-nofisher": {"prior": NoPrior()},
+    "hirl-curriculum": {"curriculum": BudgetCurriculum()},
+}
+
+
+def variant_parts(name: str) -> dict[str, Any]:
+    """The parts variant ``name`` replaces (module docstring).
+
+    Raises:
+        UnknownNameError: ``name`` is not a variant.
+    """
+    if name not in VARIANTS:
+        raise UnknownNameError(f"hirl variant {name!r} is unknown; known: {sorted(VARIANTS)}")
+    return dict(VARIANTS[name])
