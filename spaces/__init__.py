@@ -2,9 +2,18 @@
 
 from compsearch.spaces import builtin as _builtin  # noqa: F401  (registers the built-in spaces)
 from compsearch.spaces.base import SPACES, Dimension, Space, get_space, list_spaces, register_space
+from compsearch.spaces.blocks import check_grouping
 from compsearch.spaces.builtin import TiedSpace
 from compsearch.spaces.policy import IDENTITY, POLICY_VERSION, Policy, UnitPolicy
-from compsearch.spaces.units import Unit, default_block_name, discover_units, group_blocks
+from compsearch.spaces.units import (
+    Discovery,
+    Unit,
+    coverage,
+    discover,
+    discover_units,
+    group_blocks,
+    uncovered_parameters,
+)
 
 __all__ = [
     "IDENTITY",
@@ -16,10 +25,14 @@ __all__ = [
     "TiedSpace",
     "Unit",
     "UnitPolicy",
-    "default_block_name",
+    "Discovery",
+    "check_grouping",
+    "coverage",
+    "discover",
     "discover_units",
     "get_space",
     "group_blocks",
     "list_spaces",
     "register_space",
+    "uncovered_parameters",
 ]

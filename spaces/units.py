@@ -1,44 +1,79 @@
-"""Model introspection: find the compressible layers ("units") and group them into blocks.
+"""Model introspection: find the compressible computations ("units"), their roles and blocks.
 
-A *unit* is one ``nn.Conv1d``, ``nn.Conv2d`` or ``nn.Linear`` (grouped and
-depthwise convolutions included; attention and MLP projections of timm models
-are ``nn.Linear``). MACs are measured by one traced forward of an example
-input, so they are exact for the input size the user gives.
+A *unit* is one weight used by a linear or convolution computation
+(``F.linear``, ``F.conv1d``, ``F.conv2d``): the ``weight`` of an ``nn.Conv1d``,
+``nn.Conv2d``, ``nn.Linear`` or any subclass (grouped, depthwise, "same"-padding and
+weight-standardised convolutions; attention and MLP projections), whether the
+module's own forward uses it or other code passes it functionally
+(``F.linear(x, self.qkv.weight, bias)``), and a parameter of another module used
+that way (``nn.MultiheadAttention.in_proj_weight``, a custom module's ``weight``).
+:mod:`compsearch.spaces.trace` finds them in one traced forward of an example
+input, so MACs are exact for that input size. Whatever no unit holds (embeddings,
+position tables, norms, biases, weights computed by arbitrary code) is reported:
+:func:`coverage` is the share of the model's parameters that are unit weights; the
+rest keeps its 32 bits in ``size_bits``.
+
+Roles: the **stem** (``is_first``) is the first unit whose input depends on the model
+input through no other unit; the **head** (``is_head``, possibly two: a distillation
+model's ``head`` and ``head_dist``) is what ``get_classifier()`` returns (timm's
+convention; a tuple of modules is accepted), else the units that feed the model
+output (a tensor, or every tensor of a tuple/dict output) with no other unit in
+between, when there are one or two of them. Spaces skip both by default.
+Blocks follow the module structure (:mod:`compsearch.spaces.blocks`) and can be overridden.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import cast
 
 import torch
 from torch import nn
 
 from compsearch.errors import ModelError
+from compsearch.spaces.blocks import BlockOverride, override_blocks, structural_blocks
+from compsearch.spaces.trace import (
+    COMPRESSIBLE,
+    FUNCTIONAL,
+    MODULE,
+    Trace,
+    WeightUse,
+    trace_weight_uses,
+)
 
-COMPRESSIBLE = (nn.Conv1d, nn.Conv2d, nn.Linear)
-_KIND = {nn.Conv1d: "conv1d", nn.Conv2d: "conv2d", nn.Linear: "linear"}
+__all__ = ["COMPRESSIBLE", "FUNCTIONAL", "MODULE", "Discovery", "Unit", "coverage", "discover", "discover_units",
+           "group_blocks", "uncovered_parameters"]
 
 
 @dataclass(frozen=True)
 class Unit:
-    """One compressible layer.
+    """One compressible weight and the computation that uses it.
 
     Attributes:
-        name: qualified module name (``model.get_submodule(name)``).
-        kind: ``"conv1d"``, ``"conv2d"`` or ``"linear"``.
+        name: the weight's name: the module name for the ``weight`` of a ``Conv1d``/
+            ``Conv2d``/``Linear`` (or subclass) -- ``model.get_submodule(name).weight`` --,
+            else the parameter path (``"blocks.0.attn.in_proj_weight"``).
+        kind: ``"conv1d"``, ``"conv2d"`` or ``"linear"``: the computation that uses it.
         weight_shape: shape of the weight tensor, ``out x in/groups x k...`` or ``out x in``.
         params: number of weight elements (the bias is counted in ``bias_params``).
-        bias_params: number of bias elements (0 without bias).
-        macs: multiply-accumulates per sample of the weight product, from one traced forward.
+        bias_params: number of elements of the bias the computation adds (0 without bias).
+        macs: multiply-accumulates per sample of all its computations, from one traced forward.
         out_channels: size of the output-channel axis (axis 0 of the weight).
-        groups: convolution groups (1 for ``Linear``).
-        block: block name (module-path prefix such as ``layer2.1`` or ``blocks.3``).
+        groups: convolution groups (1 for a linear computation).
+        block: block name (see :mod:`compsearch.spaces.blocks`), or the override's.
         depth: position in execution order of the traced forward (0 = first executed).
-        is_first: the first unit executed (usually the stem); spaces skip it by default.
-        is_head: the classifier head; spaces skip it by default.
+        is_first: the stem: the first unit whose input depends on the model input through
+            no other unit; spaces skip it by default.
+        is_head: a classifier head; spaces skip it by default.
+        use: how the weight is used. ``"module"``: only by its own ``Conv1d``/``Conv2d``/
+            ``Linear`` module's forward, whose first argument is the computation's input
+            (input-activation quantization can wrap that forward). ``"functional"``: also
+            or only by other code (``F.linear(x, self.qkv.weight, ...)``, a Linear whose
+            forward never runs, ``nn.MultiheadAttention``'s projections, a custom module's
+            parameter): the weight can be replaced wherever it is read (a
+            parametrization), but the computation's input is not a module input, so the
+            evaluator cannot quantize it.
     """
 
     name: str
@@ -53,6 +88,7 @@ class Unit:
     depth: int
     is_first: bool = False
     is_head: bool = False
+    use: str = MODULE
 
     @property
     def out_axis(self) -> int:
@@ -65,62 +101,155 @@ class Unit:
         return self.params // self.out_channels
 
 
-def _macs_hook(store: dict[str, int], name: str) -> Callable[..., None]:
-    def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
-        batch = output.shape[0] if output.dim() > 1 else 1
-        per_output = cast(torch.Tensor, module.weight)[0].numel()  # in/groups x kernel, or in_features
-        store[name] = store.get(name, 0) + int(output.numel() // max(batch, 1)) * per_output
+@dataclass(frozen=True)
+class Discovery:
+    """What :func:`discover` found, with the reasons behind the roles.
 
-    return hook
-
-
-def _numeric(part: str) -> bool:
-    return part.isdigit()
-
-
-def default_block_name(name: str, unit_counts: Mapping[str, int]) -> str:
-    """Block of a unit by module path.
-
-    The candidates are the path prefixes (the name itself included) ending in a numeric index (``layer1.0``,
-    ``blocks.3``, ``stages.1.blocks.0``, ``features.4``). The block is the deepest
-    candidate holding at least two units, else the shallowest candidate, else the
-    first path component (``conv1``, ``fc``, ``head``, ``patch_embed``).
-
-    Args:
-        name: qualified unit name.
-        unit_counts: number of units under every module-path prefix.
+    Attributes:
+        units: the units (after ``include``/``exclude``), in execution order.
+        coverage: unit weight elements / all parameter elements of the model (see :func:`coverage`).
+        total_params: all parameter elements of the model (shared parameters once).
+        uncovered: :func:`uncovered_parameters`: matrices and tensors no unit holds -> their
+            element counts, largest first.
+        unattributed: linear/convolution computations whose weight is not a parameter
+            (a buffer, or computed outside any Conv/Linear module): not compressible.
+        stem: the stem unit (``is_first``), or None.
+        stem_reason: why it was chosen.
+        heads: the head units (``is_head``), possibly none.
+        head_reason: why they were chosen (or why none was).
     """
-    parts = name.split(".")
-    candidates = [".".join(parts[: i + 1]) for i in range(len(parts)) if _numeric(parts[i])]
-    if not candidates:
-        return parts[0] if len(parts) > 1 else name
-    rich = [c for c in candidates if unit_counts.get(c, 0) >= 2]
-    return rich[-1] if rich else candidates[0]
+
+    units: tuple[Unit, ...]
+    coverage: float
+    total_params: int
+    uncovered: dict[str, int]
+    unattributed: tuple[str, ...]
+    stem: str | None
+    stem_reason: str
+    heads: tuple[str, ...]
+    head_reason: str
 
 
-def _prefix_counts(names: Iterable[str]) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for n in names:
-        parts = n.split(".")
-        for i in range(1, len(parts)):
-            key = ".".join(parts[:i])
-            counts[key] = counts.get(key, 0) + 1
-    return counts
+def _under(path: str, prefix: str) -> bool:
+    return not prefix or path == prefix or path.startswith(prefix + ".")
 
 
-def _head_name(model: nn.Module, executed: Sequence[str]) -> str | None:
+def _stem(trace: Trace) -> tuple[str, str]:
+    order = list(trace.uses)
+    reading = [n for n in order if trace.uses[n].reads_input]
+    if reading:
+        return reading[0], f"{reading[0]!r} is the first unit executed on the model input (no other unit in between)"
+    if not trace.input_traced:
+        return order[0], f"{order[0]!r} is the first unit executed (the input is not differentiable, so its path is not traced)"
+    return order[0], f"{order[0]!r} is the first unit executed (no unit reads the model input directly)"
+
+
+def _classifier_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
     get_classifier = getattr(model, "get_classifier", None)
-    if callable(get_classifier):
-        head = get_classifier()
-        for n, m in model.named_modules():
-            if m is head and isinstance(m, COMPRESSIBLE):
-                return n
-    last = executed[-1]
-    return last if isinstance(model.get_submodule(last), nn.Linear) else None
+    if not callable(get_classifier):
+        return []
+    try:
+        found = get_classifier()
+    except TypeError:  # a method of that name with other arguments: not timm's convention
+        return []
+    names = {id(m): n for n, m in model.named_modules()}
+    mods = found if isinstance(found, (tuple, list)) else (found,)
+    return [(names[id(m)], m) for m in mods if isinstance(m, nn.Module) and id(m) in names]
+
+
+def _heads(model: nn.Module, trace: Trace) -> tuple[tuple[str, ...], str]:
+    declared = _classifier_modules(model)
+    heads: list[str] = []
+    for path, _ in declared:
+        inside = [n for n, use in trace.uses.items() if _under(use.owner, path) and path]
+        heads += [n for n in inside if n in trace.terminal] or inside[-1:]
+    if heads:
+        named = ", ".join(repr(p) for p, _ in declared)
+        return tuple(heads), f"get_classifier() returns {named}"
+    prefix = "get_classifier() holds no unit; " if declared else ""
+    if not trace.input_traced:
+        last = list(trace.uses)[-1]
+        if trace.uses[last].kind == "linear":
+            return (last,), prefix + f"{last!r} is the last unit executed and a linear one (the input is not differentiable)"
+        return (), prefix + "no head: the last unit executed is not linear (the input is not differentiable)"
+    if trace.output_skips_units:
+        return (), prefix + "no head: the model output depends on its input through no unit"
+    if 1 <= len(trace.terminal) <= 2:
+        named = " and ".join(repr(t) for t in trace.terminal)
+        return tuple(trace.terminal), prefix + f"{named} feed the model output with no other unit in between"
+    return (), prefix + (f"no head: {len(trace.terminal)} units feed the model output directly (e.g. through residual "
+                         f"connections), so none is taken for the classifier")
+
+
+def _unit(name: str, use: WeightUse, depth: int, batch: int) -> dict[str, object]:
+    params = 1
+    for s in use.weight_shape:
+        params *= s
+    return dict(name=name, kind=use.kind, weight_shape=use.weight_shape, params=params, bias_params=use.bias_params,
+                macs=use.macs // batch, out_channels=use.weight_shape[0], groups=use.groups, depth=depth,
+                use=FUNCTIONAL if FUNCTIONAL in use.uses else MODULE)
 
 
 def _match(name: str, patterns: Sequence[str] | None) -> bool:
     return any(re.fullmatch(p, name) or p == name for p in patterns or ())
+
+
+def discover(
+    model: nn.Module,
+    example_input: torch.Tensor,
+    *,
+    include: Sequence[str] | None = None,
+    exclude: Sequence[str] | None = None,
+    blocks: BlockOverride | None = None,
+) -> Discovery:
+    """Find the units of ``model``, their roles, blocks and what stays uncovered.
+
+    Args:
+        model: any ``nn.Module`` mapping ``example_input`` to a tensor (or a tuple/dict of
+            tensors); it is run once in eval mode and left as found.
+        example_input: an input batch (``b x ...``); MACs are per sample of this shape.
+        include: regular expressions (full match) or exact names; only matching units are kept.
+        exclude: regular expressions or exact names of units to leave out.
+        blocks: block override, either a function unit name -> block name or a mapping
+            regex -> block name (first full match wins; unmatched units keep the
+            structural block of :mod:`compsearch.spaces.blocks`).
+
+    Raises:
+        TypeError: ``model`` is not an ``nn.Module``.
+        ModelError: no linear/convolution computation uses a parameter, or
+            ``include``/``exclude`` leave no unit.
+        ConfigError: a bad ``blocks`` override.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    trace = trace_weight_uses(model, example_input)
+    if not trace.uses:
+        raise ModelError(
+            f"model {type(model).__name__} has no compressible layer: no Conv1d, Conv2d or Linear (or F.linear/"
+            f"F.conv1d/F.conv2d on a parameter) runs in its forward pass; compsearch cannot compress it"
+        )
+    order = list(trace.uses)
+    stem, stem_reason = _stem(trace)
+    heads, head_reason = _heads(model, trace)
+    paths = {n: u.owner for n, u in trace.uses.items()}
+    block_of = structural_blocks(model, paths, order, protected=[stem, *heads])
+    if blocks is not None:
+        block_of = override_blocks(order, blocks, block_of)
+    units = tuple(
+        Unit(**_unit(n, trace.uses[n], depth, trace.batch), block=block_of[n],  # type: ignore[arg-type]
+             is_first=n == stem, is_head=n in heads)
+        for depth, n in enumerate(order)
+        if (include is None or _match(n, include)) and not _match(n, exclude)
+    )
+    if not units:
+        raise ModelError(
+            f"include={include!r} / exclude={exclude!r} leave no compressible layer; "
+            f"available: {order[:10]}{'...' if len(order) > 10 else ''}"
+        )
+    return Discovery(units=units, coverage=coverage(model, units), total_params=sum(p.numel() for p in model.parameters()),
+                     uncovered=uncovered_parameters(model, units),
+                     unattributed=tuple(trace.unattributed), stem=stem, stem_reason=stem_reason, heads=heads,
+                     head_reason=head_reason)
 
 
 def discover_units(
@@ -129,93 +258,59 @@ def discover_units(
     *,
     include: Sequence[str] | None = None,
     exclude: Sequence[str] | None = None,
-    blocks: Callable[[str], str] | Mapping[str, str] | None = None,
+    blocks: BlockOverride | None = None,
 ) -> list[Unit]:
-    """Find the compressible layers of ``model`` in execution order.
+    """The units of ``model`` in execution order (:func:`discover` without the report).
 
-    Args:
-        model: any ``nn.Module``.
-        example_input: an input batch (``b x ...``); MACs are per sample of this shape.
-        include: regular expressions (full match) or exact names; only matching units are kept.
-        exclude: regular expressions or exact names of units to leave out.
-        blocks: block override, either a function unit name -> block name or a
-            mapping regex -> block name (first full match wins; unmatched units
-            fall back to the default path rule, see :func:`default_block_name`).
+    A Conv/Linear whose weight the forward never uses is omitted (its parameters count
+    as uncovered).
+    """
+    return list(discover(model, example_input, include=include, exclude=exclude, blocks=blocks).units)
 
-    Returns:
-        Units sorted by ``depth``. A layer that never runs in the forward pass is omitted.
+
+def _weight_names(model: nn.Module, units: Sequence[Unit]) -> set[str]:
+    """Qualified parameter names of the unit weights."""
+    params = dict(model.named_parameters())
+    modules = dict(model.named_modules())
+    out = set()
+    for u in units:
+        if u.name in params or f"{u.name}.weight" in params:
+            out.add(u.name if u.name in params else f"{u.name}.weight")
+        elif u.name not in modules:  # a module whose weight is computed (weight norm) holds no such parameter
+            raise ModelError(f"unit {u.name!r} names neither a parameter nor a module of {type(model).__name__}; "
+                             f"discover the units on this model")
+    return out
+
+
+def uncovered_parameters(model: nn.Module, units: Sequence[Unit]) -> dict[str, int]:
+    """Parameters with at least 2 dimensions longer than 1 that are not unit weights ->
+    element counts, largest first: what discovery could not, or was told not to, compress
+    (vectors -- biases, norm scales, ``C x 1 x 1 x 1`` gains, class tokens -- are left out:
+    they are uncompressed by design).
 
     Raises:
-        ModelError: if no compressible layer is found or executed.
+        ModelError: a unit that is not a weight of ``model``.
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    layers = {n: m for n, m in model.named_modules() if isinstance(m, COMPRESSIBLE)}
-    macs: dict[str, int] = {}
-    order: list[str] = []
-    handles = []
-    for n, m in layers.items():
-        handles.append(m.register_forward_hook(_macs_hook(macs, n)))
-        handles.append(m.register_forward_pre_hook(lambda _m, _i, n=n: order.append(n) if n not in order else None))
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(example_input)
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
-    if not order:
-        raise ModelError(
-            f"model {type(model).__name__} has no compressible layer (Conv1d, Conv2d or Linear) "
-            f"that runs in its forward pass; compsearch cannot compress it"
-        )
-    head = _head_name(model, order)
-    counts = _prefix_counts(order)
-    units = []
-    for depth, n in enumerate(order):
-        m = layers[n]
-        bias = getattr(m, "bias", None)
-        units.append(
-            Unit(
-                name=n,
-                kind=_KIND[type(m)] if type(m) in _KIND else _kind_of(m),
-                weight_shape=tuple(m.weight.shape),
-                params=m.weight.numel(),
-                bias_params=0 if bias is None else bias.numel(),
-                macs=macs.get(n, 0),
-                out_channels=m.weight.shape[0],
-                groups=getattr(m, "groups", 1),
-                block=_block_of(n, counts, blocks),
-                depth=depth,
-                is_first=depth == 0,
-                is_head=n == head,
-            )
-        )
-    units = [u for u in units if (include is None or _match(u.name, include)) and not _match(u.name, exclude)]
-    if not units:
-        raise ModelError(
-            f"include={include!r} / exclude={exclude!r} leave no compressible layer; "
-            f"available: {order[:10]}{'...' if len(order) > 10 else ''}"
-        )
-    return units
+    weights = _weight_names(model, units)
+    found = {n: p.numel() for n, p in model.named_parameters()
+             if sum(s > 1 for s in p.shape) >= 2 and n not in weights}
+    return dict(sorted(found.items(), key=lambda kv: -kv[1]))
 
 
-def _kind_of(m: nn.Module) -> str:
-    for cls, kind in _KIND.items():
-        if isinstance(m, cls):
-            return kind
-    raise ModelError(f"unsupported layer type {type(m).__name__}")
+def coverage(model: nn.Module, units: Sequence[Unit]) -> float:
+    """Share of the model's parameters held by units: ``sum_u params_u / sum_p numel(p)``
+    over the unit weights ``u`` and every parameter ``p`` (shared parameters once).
 
+    The rest (biases, norms, embeddings, position tables, anything no unit holds) is left
+    uncompressed and counts at 32 bits in ``size_bits``. 1.0 only for a model whose every
+    parameter is a unit weight.
 
-def _block_of(name: str, counts: Mapping[str, int], blocks: Callable[[str], str] | Mapping[str, str] | None) -> str:
-    if callable(blocks):
-        return blocks(name)
-    for pattern, block in (blocks or {}).items():
-        if re.fullmatch(pattern, name):
-            return block
-    return default_block_name(name, counts)
+    Raises:
+        ModelError: a unit that is not a weight of ``model``.
+    """
+    _weight_names(model, units)
+    total = sum(p.numel() for p in model.parameters())
+    return sum(u.params for u in units) / total if total else 0.0
 
 
 def group_blocks(units: Sequence[Unit]) -> dict[str, list[Unit]]:
