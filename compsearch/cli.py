@@ -137,15 +137,16 @@ def cmd_list(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_spaces(args: argparse.Namespace, console: Console) -> int:
-    from compsearch.spaces import discover_units, get_space, group_blocks
+    from compsearch.spaces import discover, get_space, group_blocks
 
     model, example, space_name, space_kwargs = _model_for_spaces(args)
-    units = discover_units(model, example)
+    found = discover(model, example)
+    units = found.units
     space = get_space(space_name, units, **space_kwargs)
     searched = {u.name for u in space.units} if hasattr(space, "units") else {u.name for u in units}
     table = _table(f"units of {args.target} ({len(units)}; sample {tuple(example.shape[1:])})",
-                   ["unit", "kind", "block", "weight shape", "params", "MACs", "searched"],
-                   [[u.name, u.kind, u.block, "x".join(map(str, u.weight_shape)), f"{u.params:,}", f"{u.macs:,}",
+                   ["unit", "kind", "use", "block", "weight shape", "params", "MACs", "searched"],
+                   [[u.name, u.kind, u.use, u.block, "x".join(map(str, u.weight_shape)), f"{u.params:,}", f"{u.macs:,}",
                      "yes" if u.name in searched else ("no (first)" if u.is_first else "no (head)" if u.is_head else "no")]
                     for u in units])
     console.print(table)
@@ -153,15 +154,28 @@ def cmd_spaces(args: argparse.Namespace, console: Console) -> int:
     console.print(_table(f"blocks ({len(blocks)})", ["block", "units", "params", "MACs"],
                          [[b, str(len(us)), f"{sum(u.params for u in us):,}", f"{sum(u.macs for u in us):,}"]
                           for b, us in blocks.items()]))
+    _print_discovery(found, console)
     console.print(f"space {space_name!r}: {len(space.dimensions())} dimensions over {len(searched)} searched units")
     return EXIT_OK
+
+
+def _print_discovery(found: Any, console: Console) -> None:
+    """The stem and head choices with their reasons, the coverage and what stays uncompressed."""
+    console.print(f"stem: {found.stem_reason}")
+    console.print(f"head: {found.head_reason}")
+    console.print(f"coverage: {found.coverage:.1%} of {found.total_params:,} parameters are unit weights; the rest "
+                  f"(biases, norms, embeddings, ...) stays at 32 bits in size_bits")
+    if found.uncovered:
+        top = ", ".join(f"{n} ({c:,})" for n, c in list(found.uncovered.items())[:5])
+        more = f" and {len(found.uncovered) - 5} more" if len(found.uncovered) > 5 else ""
+        console.print(f"not compressed (no Conv/Linear computation uses them as a weight): {top}{more}")
+    for line in found.unattributed[:5]:
+        console.print(f"not compressible: {line}")
 
 
 def _model_for_spaces(args: argparse.Namespace) -> tuple[Any, Any, str, dict[str, Any]]:
     """(model, example input ``2 x sample``, space name, space kwargs) for ``compsearch spaces``."""
     import torch
-
-    from compsearch.evaluators.models import build_model
 
     if args.target.endswith(".toml") or Path(args.target).is_file():
         from compsearch.evaluators.datasets import load_dataset
@@ -171,8 +185,23 @@ def _model_for_spaces(args: argparse.Namespace) -> tuple[Any, Any, str, dict[str
         spec = load_spec(args.target)
         data = load_dataset(spec.data.name, seed=spec.data.seed, **spec.data.options)
         return _build_model(spec, data), data.x_train[:2], args.space or spec.space.name, spec.space.space_kwargs()
-    model = build_model(args.target, num_classes=args.num_classes, in_chans=_in_chans(args))
+    model = _spaces_model(args)
     return model, torch.zeros(2, *_sample_shape(args, model)), args.space or "joint", {}
+
+
+def _spaces_model(args: argparse.Namespace) -> Any:
+    """The model of ``compsearch spaces NAME``; with ``--input-shape C,H,W`` a timm model that
+    takes ``img_size`` (transformers with fixed position tables) is built for ``H x W``."""
+    from compsearch.evaluators.models import build_model, list_models
+
+    kwargs: dict[str, Any] = {"num_classes": args.num_classes, "in_chans": _in_chans(args)}
+    shape = _parse_shape(args.input_shape) if args.input_shape else ()
+    if len(shape) == 3 and args.target not in list_models():
+        try:
+            return build_model(args.target, img_size=shape[1] if shape[1] == shape[2] else shape[1:], **kwargs)
+        except TypeError:  # a model without img_size (most CNNs): built as it is
+            pass
+    return build_model(args.target, **kwargs)
 
 
 def _in_chans(args: argparse.Namespace) -> int:
