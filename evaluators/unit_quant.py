@@ -45,6 +45,7 @@ class UnitQuant:
         mask: None, ``out`` booleans (channel pruning; True = kept) or the weight's shape (unstructured).
         a_bits: input-activation bits (>= 16: not quantized).
         act_scale, act_zero_point: the input's per-tensor asymmetric grid (None when not quantized).
+        functional: the weight is read outside its module's forward (exported as float).
     """
 
     weight: torch.Tensor
@@ -59,6 +60,7 @@ class UnitQuant:
     a_bits: int = 32
     act_scale: float | None = None
     act_zero_point: int | None = None
+    functional: bool = False
 
     @property
     def quantized(self) -> bool:
@@ -74,8 +76,13 @@ class UnitQuant:
         return self.mask is not None and self.mask.dim() == 1
 
     @staticmethod
-    def from_compressed(cu: Any) -> UnitQuant:
-        """From the evaluator's per-unit record (attributes named as in INTERFACES §7)."""
+    def from_compressed(cu: Any, *, float_bits: int = 32) -> UnitQuant:
+        """From the evaluator's per-unit record (``CompressedUnit``, INTERFACES §7).
+
+        Args:
+            cu: the record; ``w_bits``/``a_bits`` None mean float.
+            float_bits: the policy's ``w_bits`` of a float unit (16..31 are stored as fp16).
+        """
         weight = cu.weight.detach().float()
         mask = getattr(cu, "mask", None)
         if mask is not None:
@@ -84,12 +91,18 @@ class UnitQuant:
         scale, zp = getattr(cu, "scale", None), getattr(cu, "zero_point", None)
         a_scale, a_zp = getattr(cu, "act_scale", None), getattr(cu, "act_zero_point", None)
         return UnitQuant(
-            weight=weight, w_bits=int(cu.w_bits), scheme=cu.scheme, per_channel=bool(cu.per_channel),
+            weight=weight, w_bits=int(cu.w_bits) if cu.w_bits is not None else float_bits, scheme=cu.scheme,
+            per_channel=bool(cu.per_channel),
             scale=None if scale is None else torch.as_tensor(scale, dtype=torch.float32).reshape(-1),
             zero_point=None if zp is None else torch.as_tensor(zp, dtype=torch.float32).reshape(-1),
-            qmin=cu.qmin, qmax=cu.qmax, mask=mask, a_bits=int(getattr(cu, "a_bits", 32) or 32),
+            qmin=cu.qmin, qmax=cu.qmax, mask=mask, a_bits=int(cu.a_bits) if getattr(cu, "a_bits", None) else 32,
             act_scale=None if a_scale is None else float(a_scale),
-            act_zero_point=None if a_zp is None else int(a_zp))
+            act_zero_point=None if a_zp is None else int(a_zp), functional=bool(getattr(cu, "functional", False)))
+
+
+def from_compressed_units(records: Mapping[str, Any], policy: Policy) -> dict[str, UnitQuant]:
+    """``evaluator.compressed_units()`` as :class:`UnitQuant` records (float units take the policy's ``w_bits``)."""
+    return {name: UnitQuant.from_compressed(cu, float_bits=policy.get_or_identity(name).w_bits) for name, cu in records.items()}
 
 
 def _per_element(t: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -273,4 +286,4 @@ def effective_model(model: nn.Module, units: Mapping[str, UnitQuant]) -> nn.Modu
     return copy_
 
 
-__all__ = ["UnitQuant", "attach_input_quant", "codes", "dequantize", "effective_model", "observe_act_ranges", "quantize_units", "restrict"]
+__all__ = ["UnitQuant", "attach_input_quant", "codes", "float32", "from_compressed_units", "dequantize", "effective_model", "observe_act_ranges", "quantize_units", "restrict"]
