@@ -1,15 +1,25 @@
-"""Benchmarks of the RL strategies (prints JSON; never timed assertions in tests).
+"""Benchmarks of ``hirl``, its ablations and ``sls`` (prints JSON; never timed assertions in tests).
 
-* :func:`time_sample_relative`: median milliseconds per ``sample_relative`` of ``hirl``
-  once warm, *excluding* the periodic surrogate/RL retraining (reported separately as the
-  median seconds per retraining).
-
-The hypervolume comparison of ``hirl`` against the other strategies is
-``benchmarks/strategies.py --what compare`` (the studies runner on digits_compare.toml).
+* ``--what sample``: median milliseconds per ``sample_relative`` of ``hirl`` once warm,
+  *excluding* the periodic surrogate/RL retraining (reported separately as the median seconds
+  per retraining) -- :func:`time_sample_relative`.
+* ``--what compare --run DIR``: from a studies-runner run folder (e.g. ``compsearch run
+  studies/digits_compare.toml --strategies hirl,hirl-agents,sls,tpe --trials 30 --seeds 3``),
+  per strategy the normalised hypervolume (mean, std over seeds) at 25/50/100% of the budget and
+  the evaluations its mean curve needs to reach the best non-RL strategy's final mean.
+* ``--what origins --run DIR``: where the proposals of each strategy came from (the trials'
+  ``compsearch:proposal_origin``: ``startup``, ``agents``, ``greedy``, ``mutation``, ``random``,
+  ``fallback``, ``+``-joined when several sources produced the same policy), counts and shares.
+* ``--what proxy``: a cheap real problem for ablations of the parts that need many runs: the
+  digits CNN's logit MSE against the uncompressed model (``proxy``, one forward per "evaluation",
+  no fine-tuning) against ``size_kb``; every strategy / part setting in ``--variants`` over
+  ``--seeds`` seeds of ``--trials`` evaluations. The strategies see the evaluator without its
+  ``proxy`` (no free cold start on the objective itself).
 
 Usage::
 
-    .venv/bin/python benchmarks/hirl_bench.py
+    .venv/bin/python benchmarks/hirl_bench.py --what compare --run runs/h5_quick
+    .venv/bin/python benchmarks/hirl_bench.py --what proxy --trials 40 --seeds 3
 """
 
 from __future__ import annotations
@@ -18,15 +28,18 @@ import argparse
 import json
 import statistics
 import time
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import optuna
 import torch
 
 SPACE_CHOICES = dict(w_bits=(2, 3, 4, 5, 6, 8, 32), a_bits=(4, 8, 32), keep=(0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0))
 OBJECTIVES = (("accuracy", "maximize"), ("size_kb", "minimize"))
-ACC_FLOOR = 0.85
+RL = ("hirl", "hirl-agents", "hirl-flat", "hirl-real", "hirl-nofisher", "hirl-curriculum", "amc", "haq")
+ORIGIN_ATTR = "compsearch:proposal_origin"
 
 
 def digits_setting(*, steps: int = 100, base_steps: int = 600) -> tuple[Any, Any]:
@@ -79,13 +92,134 @@ def time_sample_relative(*, trials: int = 30, seed: int = 0, space: Any = None, 
     }
 
 
+# ---- run folders -----------------------------------------------------------------------------
+def _load(run_dir: str) -> tuple[dict[str, Any], dict[tuple[str, int], list[Any]]]:
+    from compsearch.studies.results import load_studies, open_storage
+    from compsearch.studies.summary import read_run, run_storage, summarize
+
+    run, _ = read_run(run_dir)
+    return summarize(run_dir), load_studies(open_storage(run_storage(run, run_dir), out_dir=run_dir))
+
+
+def compare(run_dir: str) -> dict[str, Any]:
+    """Hypervolume per strategy and the evaluations to reach the best non-RL final (module docstring)."""
+    from compsearch.studies.summary import first_reaching
+
+    summary, _ = _load(run_dir)
+    out: dict[str, Any] = {}
+    means: dict[str, list[float]] = {}
+    for name, s in summary["strategies"].items():
+        curves = [c for c in s["curves"].values() if c]
+        if not curves:
+            continue
+        n = min(len(c) for c in curves)
+        means[name] = np.mean([c[:n] for c in curves], axis=0).tolist()
+        out[name] = {k: {"mean": v["mean"], "std": v["std"]} for k, v in s["hypervolume"].items()} | {"seeds": len(curves)}
+    non_rl = {k: v[-1] for k, v in means.items() if k not in RL and k != "sls"}
+    best_name = max(non_rl, key=non_rl.__getitem__) if non_rl else None
+    for name, curve in means.items():
+        if best_name is not None:
+            hit = first_reaching(curve, non_rl[best_name])
+            out[name]["evals_to_best_non_rl_final"] = None if hit is None else hit
+    return {"run": run_dir, "budget": summary["budget"], "best_non_rl": best_name, "strategies": out}
+
+
+def origins(run_dir: str) -> dict[str, Any]:
+    """Counts and shares of the proposals' origins per strategy (module docstring)."""
+    _, studies = _load(run_dir)
+    counts: dict[str, Counter[str]] = {}
+    for (name, _seed), trials in studies.items():
+        c = counts.setdefault(name, Counter())
+        c.update(str(t.system_attrs.get(ORIGIN_ATTR, "unrecorded")) for t in trials)
+    return {
+        name: {"counts": dict(c.most_common()), "share": {k: round(v / sum(c.values()), 3) for k, v in c.most_common()}}
+        for name, c in sorted(counts.items())
+    }
+
+
+# ---- the proxy problem -------------------------------------------------------------------------
+class _NoProxy:
+    """The evaluator's hooks without ``proxy`` (so no strategy gets a free cold start on the objective)."""
+
+    def __init__(self, ev: Any) -> None:
+        self.model, self.cost, self.sensitivity = ev.model, ev.cost, ev.sensitivity
+        self.unit_stats, self.reconstruction_error = ev.unit_stats, ev.reconstruction_error
+
+
+def _variant(name: str) -> tuple[str, dict[str, Any]]:
+    """``"hirl"`` or ``"hirl:low_level=per_block;k=5"`` -> strategy and options with part objects."""
+    from compsearch.search.rl.ppo import PerBlockLowLevel, SharedLowLevel
+    from compsearch.search.rl.reward import RewardWeights
+
+    strategy, _, opts = name.partition(":")
+    named = {
+        "low_level=per_block": {"low_level": PerBlockLowLevel()}, "low_level=shared_embed": {"low_level": SharedLowLevel(embed=4, bias=False)},
+        "recon=0.2": {"weights": RewardWeights(recon=0.2)},
+    }
+    options: dict[str, Any] = {}
+    for o in filter(None, opts.split(";")):
+        options.update(named[o] if o in named else {o.split("=")[0]: json.loads(o.split("=")[1])})
+    return strategy, options
+
+
+def proxy_problem(variants: Sequence[str], *, trials: int, seeds: int) -> dict[str, Any]:
+    """Final and half-budget hypervolume (mean, std) per variant on the proxy problem (module docstring)."""
+    from compsearch.search.registry import get_strategy
+    from compsearch.studies.hypervolume import hypervolume_curve
+
+    space, ev = digits_setting(steps=0)
+    wrapped = _NoProxy(ev)
+    worst = space.decode(space.params_from_actions([0] * len(space.dimensions())))  # cheapest choices
+    full = space.decode(space.params_from_actions([n - 1 for n in space.action_sizes()]))  # 32 bits, keep 1
+    reference = [float(ev.proxy(worst)), float(ev.cost(full)["size_kb"])]
+    objectives = (("proxy", "minimize"), ("size_kb", "minimize"))
+    out: dict[str, Any] = {"reference": reference, "trials": trials, "seeds": seeds, "variants": {}}
+    for name in variants:
+        strategy, options = _variant(name)
+        finals, halves, seconds = [], [], []
+        for seed in range(seeds):
+            sampler = get_strategy(strategy, space=space, seed=seed, evaluator=wrapped, objectives=objectives, **options)
+            study = optuna.create_study(directions=["minimize", "minimize"], sampler=sampler)
+            t0 = time.perf_counter()
+            for _ in range(trials):
+                trial = study.ask()
+                policy = space.suggest(trial)
+                study.tell(trial, (float(ev.proxy(policy)), float(ev.cost(policy)["size_kb"])))
+            seconds.append(time.perf_counter() - t0)
+            curve = hypervolume_curve([t.values for t in study.trials], ["minimize", "minimize"], reference)
+            finals.append(curve[-1])
+            halves.append(curve[trials // 2 - 1])
+        out["variants"][name] = {
+            "hv_final": {"mean": float(np.mean(finals)), "std": float(np.std(finals))},
+            "hv_half": {"mean": float(np.mean(halves)), "std": float(np.std(halves))},
+            "per_seed_final": [round(f, 5) for f in finals], "sampler_s_mean": float(np.mean(seconds)),
+        }
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    p.add_argument("--what", choices=("sample", "compare", "origins", "proxy"), default="sample")
+    p.add_argument("--run", help="run folder (compare, origins)")
     p.add_argument("--trials", type=int, default=30)
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--variants", default="hirl,hirl-agents,hirl-flat,hirl-nofisher,sls,random,tpe",
+                   help="comma-separated strategies; 'name:opt=value;opt=value' for options (proxy)")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    print(json.dumps({"sample_relative": time_sample_relative(trials=args.trials)}, indent=1))
+    if args.what in ("compare", "origins") and not args.run:
+        p.error(f"--what {args.what} needs --run DIR (a studies-runner run folder)")
+    if args.what == "sample":
+        result: Any = {"sample_relative": time_sample_relative(trials=args.trials)}
+    elif args.what == "compare":
+        result = compare(args.run)
+    elif args.what == "origins":
+        result = origins(args.run)
+    else:
+        result = proxy_problem(args.variants.split(","), trials=args.trials, seeds=args.seeds)
+    print(json.dumps(result, indent=1))
+
 
 if __name__ == "__main__":
     main()

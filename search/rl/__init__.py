@@ -17,6 +17,7 @@ module           holds
 ``proposals``    proposal sources (agents, greedy, mutation, random) and the pick
 ``persist``      the saved-state format of the learned parts (warm start on another model)
 ``options``      strategy options routed onto config and parts
+``flat``         the layer-by-layer MDP of ``amc`` / ``haq``
 ``ddpg``         DDPG actor-critic of ``amc`` / ``haq``
 ================ =====================================================================
 """

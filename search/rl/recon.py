@@ -16,7 +16,8 @@ Two uses in the hierarchy:
 * reward: :meth:`Reconstruction.errors` of the chosen settings, weighted by
   :attr:`RewardWeights.recon <compsearch.search.rl.reward.RewardWeights.recon>`.
 
-Without ``evaluator.reconstruction_error`` every error is 0 and :attr:`available` is False.
+Without ``evaluator.reconstruction_error`` every error is 0 and :attr:`available` is False; a
+unit the evaluator reports as NaN (its module forward never runs) counts 0, an infinite one 1e6.
 Shapes: ``E`` episodes, ``K`` kernels, ``D`` dimensions, ``L`` probe levels.
 """
 
@@ -63,7 +64,7 @@ class Reconstruction:
         errs = self._fn(policy)
         units = self.layout.kernel_units[k]
         values = np.array([float(errs.get(u.name, 0.0)) for u in units])
-        values = np.where(np.isfinite(values), values, 1e6)
+        values = np.where(np.isnan(values), 0.0, np.where(np.isfinite(values), values, 1e6))  # NaN: unit never ran
         return np.array([np.average(values, weights=[max(u.params, 1) for u in units])])
 
     def errors(self, actions: np.ndarray) -> np.ndarray:

@@ -16,7 +16,8 @@ model's size, so that what an agent learns on them can be carried to another mod
   scaled over kernels, normalized 32-bin histogram entropy); ``a_mean``, ``a_logvar``, ``a_zero``
   (input activations over the calibration batches: same scalings, and the fraction of zeros);
   ``g_mean``, ``g_logvar`` (gradients). Without ``unit_stats`` the weight columns come from the
-  evaluator's model and the others are 0.
+  evaluator's model and the others are 0; a statistic the evaluator reports as NaN (a unit whose
+  module forward never runs) counts as 0.
 
 Block features (:data:`BLOCK_FEATURES`): the parameter-weighted mean of its kernels' features,
 plus ``block_param_share``, ``block_mac_share`` and ``kernel_share`` (its share of the kernels).
@@ -80,7 +81,8 @@ def _raw_unit_stats(evaluator: Any, unit_names: list[str]) -> dict[str, np.ndarr
     get = getattr(evaluator, "unit_stats", None)
     if get is not None:
         stats = get()
-        return {n: np.array([float(getattr(stats[n], f, 0.0)) for f in UNIT_STATS_FIELDS]) for n in unit_names if n in stats}
+        rows = {n: np.array([float(getattr(stats[n], f, 0.0)) for f in UNIT_STATS_FIELDS]) for n in unit_names if n in stats}
+        return {n: np.nan_to_num(r, nan=0.0, posinf=0.0, neginf=0.0) for n, r in rows.items()}  # NaN: never ran
     model = find_model(evaluator)
     if model is None:
         return None
