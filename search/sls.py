@@ -22,12 +22,12 @@ several sources produced it) is stored in the trial's system attr :data:`ORIGIN_
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from compsearch.errors import check_int_at_least
+from compsearch.errors import check_int_at_least, check_keywords
 from compsearch.search.common import CompressionSampler, Observation, params_key
 from compsearch.search.registry import DEFAULT_OBJECTIVES, SearchContext, register_strategy
 from compsearch.search.rl.critic import SurrogateRewards
@@ -60,7 +60,8 @@ class SLSConfig:
     Attributes:
         startup_trials: random trials before the sources propose.
         retrain_every: new finished trials between refits.
-        weights: reward weights of the proposals' score.
+        weights: reward weights of the proposals' score (a :class:`RewardWeights`, or a mapping
+            of its fields, e.g. ``{recon = 0.2}`` in a TOML spec).
     """
 
     startup_trials: int = 3
@@ -69,6 +70,18 @@ class SLSConfig:
 
     def __post_init__(self) -> None:
         check_int_at_least(type(self).__name__, self, {"startup_trials": 0, "retrain_every": 1})
+        as_config(self, "weights", RewardWeights)
+
+
+def as_config(obj: Any, name: str, cls: type) -> None:
+    """Turn a mapping given for the frozen dataclass field ``name`` of ``obj`` into ``cls(**mapping)``
+    (so a TOML spec can set nested settings); anything else but a ``cls`` raises ``TypeError``."""
+    value = getattr(obj, name)
+    if isinstance(value, Mapping):
+        check_keywords(f"{type(obj).__name__}.{name}", dict(value), {f.name for f in fields(cls)})
+        object.__setattr__(obj, name, cls(**value))
+    elif not isinstance(value, cls):
+        raise TypeError(f"{type(obj).__name__}.{name} must be a {cls.__name__} or a mapping of its fields, got {type(value).__name__}")
 
 
 def resolve_seed(seed: int | None) -> int:

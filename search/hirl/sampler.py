@@ -43,7 +43,7 @@ from compsearch.search.rl.proposals import AgentProposals, GreedyProposal, Mutat
 from compsearch.search.rl.state import (
     FisherPrior,
 )
-from compsearch.search.sls import SLS_ALIASES, SLSConfig, SLSSampler
+from compsearch.search.sls import SLS_ALIASES, SLSConfig, SLSSampler, as_config
 
 HIRL_ALIASES = {
     **SLS_ALIASES,
@@ -66,7 +66,7 @@ class HiRLConfig(SLSConfig):
         episodes: episodes per PPO iteration.
         iterations: PPO iterations per retraining.
         replay_iterations: PPO iterations of the first training in a process.
-        ppo: PPO settings of every agent.
+        ppo: PPO settings of every agent (a :class:`PPOConfig` or a mapping of its fields).
     """
 
     episodes: int = 32
@@ -77,6 +77,7 @@ class HiRLConfig(SLSConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         check_int_at_least("HiRLConfig", self, {"episodes": 1, "iterations": 1, "replay_iterations": 0})
+        as_config(self, "ppo", PPOConfig)
 
 
 def default_parts() -> dict[str, Any]:

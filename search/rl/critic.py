@@ -25,13 +25,13 @@ apart (``SurrogateCritic.proxy_queries``).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from compsearch.errors import ConfigError, check_int_at_least
+from compsearch.errors import ConfigError, check_int_at_least, check_keywords
 from compsearch.search.common import Observation
 from compsearch.search.rl.objective import StrategyObjective
 from compsearch.search.rl.surrogate import SurrogateConfig, SurrogateEnsemble
@@ -50,7 +50,7 @@ class SurrogateRewards:
         kappa: initial weight of the ensemble-disagreement bonus.
         kappa_min: final weight of the bonus.
         kappa_decay: real evaluations over which the bonus falls linearly to ``kappa_min``.
-        surrogate: surrogate ensemble settings.
+        surrogate: surrogate ensemble settings (a :class:`SurrogateConfig` or a mapping of its fields).
     """
 
     min_real: int = 6
@@ -62,6 +62,9 @@ class SurrogateRewards:
 
     def __post_init__(self) -> None:
         check_int_at_least("SurrogateRewards", self, {"min_real": 0, "proxy_samples": 0, "kappa_decay": 0})
+        if isinstance(self.surrogate, Mapping):
+            check_keywords("SurrogateRewards.surrogate", dict(self.surrogate), {f.name for f in fields(SurrogateConfig)})
+            object.__setattr__(self, "surrogate", SurrogateConfig(**self.surrogate))
         if self.kappa < 0 or self.kappa_min < 0:
             raise ConfigError(f"SurrogateRewards kappa={self.kappa!r} and kappa_min={self.kappa_min!r} must be >= 0")
 

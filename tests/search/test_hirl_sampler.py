@@ -156,6 +156,11 @@ def test_options_route_onto_parts_and_errors_name_the_option() -> None:
         hirl(0, voting="median")
     with pytest.raises(TypeError, match="sls.*pool"):
         get_strategy("sls", space=SPACE, seed=0, pool=3)
+    # nested settings as plain mappings (what a TOML spec gives)
+    s = hirl(0, weights={"recon": 0.2}, ppo={"lr": 0.003}, surrogate={"members": 2})
+    assert (s.config.weights.recon, s.config.ppo.lr, s.rewards.surrogate.members) == (0.2, 0.003, 2)
+    with pytest.raises(TypeError, match=r"HiRLConfig.weights got unexpected keyword argument\(s\) \['recn'\]"):
+        hirl(0, weights={"recn": 0.2})
 
 
 @pytest.mark.parametrize("method", ["amc", "haq"])
