@@ -262,7 +262,43 @@ class PolicyNet(nn.Module):
 
 
 def _sequential(layers: nn.Module) -> nn.Sequential:
-    return copy.deepcopy(layers) if isinstance(layers, nn.Sequential) else nn.Sequential(copy.deepcopy(layers))
+    return layers if isinstance(layers, nn.Sequential) else nn.Sequential(layers)
+
+
+def acting_parts(policy: Any, *, algo: str, target: bool = False) -> dict[str, nn.Module]:
+    """The SB3 modules (not copies) of the acting network: ``features``, ``body``, ``head``.
+
+    ``PolicyNet`` unit names resolve in them: ``"body.2"`` is ``parts["body"].get_submodule("2")``.
+
+    Args:
+        policy: ``model.policy`` of an SB3 ``DQN``, ``PPO`` or ``SAC``.
+        algo: ``dqn``, ``ppo`` or ``sac``.
+        target: DQN's target network instead of the online one.
+
+    Raises:
+        ModelError: a policy layout this module does not know (gSDE, PPO with continuous actions).
+    """
+    if algo == "dqn":
+        q = policy.q_net_target if target else policy.q_net
+        layers = list(q.q_net)
+        return {"features": q.features_extractor, "body": nn.Sequential(*layers[:-1]), "head": layers[-1]}
+    if target:
+        raise ModelError(f"agent.algo={algo!r} has no target acting network (only dqn has)")
+    if algo == "ppo":
+        if not hasattr(policy.action_space, "n"):
+            raise ModelError("agent.algo='ppo' with a continuous action space is not supported; use agent.algo='sac'")
+        return {"features": policy.pi_features_extractor, "body": _sequential(policy.mlp_extractor.policy_net),
+                "head": policy.action_net}
+    actor = policy.actor
+    if getattr(actor, "use_sde", False) or not isinstance(actor.mu, nn.Linear):
+        raise ModelError("SAC agents trained with gSDE (use_sde=True) are not supported; train with use_sde=False")
+    return {"features": actor.features_extractor, "body": _sequential(actor.latent_pi), "head": actor.mu}
+
+
+def acting_module(parts: dict[str, nn.Module], name: str) -> nn.Module:
+    """The module of ``PolicyNet`` unit ``name`` (``"body.2"``) among :func:`acting_parts`."""
+    first, _, rest = name.partition(".")
+    return parts[first].get_submodule(rest) if rest else parts[first]
 
 
 def policy_network(policy: Any, *, algo: str) -> PolicyNet:
@@ -280,22 +316,11 @@ def policy_network(policy: Any, *, algo: str) -> PolicyNet:
     obs_space, act_space = policy.observation_space, policy.action_space
     scale = 1 / 255 if getattr(policy, "normalize_images", True) and is_image_space(obs_space) else 1.0
     one_hot = int(obs_space.n) if hasattr(obs_space, "n") else 0
-    if algo == "dqn":
-        q = policy.q_net
-        layers = list(q.q_net)
-        return PolicyNet(features=copy.deepcopy(q.features_extractor), body=nn.Sequential(*copy.deepcopy(layers[:-1])),
-                         head=copy.deepcopy(layers[-1]), kind="q", obs_scale=scale, one_hot=one_hot)
-    if algo == "ppo":
-        if not hasattr(act_space, "n"):
-            raise ModelError("agent.algo='ppo' with a continuous action space is not supported; use agent.algo='sac'")
-        return PolicyNet(features=copy.deepcopy(policy.pi_features_extractor), body=_sequential(policy.mlp_extractor.policy_net),
-                         head=copy.deepcopy(policy.action_net), kind="logits", obs_scale=scale, one_hot=one_hot)
-    actor = policy.actor
-    if getattr(actor, "use_sde", False) or not isinstance(actor.mu, nn.Linear):
-        raise ModelError("SAC agents trained with gSDE (use_sde=True) are not supported; train with use_sde=False")
-    return PolicyNet(features=copy.deepcopy(actor.features_extractor), body=_sequential(actor.latent_pi),
-                     head=copy.deepcopy(actor.mu), kind="action", obs_scale=scale, one_hot=one_hot,
-                     low=torch.as_tensor(act_space.low), high=torch.as_tensor(act_space.high))
+    parts = copy.deepcopy(acting_parts(policy, algo=algo))
+    kind = {"dqn": "q", "ppo": "logits", "sac": "action"}[algo]
+    bounds = {"low": torch.as_tensor(act_space.low), "high": torch.as_tensor(act_space.high)} if kind == "action" else {}
+    return PolicyNet(features=parts["features"], body=parts["body"], head=parts["head"], kind=kind, obs_scale=scale,
+                     one_hot=one_hot, **bounds)
 
 
 # ---- agents: load and train ------------------------------------------------------------------------

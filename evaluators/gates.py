@@ -155,10 +155,14 @@ class HardConcreteGates(nn.Module):
     @torch.no_grad()
     def fold(self, modules: Mapping[str, nn.Module]) -> None:
         """Multiply each unit's weight rows (and bias) by its deterministic gates: the
-        gate-free network then computes exactly what the gated one did in eval mode."""
+        gate-free network then computes exactly what the gated one did in eval mode --
+        except in a unit whose gates all closed, where the channel :meth:`open_channels`
+        keeps (highest log-odds) keeps its weights unscaled, so that the network has the
+        one channel its policy (``keep = 1 / out_channels``) says."""
         for name in self.names:
             module = modules[name]
-            z = self.gate(name, sample=False) * self.open_channels(name)
+            z = self.gate(name, sample=False)
+            z = torch.where(self.open_channels(name) & (z == 0), torch.ones_like(z), z)
             weight = module.weight
             assert isinstance(weight, torch.Tensor)
             weight.mul_(z.reshape((-1,) + (1,) * (weight.dim() - 1)).to(weight))

@@ -27,8 +27,9 @@ def test_loss_by_hand() -> None:
     # T = 1: KL = 0.25 ln(0.25 / 0.5) + 0.75 ln(0.75 / 0.5) = -0.173287 + 0.304099 = 0.130812
     assert float(policy_distillation_loss(student, teacher, kind="logits")) == pytest.approx(0.130812, abs=1e-6)
     # T = 2: teacher softmax(0, ln(3) / 2) = (1 / (1 + sqrt 3), sqrt 3 / (1 + sqrt 3)) = (0.366025, 0.633975);
-    # 4 * (0.366025 ln 0.732051 + 0.633975 ln 1.267949) = 4 * 0.036341 = 0.145363
-    assert float(policy_distillation_loss(student, teacher, kind="q", temperature=2.0)) == pytest.approx(0.145363, abs=1e-6)
+    # logits: T**2 * (0.366025 ln 0.732051 + 0.633975 ln 1.267949) = 4 * 0.036341 = 0.145363; Q-values: no T**2
+    assert float(policy_distillation_loss(student, teacher, kind="logits", temperature=2.0)) == pytest.approx(0.145363, abs=1e-6)
+    assert float(policy_distillation_loss(student, teacher, kind="q", temperature=2.0)) == pytest.approx(0.036341, abs=1e-6)
     # actions: ((1 - 0) / half range 2)**2 = 0.25 and ((0.5 - 0.5) / 1)**2 = 0, mean 0.125
     loss = policy_distillation_loss(torch.tensor([[1.0, 0.5]]), torch.tensor([[0.0, 0.5]]), kind="action",
                                     half_range=torch.tensor([2.0, 1.0]))

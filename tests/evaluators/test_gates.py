@@ -83,7 +83,7 @@ def test_gate_values_fold_and_policy() -> None:
     assert torch.equal(model(x), model(x))           # hooks gone
     gates.fold(modules)
     assert torch.allclose(model(x), gated, atol=1e-6)
-    assert torch.equal(model[0].weight[1], torch.zeros(3)) and float(model[0].bias[1]) == 0.0
+    assert torch.equal(model[0].weight[1], torch.zeros(3)) and float(model[0].bias[1].detach()) == 0.0
 
 
 def test_training_gates_alone_closes_the_channels_the_loss_does_not_need() -> None:
