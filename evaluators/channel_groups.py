@@ -152,7 +152,8 @@ def _op_name(node: Any) -> str:
     return fn.name() if fn is not None and hasattr(fn, "name") else "?"
 
 
-def _true_depthwise(m: nn.Module) -> bool:
+def true_depthwise(m: nn.Module) -> bool:
+    """A depthwise conv: ``groups == in_channels == out_channels > 1``."""
     return isinstance(m, nn.Conv1d | nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels == m.out_channels
 
 
@@ -206,12 +207,12 @@ def _refusal(graph: Graph, node: Any, is_out: bool, root: Any) -> str | None:
         return f"reach a product of two activations ({_op_name(node)}, e.g. attention)"
     if isinstance(module, nn.Module) and graph.calls.get(module, 1) > 1:
         return f"reach {_label(graph, node)}, which the forward calls {graph.calls[module]} times"
-    if isinstance(module, nn.Conv1d | nn.Conv2d | nn.Linear) and not _true_depthwise(module):
+    if isinstance(module, nn.Conv1d | nn.Conv2d | nn.Linear) and not true_depthwise(module):
         if getattr(module, "groups", 1) > 1:
             return f"reach the grouped conv {_label(graph, node)} (groups={module.groups}), whose groups would become unequal"
         if is_out and node is not root and not _is_gate(node):
             return f"are shared with the producer {_label(graph, node)} (a coupled group, e.g. a residual stream)"
-    if isinstance(module, nn.Conv1d | nn.Conv2d) and kind == "DEPTHWISE_CONV" and not _true_depthwise(module):
+    if isinstance(module, nn.Conv1d | nn.Conv2d) and kind == "DEPTHWISE_CONV" and not true_depthwise(module):
         return f"reach the grouped conv {_label(graph, node)} (groups={module.groups}), whose groups would become unequal"
     return None
 
@@ -275,4 +276,4 @@ def channel_group(graph: Graph, unit: str, idxs: Sequence[int], *, budget: int =
     return ChannelGroup(out={k: tuple(sorted(v)) for k, v in out.items()}, inp={k: tuple(sorted(v)) for k, v in inp.items()})
 
 
-__all__ = ["BUDGET", "ChannelGroup", "Graph", "build_graph", "channel_group", "torch_pruning"]
+__all__ = ["BUDGET", "ChannelGroup", "Graph", "build_graph", "channel_group", "torch_pruning", "true_depthwise"]

@@ -40,13 +40,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from compsearch.errors import ModelError
+from compsearch.errors import ConfigError, ModelError
 from compsearch.evaluators.channel_groups import (
     ChannelGroup,
     Graph,
     build_graph,
     channel_group,
     torch_pruning,
+    true_depthwise,
 )
 from compsearch.evaluators.masks import compute_mask
 from compsearch.spaces.policy import Policy
@@ -217,17 +218,47 @@ class PruneAnalyzer:
         return PrunePlan(channels=chans, groups=groups, masked=masked)
 
 
+REFERENCES = ("masked", "model")
+
+
+def _live_channels(model: nn.Module, unit: str, group: ChannelGroup) -> str | None:
+    """Where ``group``'s channels are not already 0 in ``model`` (None: removing them changes nothing)."""
+    for name, idxs in group.out.items():
+        module = model.get_submodule(name)
+        if name != unit and isinstance(module, nn.Conv1d | nn.Conv2d | nn.Linear) and not true_depthwise(module):
+            continue  # a gate: it only multiplies channels that are 0
+        for attr in ("weight", "bias"):
+            p = getattr(module, attr, None)
+            if isinstance(p, torch.Tensor) and p.dim() >= 1 and bool(p.detach()[list(idxs)].ne(0).any()):
+                return f"{name}.{attr}"
+    return None
+
+
 def plan_pruning(model: nn.Module, policy: Policy, units: Sequence[Unit], example_input: torch.Tensor,
-                 *, criterion: str = "l1", channels: Mapping[str, Sequence[int]] | None = None) -> PrunePlan:
+                 *, criterion: str = "l1", channels: Mapping[str, Sequence[int]] | None = None,
+                 reference: str = "masked") -> PrunePlan:
     """Decide which pruned units can lose their channels physically (see the module docstring).
 
-    ``channels`` (unit -> pruned output channels, e.g. from the evaluator's masks)
-    replaces the channels computed from ``policy`` with ``criterion``.
+    Args:
+        channels: unit -> pruned output channels (e.g. the evaluator's masks); replaces the
+            channels computed from ``policy`` with ``criterion``.
+        reference: ``"masked"`` (the pruned model equals :func:`masked_reference`) or
+            ``"model"`` (it equals ``model`` itself: a unit is removed only where its group's
+            channels are already 0 in ``model`` -- weight rows, bias, BatchNorm scale and
+            shift; otherwise it stays masked, and the reason names the live parameter).
     """
+    if reference not in REFERENCES:
+        raise ConfigError(f"reference={reference!r}; allowed: {list(REFERENCES)}")
     chans = channels if channels is not None else pruned_channels(model, policy, units, criterion=criterion)
     if not any(len(c) for c in chans.values()):
         return PrunePlan(channels={})
-    return PruneAnalyzer(model, example_input).plan(chans)
+    plan = PruneAnalyzer(model, example_input).plan(chans)
+    if reference == "model":
+        live = {u: _live_channels(model, u, g) for u, g in plan.groups.items()}
+        plan = plan.mask({u: f"unit {u!r} stays masked: its pruned channels are not 0 in this model ({where} is "
+                             f"nonzero there), so removing them would change its outputs; zero them while fine-tuning "
+                             f"(speedup.zero_pruned) to remove them" for u, where in live.items() if where is not None})
+    return plan
 
 
 def zero_pruned(model: nn.Module, plan: PrunePlan) -> nn.Module:
@@ -260,8 +291,7 @@ def masked_reference(model: nn.Module, plan: PrunePlan) -> nn.Module:
 
 def _out_fn(tp: Any, m: nn.Module) -> Any:
     if isinstance(m, nn.Conv1d | nn.Conv2d):
-        depthwise = m.groups > 1 and m.groups == m.in_channels == m.out_channels
-        return tp.prune_depthwise_conv_out_channels if depthwise else tp.prune_conv_out_channels
+        return tp.prune_depthwise_conv_out_channels if true_depthwise(m) else tp.prune_conv_out_channels
     if isinstance(m, nn.Linear):
         return tp.prune_linear_out_channels
     if isinstance(m, nn.modules.batchnorm._BatchNorm):
@@ -325,31 +355,34 @@ def output_error(model: nn.Module, reference: nn.Module, inputs: Sequence[torch.
     return worst
 
 
-def _attempt(model: nn.Module, plan: PrunePlan, inputs: Sequence[torch.Tensor]) -> tuple[float, nn.Module | None, str]:
+def _attempt(model: nn.Module, plan: PrunePlan, inputs: Sequence[torch.Tensor],
+             fixed: nn.Module | None = None) -> tuple[float, nn.Module | None, str]:
+    """Prune, and compare with the masked reference (or with ``fixed``)."""
     try:
         pruned = apply_plan(model, plan)
-        err = output_error(pruned, masked_reference(model, plan), inputs)
+        err = output_error(pruned, masked_reference(model, plan) if fixed is None else fixed, inputs)
     except Exception as e:  # noqa: BLE001 - a removal that breaks the forward is masked, not raised
         return float("inf"), None, f"{type(e).__name__}: {str(e)[:160]}"
     return err, pruned, f"the outputs differ from the masked model by {err:.3g}"
 
 
 def _culprits(model: nn.Module, plan: PrunePlan, units: Sequence[str], inputs: Sequence[torch.Tensor],
-              atol: float) -> dict[str, str]:
+              atol: float, fixed: nn.Module | None) -> dict[str, str]:
     """Removed units whose removal alone breaks the outputs (bisection)."""
-    err, _, why = _attempt(model, plan.only(units), inputs)
+    err, _, why = _attempt(model, plan.only(units), inputs, fixed)
     if err <= atol:
         return {}
     if len(units) == 1:
         return {units[0]: f"unit {units[0]!r} stays masked: removing its channels failed ({why}); "
                           f"Torch-Pruning's graph misses a coupling of this model"}
     mid = len(units) // 2
-    return {**_culprits(model, plan, units[:mid], inputs, atol), **_culprits(model, plan, units[mid:], inputs, atol)}
+    return {**_culprits(model, plan, units[:mid], inputs, atol, fixed),
+            **_culprits(model, plan, units[mid:], inputs, atol, fixed)}
 
 
 def physically_prune(model: nn.Module, policy: Policy, units: Sequence[Unit], example_input: torch.Tensor,
                      *, criterion: str = "l1", channels: Mapping[str, Sequence[int]] | None = None,
-                     atol: float = 1e-4, strict: bool = False) -> PruneResult:
+                     atol: float = 1e-4, strict: bool = False, reference: str = "masked") -> PruneResult:
     """A smaller copy of ``model`` whose outputs equal :func:`masked_reference`'s.
 
     Args:
@@ -361,6 +394,9 @@ def physically_prune(model: nn.Module, policy: Policy, units: Sequence[Unit], ex
         channels: unit -> pruned output channels (e.g. the evaluator's masks); overrides the policy's.
         atol: allowed relative output error (see :attr:`PruneResult.max_error`).
         strict: raise instead of masking a unit that cannot be removed.
+        reference: what the pruned model equals: ``"masked"`` (:func:`masked_reference`) or
+            ``"model"`` (``model`` itself, e.g. the evaluator's fine-tuned compressed model,
+            whose masks zero only weight rows; see :func:`plan_pruning`).
 
     Returns:
         A :class:`PruneResult`; units that could not be removed are in ``plan.masked``.
@@ -369,13 +405,14 @@ def physically_prune(model: nn.Module, policy: Policy, units: Sequence[Unit], ex
         ModelError: ``strict`` and a pruned unit stays masked (the message names the unit and the coupling).
     """
     start = time.perf_counter()
-    plan = plan_pruning(model, policy, units, example_input, criterion=criterion, channels=channels)
+    plan = plan_pruning(model, policy, units, example_input, criterion=criterion, channels=channels, reference=reference)
     inputs = check_inputs(example_input)
+    fixed = clone_model(model).eval() if reference == "model" else None
     while True:
-        err, pruned, why = _attempt(model, plan, inputs)
+        err, pruned, why = _attempt(model, plan, inputs, fixed)
         if err <= atol and pruned is not None:
             break
-        bad = _culprits(model, plan, plan.removed, inputs, atol) if plan.removed else {}
+        bad = _culprits(model, plan, plan.removed, inputs, atol, fixed) if plan.removed else {}
         if not bad:  # only the removals together fail (or nothing is removed and the forward fails)
             if not plan.removed:
                 raise ModelError(f"the masked model cannot run: {why}")

@@ -105,6 +105,12 @@ def from_compressed_units(records: Mapping[str, Any], policy: Policy) -> dict[st
     return {name: UnitQuant.from_compressed(cu, float_bits=policy.get_or_identity(name).w_bits) for name, cu in records.items()}
 
 
+def pruned_rows(units: Mapping[str, UnitQuant]) -> dict[str, list[int]]:
+    """Unit -> pruned output channels of every unit with a channel mask (``channels=`` of ``physically_prune``)."""
+    return {name: torch.nonzero(~uq.mask).flatten().tolist() for name, uq in units.items()
+            if uq.mask is not None and uq.channel_mask and not bool(uq.mask.all())}
+
+
 def _per_element(t: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """``out`` or ``1`` values broadcast to the weight's shape."""
     if t.numel() == 1:
@@ -286,4 +292,4 @@ def effective_model(model: nn.Module, units: Mapping[str, UnitQuant]) -> nn.Modu
     return copy_
 
 
-__all__ = ["UnitQuant", "attach_input_quant", "codes", "float32", "from_compressed_units", "dequantize", "effective_model", "observe_act_ranges", "quantize_units", "restrict"]
+__all__ = ["UnitQuant", "attach_input_quant", "codes", "float32", "from_compressed_units", "dequantize", "effective_model", "observe_act_ranges", "pruned_rows", "quantize_units", "restrict"]

@@ -251,3 +251,38 @@ def test_timm_family_prunes_exactly_without_side_effects(name: str) -> None:
 @pytest.mark.parametrize("name", list(SLOW))
 def test_more_timm_families_prune_exactly_without_side_effects(name: str) -> None:
     _check_family(name, SLOW[name][0])
+
+
+def test_pruning_the_evaluators_model_keeps_its_outputs_and_says_which_channels_are_live() -> None:
+    from conftest import make_cnn, make_data
+
+    from compsearch.evaluators.evaluator import CompressionEvaluator
+    from compsearch.evaluators.speedup import clone_model, zero_pruned
+    from compsearch.evaluators.types import FineTuneConfig
+    from compsearch.evaluators.unit_quant import effective_model, from_compressed_units, pruned_rows
+
+    data, model = make_data(), make_cnn()
+    ev = CompressionEvaluator(model, data, finetune=FineTuneConfig(steps=3, batch_size=32), device="cpu")
+    policy = Policy({"4": UnitPolicy(w_bits=8, keep=0.5, structure="channel")})  # conv(8->8) - BN - ReLU
+    ev.evaluate(policy, steps=3)
+    ev.model.eval()
+    x = data.x_val
+    with torch.no_grad():
+        want = ev.model(x)
+    units = from_compressed_units(ev.compressed_units(), policy)
+    plain = clone_model(model)
+    plain.load_state_dict(ev.model.state_dict())
+    evaluated = effective_model(plain, units)  # the evaluator's compressed model (no input quantization here)
+    units_ = discover_units(model, x[:2])
+    # the evaluator zeroes the pruned weight rows only: the conv bias survives there, so the channels cannot go
+    result = physically_prune(evaluated, policy, units_, x[:2], channels=pruned_rows(units), reference="model")
+    assert result.plan.removed == () and "its pruned channels are not 0 in this model (4.bias is nonzero there)" in result.plan.masked["4"]
+    with torch.no_grad():
+        assert float((result.model(x) - want).abs().max()) <= 1e-4
+    # once the whole group is zeroed (what an evaluator applying zero_pruned would train), they go
+    plan = plan_pruning(evaluated, policy, units_, x[:2], channels=pruned_rows(units))
+    zeroed = zero_pruned(clone_model(evaluated), plan)
+    result = physically_prune(zeroed, policy, units_, x[:2], channels=pruned_rows(units), reference="model")
+    assert result.plan.removed == ("4",) and result.model[4].out_channels == 4 and result.model[5].num_features == 4
+    with torch.no_grad():
+        assert float((result.model(x) - zeroed(x)).abs().max()) <= 1e-5
