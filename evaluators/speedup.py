@@ -234,7 +234,7 @@ def _live_channels(model: nn.Module, unit: str, group: ChannelGroup) -> str | No
     return None
 
 
-def plan_pruning(model: nn.Module, policy: Policy, units: Sequence[Unit], example_input: torch.Tensor,
+def plan_pruning(model: nn.Module, policy: Policy | None, units: Sequence[Unit] | None, example_input: torch.Tensor,
                  *, criterion: str = "l1", channels: Mapping[str, Sequence[int]] | None = None,
                  reference: str = "masked") -> PrunePlan:
     """Decide which pruned units can lose their channels physically (see the module docstring).
@@ -249,7 +249,9 @@ def plan_pruning(model: nn.Module, policy: Policy, units: Sequence[Unit], exampl
     """
     if reference not in REFERENCES:
         raise ConfigError(f"reference={reference!r}; allowed: {list(REFERENCES)}")
-    chans = channels if channels is not None else pruned_channels(model, policy, units, criterion=criterion)
+    if channels is None and (policy is None or units is None):
+        raise ConfigError("plan_pruning needs channels= (unit -> pruned output channels) or a policy and the units")
+    chans = channels if channels is not None else pruned_channels(model, policy, units, criterion=criterion)  # type: ignore[arg-type]
     if not any(len(c) for c in chans.values()):
         return PrunePlan(channels={})
     plan = PruneAnalyzer(model, example_input).plan(chans)
@@ -380,15 +382,15 @@ def _culprits(model: nn.Module, plan: PrunePlan, units: Sequence[str], inputs: S
             **_culprits(model, plan, units[mid:], inputs, atol, fixed)}
 
 
-def physically_prune(model: nn.Module, policy: Policy, units: Sequence[Unit], example_input: torch.Tensor,
+def physically_prune(model: nn.Module, policy: Policy | None, units: Sequence[Unit] | None, example_input: torch.Tensor,
                      *, criterion: str = "l1", channels: Mapping[str, Sequence[int]] | None = None,
                      atol: float = 1e-4, strict: bool = False, reference: str = "masked") -> PruneResult:
     """A smaller copy of ``model`` whose outputs equal :func:`masked_reference`'s.
 
     Args:
         model: the (fine-tuned or base) model; never changed.
-        policy: its compression policy (only channel pruning matters here).
-        units: the model's units (:func:`~compsearch.spaces.discover_units`).
+        policy: its compression policy (only channel pruning matters here); None with ``channels``.
+        units: the model's units (:func:`~compsearch.spaces.discover_units`); None with ``channels``.
         example_input: a batch, ``n x ...`` (traced, and used to check the outputs).
         criterion: ``l1`` or ``l2`` (how channels were ranked) when ``channels`` is None.
         channels: unit -> pruned output channels (e.g. the evaluator's masks); overrides the policy's.
