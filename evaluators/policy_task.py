@@ -118,7 +118,6 @@ class PolicyTask(Task):
         self.teacher = copy.deepcopy(teacher).eval()
         self.kind = str(getattr(teacher, "kind", "logits"))
         self._states: torch.Tensor | None = None
-        self._train_seeds_used = self.config.teacher_episodes
 
     @classmethod
     def from_agent(cls, agent: Any, *, config: PolicyTaskConfig | None = None) -> PolicyTask:
@@ -159,7 +158,12 @@ class PolicyTask(Task):
     def check_model(self, model: nn.Module) -> None:
         x = self.states()[:2]
         with torch.no_grad():
-            want, got = self.teacher(x).shape, model.to(x.device)(x).shape
+            want = self.teacher(x).shape
+            try:
+                got = model(x).shape
+            except RuntimeError as e:
+                raise DataError(f"the model cannot take the observations of env {self.env!r} ({tuple(x.shape)}): "
+                                f"{str(e).splitlines()[0]}; compress the acting network of an agent for this env") from None
         if got != want:
             raise DataError(f"the model maps observations to {tuple(got)}, the agent's network to {tuple(want)}; "
                             f"compress the acting network of the agent on env {self.env!r}")

@@ -97,3 +97,5 @@ def test_bad_input() -> None:
     task = PolicyTask.from_agent(cartpole_dqn(), config=CONFIG)
     with pytest.raises(DataError, match="maps observations to \\(2, 3\\), the agent's network to \\(2, 2\\)"):
         task.check_model(torch.nn.Sequential(torch.nn.Linear(4, 3)))
+    with pytest.raises(DataError, match="cannot take the observations of env 'CartPole-v1' \\(\\(2, 4\\)\\)"):
+        task.check_model(torch.nn.Sequential(torch.nn.Linear(6, 2)))
