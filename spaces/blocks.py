@@ -24,12 +24,15 @@ tree without reading names:
   its own (the stem, the classifier, layers of a plain ``nn.Sequential``).
 * A lone unit inside a stage (a downsampling conv, a dense-net transition) joins the
   block of the next unit in execution order when that one lies in the same stage,
-  else the previous one; the stem and the head are never merged.
+  else the previous one. In a model with stages, consecutive lone units under one
+  module other than the model (the convs of a multi-conv stem, a list of transitions)
+  become one block named after that module. The stem and the head are never merged;
+  a model without stages (a plain ``nn.Sequential`` CNN) keeps one block per layer.
 
-:func:`check_grouping` measures the properties the tests hold every supported family
-to: the largest block has at most half the units, at most 30% of the blocks are
-single units (stem and head counted), and every block is one contiguous run in
-execution order.
+:func:`check_grouping` measures the properties the tests hold every tested timm family
+to: the largest block has at most half the units; at most 30% of the blocks are single
+units, not counting the stem's and the head's blocks (single by design); every block is
+one contiguous run in execution order.
 """
 
 from __future__ import annotations
@@ -122,12 +125,12 @@ def structural_blocks(
         chosen = next((a for a in _ancestors(path, own) if not tree.is_split(a)), None)
         blocks[unit] = chosen if chosen is not None else unit
     sizes = Counter(blocks.values())
+    staged = False
     for i in reversed(range(len(order))):
         unit = order[i]
-        if sizes[blocks[unit]] != 1 or unit in protected:
-            continue
         stages = [a for a in _ancestors(paths[unit], False) if tree.is_stage(a)]
-        if not stages:
+        staged = staged or bool(stages)
+        if sizes[blocks[unit]] != 1 or unit in protected or not stages:
             continue
         stage = stages[-1] + "."
         for j in (i + 1, i - 1):
@@ -137,7 +140,35 @@ def structural_blocks(
                 blocks[unit] = blocks[other]
                 sizes[blocks[other]] += 1
                 break
+    if staged:
+        _merge_runs(order, paths, blocks, {u for u in order if sizes[blocks[u]] == 1} - set(protected), tree)
     return blocks
+
+
+def _common(a: str, b: str) -> str:
+    """The deepest common module path of ``a`` and ``b`` (``""`` = the model)."""
+    pa, pb = a.split("."), b.split(".")
+    n = 0
+    while n < min(len(pa), len(pb)) and pa[n] == pb[n]:
+        n += 1
+    return ".".join(pa[:n])
+
+
+def _merge_runs(order: Sequence[str], paths: Mapping[str, str], blocks: dict[str, str], single: set[str],
+                tree: _Tree) -> None:
+    """Consecutive single-unit blocks under one module other than the model and a stage (a
+    multi-conv stem, a transition list) become one block named after that module."""
+    i = 0
+    while i < len(order):
+        j, common = i, ""
+        while order[i] in single and j + 1 < len(order) and order[j + 1] in single:
+            c = _common(paths[order[i]], paths[order[j + 1]])
+            if not c or tree.is_stage(c) or (common and c != common):
+                break
+            common, j = c, j + 1
+        for unit in order[i : j + 1] if j > i else ():
+            blocks[unit] = common
+        i = j + 1
 
 
 def override_blocks(names: Sequence[str], blocks: BlockOverride, default: Mapping[str, str]) -> dict[str, str]:
@@ -170,18 +201,27 @@ def override_blocks(names: Sequence[str], blocks: BlockOverride, default: Mappin
     return out
 
 
-def check_grouping(order: Sequence[str], blocks: Mapping[str, str]) -> dict[str, float]:
+def check_grouping(order: Sequence[str], blocks: Mapping[str, str], protected: Sequence[str] = ()) -> dict[str, float]:
     """The grouping properties of units ``order`` (execution order) and their ``blocks``.
+
+    Args:
+        order: unit names in execution order.
+        blocks: unit name -> block name.
+        protected: the stem and head units; blocks holding one are left out of
+            ``singleton_share`` (they are single units by design).
 
     Returns:
         ``largest_share``: units of the largest block / all units; ``singleton_share``:
-        blocks holding one unit / all blocks; ``fragments``: blocks whose units are not one
+        blocks of one unit / all blocks, both without the blocks of ``protected`` units
+        (0 when no other block is left); ``fragments``: blocks whose units are not one
         contiguous run of ``order`` (0 when every block is contiguous).
     """
     sizes = Counter(blocks[u] for u in order)
     runs = Counter(blocks[u] for i, u in enumerate(order) if i == 0 or blocks[order[i - 1]] != blocks[u])
+    skip = {blocks[u] for u in protected}
+    rest = [n for b, n in sizes.items() if b not in skip]
     return {
         "largest_share": max(sizes.values()) / len(order),
-        "singleton_share": sum(1 for n in sizes.values() if n == 1) / len(sizes),
+        "singleton_share": sum(1 for n in rest if n == 1) / len(rest) if rest else 0.0,
         "fragments": float(sum(1 for n in runs.values() if n > 1)),
     }

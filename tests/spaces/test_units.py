@@ -280,9 +280,11 @@ def test_structural_blocks() -> None:
         "fc": ["fc"],
     }
     order = [u.name for u in units]
-    props = check_grouping(order, {u.name: u.block for u in units})
+    block_of = {u.name: u.block for u in units}
     # 20 units; largest block 3 units; 2 single-unit blocks (stem, fc) of 10; all contiguous
-    assert props == {"largest_share": 3 / 20, "singleton_share": 2 / 10, "fragments": 0.0}
+    assert check_grouping(order, block_of) == {"largest_share": 3 / 20, "singleton_share": 2 / 10, "fragments": 0.0}
+    # without the stem's and the head's blocks: no single-unit block among the other 8
+    assert check_grouping(order, block_of, protected=["stem", "fc"])["singleton_share"] == 0.0
     assert check_grouping(["a", "b", "c"], {"a": "x", "b": "y", "c": "x"})["fragments"] == 1.0
 
 
@@ -345,3 +347,14 @@ def test_discovery_leaves_the_model_as_found() -> None:
     assert model.training and all(p.grad is None for p in model.parameters())
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+
+
+def test_cli_spaces_shows_the_roles_and_the_coverage(capsys: pytest.CaptureFixture[str]) -> None:
+    from compsearch import cli
+
+    assert cli.main(["spaces", "deit_tiny_distilled_patch16_224", "--input-shape", "3,32,32"]) == 0
+    out = " ".join(capsys.readouterr().out.split())  # rich wraps long lines
+    assert "stem: 'patch_embed.proj' is the first unit executed on the model input" in out
+    assert "head: get_classifier() returns 'head', 'head_dist'" in out
+    # 5,491,796 parameters; pos_embed 1 x 6 x 192 = 1,152 (4 patches of 16 px + class + distillation token)
+    assert "of 5,491,796 parameters are unit weights" in out and "pos_embed (1,152)" in out
