@@ -50,9 +50,11 @@ def _rates(trials: list[Any], start: float, wall: float) -> dict[str, float]:
 
 
 def _run(backend: str, workers: int, base: Path, root: Path, storage: str | None, n: int, tag: str) -> dict[str, float]:
-    from compsearch.studies.backends import default_journal_storage, run_ray, run_workers
+    from compsearch.studies.hosts.ray import RayHost
+    from compsearch.studies.hosts.workers import WorkerHost
     from compsearch.studies.results import load_studies
-    from compsearch.studies.runner import prepare
+    from compsearch.studies.run import prepare
+    from compsearch.studies.storage import default_journal_storage
 
     out = root / f"{backend}-{workers}"
     shutil.copytree(base, out / "base")
@@ -60,9 +62,9 @@ def _run(backend: str, workers: int, base: Path, root: Path, storage: str | None
     jobs = [("random", int(tag))]
     start = time.time()
     if backend == "ray":
-        run_ray(ctx, jobs=jobs, n_trials=n, workers=workers, quiet=True)
+        RayHost(workers).run(ctx, jobs, quiet=True)
     else:
-        run_workers(ctx, jobs=jobs, n_trials=n, workers=workers, quiet=True, threads=1)
+        WorkerHost(workers, threads=1).run(ctx, jobs, quiet=True)
     wall = time.time() - start
     return _rates(load_studies(ctx.storage)[("random", int(tag))], start, wall)
 
@@ -83,9 +85,9 @@ def main() -> None:
 
     import tempfile
 
-    from compsearch.studies.backends import init_ray
+    from compsearch.studies.hosts.ray import init_ray
     from compsearch.studies.pgserver import find_postgres_bin, temporary_postgres
-    from compsearch.studies.runner import prepare
+    from compsearch.studies.run import prepare
 
     root = Path(args.root or tempfile.mkdtemp(prefix="compsearch-scale-"))
     prepare(SPEC, root / "seed-run")  # trains and caches the base model once

@@ -50,11 +50,12 @@ _LAZY = {
     "StudySpec": "compsearch.studies.spec",
     "load_spec": "compsearch.studies.spec",
     "run_study": "compsearch.studies.runner",
+    "check_run": "compsearch.studies.validate",
     "build_report": "compsearch.studies.report",
     "hypervolume": "compsearch.studies.hypervolume",
     "pareto_front": "compsearch.studies.hypervolume",
-    "tune_trainable": "compsearch.search.tune",
-    "tune_searcher": "compsearch.search.tune",
+    "tune_trainable": "compsearch.studies.hosts.tune",
+    "tune_searcher": "compsearch.studies.hosts.tune",
 }
 
 __all__ = [

@@ -2,10 +2,12 @@
 
 Commands::
 
+    compsearch check SPEC [--out DIR] [--strategies a,b] [--trials N] [--seeds K]
+                          [--workers N] [--backend optuna|ray|nni] [--storage URL]
     compsearch run SPEC [--out DIR] [--strategies a,b] [--trials N] [--seeds K] [--quiet]
-                        [--workers N] [--backend optuna|ray] [--address ADDR] [--storage URL]
-    compsearch report DIR [--no-test]
-    compsearch show DIR
+                        [--workers N] [--backend optuna|ray|nni] [--address ADDR] [--storage URL]
+    compsearch report DIR [--no-test] [--storage URL]
+    compsearch show DIR [--storage URL]
     compsearch spaces MODEL_OR_SPEC [--space NAME] [--input-shape C,H,W] [--num-classes N]
     compsearch list
 
@@ -13,6 +15,8 @@ Exit codes: 0 success; 2 bad input (a :class:`~compsearch.errors.CompsearchError
 ``ValueError`` or ``TypeError``: the message is printed, no traceback; for the latter two
 also where they were raised, and the traceback with ``COMPSEARCH_TRACEBACK=1``); 1 internal error
 (traceback printed); 130 interrupted by Ctrl-C (re-run the same command to resume).
+``run`` performs every check of ``check`` before any work. Messages, run.json and logs
+never show a storage password (``--storage`` or ``COMPSEARCH_STORAGE`` gives it again).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
 import traceback
 import warnings
@@ -51,25 +56,34 @@ def _names(text: str) -> list[str]:
     return [p.strip() for p in text.split(",") if p.strip()]
 
 
+def _run_arguments(command: argparse.ArgumentParser) -> None:
+    command.add_argument("spec", help="study spec (.toml)")
+    command.add_argument("--out", help="run folder (default: runs/<spec name>)")
+    command.add_argument("--strategies", type=_names, help="comma-separated strategies (default: the spec's)")
+    command.add_argument("--trials", type=int, help="full evaluations per strategy and seed")
+    command.add_argument("--seeds", type=_seeds, help="seed count (3) or list (0,7)")
+    command.add_argument("--workers", type=int, default=1, help="worker processes (or concurrent Ray/NNI trials)")
+    command.add_argument("--backend", choices=("optuna", "ray", "nni"), default="optuna")
+    command.add_argument("--address", help="Ray cluster address (e.g. auto)")
+    command.add_argument("--storage", help="an Optuna storage outside the run folder: a database URL, sqlite:///path "
+                                           "or journal:///path (default: in the run folder; env COMPSEARCH_STORAGE)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="compsearch", description="Compare compression-policy search strategies.")
     sub = parser.add_subparsers(dest="command", required=True)
+    check = sub.add_parser("check", help="validate a study spec and its run without running anything")
+    _run_arguments(check)
     run = sub.add_parser("run", help="run (or resume) a study spec")
-    run.add_argument("spec", help="study spec (.toml)")
-    run.add_argument("--out", help="run folder (default: runs/<spec name>)")
-    run.add_argument("--strategies", type=_names, help="comma-separated strategies (default: the spec's)")
-    run.add_argument("--trials", type=int, help="full evaluations per strategy and seed")
-    run.add_argument("--seeds", type=_seeds, help="seed count (3) or list (0,7)")
+    _run_arguments(run)
     run.add_argument("--quiet", action="store_true", help="print nothing but errors")
-    run.add_argument("--workers", type=int, default=1, help="worker processes on one storage")
-    run.add_argument("--backend", choices=("optuna", "ray"), default="optuna")
-    run.add_argument("--address", help="Ray cluster address (e.g. auto)")
-    run.add_argument("--storage", help="Optuna storage URL or journal:///path (default: SQLite in the run folder)")
     report = sub.add_parser("report", help="write report.html, PNGs and summaries of a run folder")
     report.add_argument("dir")
     report.add_argument("--no-test", action="store_true", help="do not evaluate Pareto points on the test split")
+    report.add_argument("--storage", help="the storage URL when the run's needs a password (or COMPSEARCH_STORAGE)")
     show = sub.add_parser("show", help="print the Pareto table of a run folder")
     show.add_argument("dir")
+    show.add_argument("--storage", help="the storage URL when the run's needs a password (or COMPSEARCH_STORAGE)")
     spaces = sub.add_parser("spaces", help="table of a model's compressible units and blocks")
     spaces.add_argument("target", help="a model name (built-in or timm) or a study spec (.toml)")
     spaces.add_argument("--space", help="space name (default: the spec's, else joint)")
@@ -82,20 +96,40 @@ def build_parser() -> argparse.ArgumentParser:
 # ---- commands -----------------------------------------------------------------------
 
 
-def cmd_run(args: argparse.Namespace, console: Console) -> int:
-    from compsearch.studies.report import summary_rows
-    from compsearch.studies.runner import run_study
+def _checked(args: argparse.Namespace) -> tuple[Any, Path]:
+    """The effective spec (command-line overrides applied) and the run folder, validated."""
+    from compsearch.studies.hosts import get_host
+    from compsearch.studies.runner import effective_spec
     from compsearch.studies.spec import load_spec
-    from compsearch.studies.summary import summarize
+    from compsearch.studies.validate import check_run
 
     spec = load_spec(args.spec)
     out = Path(args.out) if args.out else Path("runs") / spec.name
+    host = get_host(args.backend, workers=args.workers, address=args.address)
+    spec = effective_spec(spec, strategies=args.strategies, trials=args.trials, seeds=args.seeds)
+    return check_run(spec, out, storage=args.storage, host=host), out
+
+
+def cmd_check(args: argparse.Namespace, console: Console) -> int:
+    spec, out = _checked(args)
+    jobs = len(spec.strategies) * len(spec.seeds)
+    console.print(f"{args.spec}: valid. {jobs} studies ({len(spec.strategies)} strategies x {len(spec.seeds)} seeds) "
+                  f"x {spec.trials} trials -> {out}", highlight=False)
+    return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace, console: Console) -> int:
+    from compsearch.studies.report import summary_rows
+    from compsearch.studies.runner import run_study
+    from compsearch.studies.summary import summarize
+
+    spec, out = _checked(args)
     if not args.quiet:
         console.print(f"[bold]compsearch run[/bold] {spec.name} -> {out}")
-    run_study(spec, out, strategies=args.strategies, trials=args.trials, seeds=args.seeds, quiet=args.quiet,
-              workers=args.workers, backend=args.backend, address=args.address, storage=args.storage)
+    run = run_study(spec, out, quiet=args.quiet, workers=args.workers, backend=args.backend, address=args.address,
+                    storage=args.storage)
     if not args.quiet:
-        console.print(_table("Hypervolume (validation)", *summary_rows(summarize(out))))
+        console.print(_table("Hypervolume (validation)", *summary_rows(summarize(out, storage=run.storage_url))))
         console.print(f"results in {out}; report: compsearch report {out}")
     return EXIT_OK
 
@@ -103,7 +137,7 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
 def cmd_report(args: argparse.Namespace, console: Console) -> int:
     from compsearch.studies.report import build_report
 
-    summary = build_report(args.dir, test=not args.no_test)
+    summary = build_report(args.dir, test=not args.no_test, storage=args.storage)
     console.print(f"report: {summary['files']['report.html']}")
     return EXIT_OK
 
@@ -112,7 +146,7 @@ def cmd_show(args: argparse.Namespace, console: Console) -> int:
     from compsearch.studies.report import pareto_rows, summary_rows
     from compsearch.studies.summary import add_test_accuracy, summarize
 
-    summary = summarize(args.dir)
+    summary = summarize(args.dir, storage=args.storage)
     add_test_accuracy(summary, args.dir, compute=False)
     console.print(_table(f"{summary['name']}: hypervolume", *summary_rows(summary)))
     console.print(_table("Pareto points (test accuracy after `compsearch report`)", *pareto_rows(summary, policy=False)))
@@ -179,7 +213,7 @@ def _model_for_spaces(args: argparse.Namespace) -> tuple[Any, Any, str, dict[str
 
     if args.target.endswith(".toml") or Path(args.target).is_file():
         from compsearch.evaluators.datasets import load_dataset
-        from compsearch.studies.runner import _build_model
+        from compsearch.studies.run import build_model as _build_model
         from compsearch.studies.spec import load_spec
 
         spec = load_spec(args.target)
@@ -240,7 +274,8 @@ def _table(title: str, header: Sequence[str], rows: Sequence[Sequence[str]]) -> 
     return table
 
 
-COMMANDS = {"run": cmd_run, "report": cmd_report, "show": cmd_show, "list": cmd_list, "spaces": cmd_spaces}
+COMMANDS = {"check": cmd_check, "run": cmd_run, "report": cmd_report, "show": cmd_show, "list": cmd_list,
+            "spaces": cmd_spaces}
 
 
 def _quiet_third_party() -> None:
@@ -249,6 +284,14 @@ def _quiet_third_party() -> None:
     (printed when botorch probes for a C++ extension on a CPU-only machine)."""
     warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=FutureWarning)
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+
+
+_CREDENTIAL = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]+:)[^@\s]+@")
+
+
+def _redact(text: str) -> str:
+    """``text`` with the password of every ``scheme://user:password@`` URL replaced by ``***``."""
+    return _CREDENTIAL.sub(r"\1***@", text)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -262,17 +305,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         errors.print("interrupted; the trial in flight is recorded as failed. Re-run the same command to resume.")
         return EXIT_INTERRUPTED
     except (CompsearchError, ValueError, TypeError) as e:
-        errors.print(f"[red]error:[/red] {escape(str(e))}", highlight=False)
+        errors.print(f"[red]error:[/red] {escape(_redact(str(e)))}", highlight=False)
         if not isinstance(e, CompsearchError):  # may come from a dependency: say where
             where = traceback.extract_tb(e.__traceback__)[-1]
             errors.print(f"(raised at {where.filename}:{where.lineno}; set COMPSEARCH_TRACEBACK=1 for the traceback)",
                          highlight=False, markup=False)
             if os.environ.get("COMPSEARCH_TRACEBACK"):
-                traceback.print_exc()
+                print(_redact(traceback.format_exc()), file=sys.stderr, end="")
         return EXIT_BAD_INPUT
     except Exception:
         errors.print("[red]internal error[/red] (please report it):", markup=True)
-        traceback.print_exc()
+        print(_redact(traceback.format_exc()), file=sys.stderr, end="")
         return EXIT_INTERNAL
 
 

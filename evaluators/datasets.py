@@ -273,22 +273,58 @@ def load_synthetic(
 # ---- CIFAR-10 ------------------------------------------------------------------------
 
 
+#: The only globals a CIFAR batch may name: numpy's array reconstruction (pickle protocols 2-5), the bytes
+#: encoding of pickle protocols <= 2 written by Python 3 (no code runs).
+_CIFAR_GLOBALS = frozenset({
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+    ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+})
+
+
+class _ArraysOnly(pickle.Unpickler):
+    """An unpickler that builds only dicts, lists, tuples, str, bytes, numbers and numpy arrays
+    of plain dtypes: any other global (``os.system``, ``builtins.eval``, a class whose
+    ``__reduce__`` runs code) is refused before it is looked up."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in _CIFAR_GLOBALS:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refused global {module}.{name}: a CIFAR batch holds only arrays, "
+                                     f"bytes, strings, numbers, lists and dicts")
+
+
+def _plain_arrays(obj: Any) -> bool:
+    """Whether ``obj`` holds no numpy array of dtype object (which could smuggle other objects)."""
+    if isinstance(obj, np.ndarray):
+        return obj.dtype != object
+    if isinstance(obj, dict):
+        return all(_plain_arrays(k) and _plain_arrays(v) for k, v in obj.items())
+    if isinstance(obj, (list, tuple)):
+        return all(_plain_arrays(v) for v in obj)
+    return isinstance(obj, (str, bytes, int, float, bool, type(None), np.dtype))
+
+
 def read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Read one python-version CIFAR batch file.
+    """Read one python-version CIFAR batch file, with an unpickler that admits only data.
 
     The file is a pickled dict with ``b"data"`` (``N x 3072`` uint8, channel-major:
     1024 red, 1024 green, 1024 blue values of a 32x32 image, row by row) and
-    ``b"labels"`` (``N`` ints in 0..9).
+    ``b"labels"`` (``N`` ints in 0..9). It is read by a restricted unpickler
+    (:class:`_ArraysOnly`): a file naming any other global -- a crafted batch whose
+    ``__reduce__`` would run code -- is refused with :class:`DataError` and nothing runs.
 
     Returns:
         ``images`` of shape ``N x 3 x 32 x 32`` (uint8) and ``labels`` of shape ``N`` (int64).
     """
     try:
         with open(path, "rb") as f:
-            batch = pickle.load(f, encoding="bytes")
+            batch = _ArraysOnly(f, encoding="bytes").load()
+        if not isinstance(batch, dict) or not _plain_arrays(batch):
+            raise TypeError(f"the file holds a {type(batch).__name__} with non-data content")
         data = np.asarray(batch[b"data"], dtype=np.uint8)
         labels = np.asarray(batch[b"labels"], dtype=np.int64)
-    except (OSError, pickle.UnpicklingError, KeyError, TypeError, EOFError) as e:
+    except (OSError, pickle.UnpicklingError, KeyError, TypeError, ValueError, EOFError, AttributeError) as e:
         raise DataError(
             f"cannot read CIFAR-10 batch {str(path)!r} ({type(e).__name__}: {e}); expected a pickled "
             f"dict with b'data' (N x 3072 uint8) and b'labels'; delete the folder and pass download=True"

@@ -9,7 +9,14 @@ a well-behaved sampler:
 * its learnt state is rebuilt from the study's trials (``observations``), so a
   resumed or multi-worker study continues where it stopped;
 * proposals of running trials are passed in as ``pending`` so a strategy can
-  avoid giving two running trials the same policy.
+  avoid giving two running trials the same policy;
+* its random generator ``self._rng`` is re-seeded before every proposal from
+  ``(seed, trial number)`` (:func:`trial_seed`), so a study killed and resumed with a new
+  sampler object continues the sequence instead of restarting it, and one seed gives
+  the same proposals in any process.
+
+Optuna's own samplers get the same continuity from :class:`TrialSeededSampler`, which
+the strategy registry wraps around them.
 """
 
 from __future__ import annotations
@@ -25,8 +32,9 @@ from optuna.distributions import BaseDistribution
 from optuna.samplers import BaseSampler, RandomSampler
 from optuna.trial import FrozenTrial, TrialState
 
-from compsearch import record
+from compsearch import optuna_compat, record
 from compsearch.search.registry import SearchContext
+from compsearch.search.seeding import trial_seed
 
 if TYPE_CHECKING:
     from optuna.study import Study
@@ -121,6 +129,9 @@ class CompressionSampler(BaseSampler, ABC):
         ctx: the search context (space, seed, evaluator, objectives, constraints).
     """
 
+    #: re-seeds itself per trial (the registry does not wrap it in a TrialSeededSampler)
+    seeds_per_trial = True
+
     def __init__(self, ctx: SearchContext) -> None:
         self.ctx = ctx
         self.space = ctx.space
@@ -160,6 +171,13 @@ class CompressionSampler(BaseSampler, ABC):
         if not done or any(space_params(t.params, self.space) is not None for t in done[-20:]):
             return dict(self._distributions)
         return {}
+
+    def before_trial(self, study: Study, trial: FrozenTrial) -> None:
+        """Re-seed ``self._rng`` and the fallback sampler from ``(seed, trial number)``."""
+        if self.ctx.seed is not None:
+            seed = trial_seed(self.ctx.seed, trial.number)
+            self._rng = np.random.default_rng(seed)
+            optuna_compat.reseed_sampler(self._fallback, seed)
 
     def sample_relative(
         self, study: Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from compsearch.errors import ConfigError
 from compsearch.registry import Registry
+from compsearch.search.seeding import TrialSeededSampler
 
 if TYPE_CHECKING:
     import optuna
@@ -71,18 +72,6 @@ def register_strategy(name: str) -> Callable[[StrategyFactory], StrategyFactory]
     return STRATEGIES.register(name)
 
 
-def _load_builtin() -> None:
-    # Importing these modules registers their strategies; heavy backends stay lazy inside them.
-    import compsearch.search.baselines  # noqa: F401
-
-    for optional in ("compsearch.search.hirl", "compsearch.search.sls", "compsearch.search.bayes"):
-        try:
-            __import__(optional)
-        except ModuleNotFoundError as e:
-            if e.name is None or not e.name.startswith(optional):
-                raise
-
-
 def get_strategy(
     name: str,
     *,
@@ -96,8 +85,12 @@ def get_strategy(
     **options: Any,
 ) -> optuna.samplers.BaseSampler:
     """Build the strategy registered as ``name``; ``options`` go to its factory
-    (an option it does not take raises ``TypeError``)."""
-    _load_builtin()
+    (an option it does not take raises ``TypeError``).
+
+    With a ``seed``, a sampler that is not one of compsearch's own (those re-seed per
+    trial themselves) is wrapped in :class:`~compsearch.search.seeding.TrialSeededSampler`,
+    so its randomness depends on the trial number and a resumed study continues the
+    sequence instead of restarting it."""
     factory = STRATEGIES.get(name)
     ctx = SearchContext(
         space=space,
@@ -108,9 +101,12 @@ def get_strategy(
         reference_point=dict(reference_point or {}),
         n_trials=n_trials,
     )
-    return factory(ctx, **options)
+    sampler = factory(ctx, **options)
+    if seed is not None and not getattr(sampler, "seeds_per_trial", False):
+        sampler = TrialSeededSampler(sampler, seed)
+    return sampler
 
 
 def list_strategies() -> list[str]:
-    _load_builtin()
+    """Registered strategy names, sorted (the built-ins register when ``compsearch.search`` is imported)."""
     return STRATEGIES.names()

@@ -1,4 +1,4 @@
-"""Study spec (TOML), runner, hypervolume and the comparison report.
+"""Study spec (TOML) and validation, the frozen run, hosts, runner, hypervolume and the report.
 
 Names resolve lazily (the runner imports optuna and torch).
 """
@@ -10,8 +10,11 @@ from compsearch.registry import lazy_exports
 _EXPORTS = {
     "StudySpec": ".spec",
     "load_spec": ".spec",
-    "prepare": ".runner",
+    "prepare": ".run",
+    "Run": ".run",
     "run_study": ".runner",
+    "check_run": ".validate",
+    "get_host": ".hosts",
     "build_report": ".report",
     "hypervolume": ".hypervolume",
     "pareto_front": ".hypervolume",

@@ -26,7 +26,7 @@ from compsearch.studies.results import (
 )
 
 if TYPE_CHECKING:
-    from compsearch.studies.runner import RunContext
+    from compsearch.studies.run import Run
 
 
 class RunProgress:
@@ -36,13 +36,13 @@ class RunProgress:
     a trial, and the best hypervolume this strategy reached over its seeds so far.
 
     Args:
-        ctx: the run context (reference point, storage).
+        ctx: the run (reference point, storage).
         strategies: strategies of the run, in display order.
         seeds: the study seeds.
         n_trials: the budget per study.
     """
 
-    def __init__(self, ctx: RunContext, strategies: Sequence[str], seeds: Sequence[int], n_trials: int) -> None:
+    def __init__(self, ctx: Run, strategies: Sequence[str], seeds: Sequence[int], n_trials: int) -> None:
         self.ctx = ctx
         self.n_trials = n_trials
         self.progress = Progress(

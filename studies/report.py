@@ -257,7 +257,7 @@ def render_html(summary: dict[str, Any], pngs: dict[str, bytes]) -> str:
             f"</title><style>{_CSS}</style></head><body>\n{body}\n</body></html>\n")
 
 
-def build_report(out_dir: str | Path, *, test: bool = True) -> dict[str, Any]:
+def build_report(out_dir: str | Path, *, test: bool = True, storage: str | None = None) -> dict[str, Any]:
     """Write ``report.html``, ``pareto.png``, ``hypervolume.png``, ``summary.json`` and
     ``summary.md`` into the run folder ``out_dir``.
 
@@ -265,13 +265,15 @@ def build_report(out_dir: str | Path, *, test: bool = True) -> dict[str, Any]:
         out_dir: a folder written by ``run_study``.
         test: evaluate the Pareto points on the test split (cached in ``test_eval.json``);
             False only fills what the cache already holds.
+        storage: the storage URL when run.json keeps it without its password (else
+            ``COMPSEARCH_STORAGE``).
 
     Returns:
         The summary (as written to ``summary.json``), with ``files`` -> paths.
     """
     out = Path(out_dir)
-    summary = summarize(out)
-    add_test_accuracy(summary, out, compute=test)
+    summary = summarize(out, storage=storage)
+    add_test_accuracy(summary, out, compute=test, storage=storage)
     pngs = {"pareto": plot_pareto(summary), "hypervolume": plot_hypervolume(summary)}
     for key, data in pngs.items():
         (out / f"{key}.png").write_bytes(data)

@@ -20,18 +20,14 @@ from __future__ import annotations
 import contextlib
 import re
 from collections.abc import Iterator, Sequence
-from pathlib import Path
-from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from compsearch import record
-from compsearch.errors import ConfigError
 
 FAIL_REASON_ATTR = record.FAIL_REASON_ATTR
 INTERRUPTED = record.INTERRUPTED
-STUDIES_FILE = "studies.db"
 _STUDY_RE = re.compile(r"^(?P<strategy>.+)-s(?P<seed>\d+)$")
 
 
@@ -44,35 +40,6 @@ def parse_study_name(name: str) -> tuple[str, int] | None:
     """Inverse of :func:`study_name`; None for names of another form."""
     m = _STUDY_RE.match(name)
     return (m["strategy"], int(m["seed"])) if m else None
-
-
-def default_storage(out_dir: str | Path) -> str:
-    """``sqlite:///<out_dir>/studies.db`` (absolute path)."""
-    return f"sqlite:///{(Path(out_dir) / STUDIES_FILE).resolve()}"
-
-
-def open_storage(url: str, *, out_dir: str | Path | None = None) -> optuna.storages.BaseStorage:
-    """An Optuna storage for ``url``.
-
-    Args:
-        url: any Optuna RDB URL (``sqlite:///...``, ``postgresql://...``), or
-            ``journal:///abs/path.log`` / ``journal://rel/path.log`` for a journal file
-            (relative paths are relative to ``out_dir``).
-        out_dir: the run folder (for relative journal paths).
-    """
-    if not isinstance(url, str) or not url:
-        raise ConfigError(f"storage={url!r} must be an Optuna storage URL or journal:///path")
-    if url.startswith("journal://"):
-        from optuna.storages.journal import JournalFileBackend, JournalStorage
-
-        path = Path(url[len("journal://") :]).expanduser()
-        if not path.is_absolute():
-            path = Path(out_dir or ".") / path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return JournalStorage(JournalFileBackend(str(path)))
-    if "://" not in url:
-        raise ConfigError(f"storage={url!r} is not a URL; use e.g. sqlite:///run/studies.db or journal:///run/journal.log")
-    return optuna.storages.RDBStorage(url, heartbeat_interval=None)
 
 
 fail_reason = record.read_fail_reason
@@ -119,11 +86,9 @@ __all__ = [
     "INTERRUPTED",
     "counted_trials",
     "counts_toward_budget",
-    "default_storage",
     "fail_reason",
     "is_feasible",
     "load_studies",
-    "open_storage",
     "parse_study_name",
     "state_counts",
     "study_name",

@@ -48,6 +48,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -56,17 +57,39 @@ from compsearch.errors import ConfigError, SpecError
 from compsearch.metrics import (
     Constraint,
     direction,
+    get_metric,
     metric_names,
     parse_constraint,
     parse_constraints,
 )
+from compsearch.studies.storage import check_spec_storage
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+MAX_SEED = 2**31 - 1
+#: Upper bounds of budgets and sizes; ``allow_large = true`` in a spec lifts them (values
+#: must still be finite). Key path -> largest accepted value.
+LIMITS: dict[str, int] = {
+    "trials": 10_000,
+    "seeds": 100,  # how many seeds
+    "base.steps": 1_000_000,
+    "base.epochs": 10_000,
+    "base.batch_size": 65_536,
+    "evaluator.threads": 1024,
+    "evaluator.finetune.steps": 1_000_000,
+    "evaluator.finetune.epochs": 10_000,
+    "evaluator.finetune.batch_size": 65_536,
+    "evaluator.finetune.report_every": 1_000_000,
+    "evaluator.calib_batches": 10_000,
+    "evaluator.calib_batch_size": 65_536,
+    "evaluator.eval_batch_size": 65_536,
+    "evaluator.proxy_samples": 1_000_000,
+    "evaluator.sensitivity_batches": 10_000,
+}
 
 
 def metric_directions() -> dict[str, str]:
@@ -85,7 +108,7 @@ class AtKey(ValueError):
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
 
 # ---- registry-checked names ----------------------------------------------------------
@@ -162,8 +185,8 @@ class BaseSpec(_Model):
     epochs: float | None = Field(default=None, gt=0)
     lr: float = Field(default=3e-3, gt=0)
     batch_size: int = Field(default=64, ge=1)
-    weight_decay: float = Field(default=0.0, ge=0)
-    seed: int = Field(default=0, ge=0)
+    weight_decay: float = Field(default=0.0, ge=0, le=1)
+    seed: int = Field(default=0, ge=0, le=MAX_SEED)
 
 
 class DataSpec(_Model):
@@ -176,7 +199,7 @@ class DataSpec(_Model):
     """
 
     name: Annotated[str, AfterValidator(_check_dataset)] = "digits"
-    seed: int = Field(default=0, ge=0)
+    seed: int = Field(default=0, ge=0, le=MAX_SEED)
     options: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -224,11 +247,11 @@ class FineTuneSpec(_Model):
     batch_size: int = Field(default=64, ge=1)
     optimizer: str = "sgd"
     lr: float = Field(default=0.01, gt=0)
-    momentum: float = Field(default=0.9, ge=0)
-    weight_decay: float = Field(default=0.0, ge=0)
+    momentum: float = Field(default=0.9, ge=0, lt=1)
+    weight_decay: float = Field(default=0.0, ge=0, le=1)
     schedule: str = "cosine"
     distill: float = Field(default=0.0, ge=0, le=1)
-    temperature: float = Field(default=2.0, gt=0)
+    temperature: float = Field(default=2.0, gt=0, le=100)
     report_every: int = Field(default=0, ge=0)
 
     @model_validator(mode="after")
@@ -262,13 +285,14 @@ class EvaluatorSpec(_Model):
     device: str = "auto"
     threads: int | None = Field(default=None, ge=1)
     finetune: FineTuneSpec = Field(default_factory=FineTuneSpec)
-    calib_batches: int | None = None
-    calib_batch_size: int | None = None
+    calib_batches: int | None = Field(default=None, ge=1)
+    calib_batch_size: int | None = Field(default=None, ge=1)
     act_range: str | None = None
-    ema_momentum: float | None = None
-    eval_batch_size: int | None = None
-    proxy_samples: int | None = None
-    sensitivity_batches: int | None = None
+    ema_momentum: float | None = Field(default=None, ge=0, le=1)
+    eval_batch_size: int | None = Field(default=None, ge=1)
+    proxy_samples: int | None = Field(default=None, ge=1)
+    sensitivity_batches: int | None = Field(default=None, ge=1)
+    divergence_ratio: float | None = Field(default=None, gt=1)
 
     @model_validator(mode="after")
     def _valid_config(self) -> EvaluatorSpec:
@@ -319,12 +343,17 @@ class StudySpec(_Model):
         strategies: registered strategy names to compare.
         strategy_options: strategy name -> options for its factory.
         trials: full evaluations per strategy and seed (the equal budget).
-        seeds: a count ``n`` (seeds ``0..n-1``) or an explicit list.
-        storage: Optuna storage URL, or ``journal:///path`` for a journal file;
-            None = ``sqlite:///<run folder>/studies.db``.
+        seeds: a count ``n`` (seeds ``0..n-1``) or an explicit list (each < 2**31).
+        storage: the storage *inside the run folder*: ``"sqlite"`` (``studies.db``, the
+            default for one process), ``"journal"`` (``journal.log``, the default for several
+            workers), or a file name ``"<name>.db"`` / ``"<name>.log"``. Any other storage is
+            given on the command line (``--storage URL``), never by a spec.
+        allow_large: lift the upper bounds of budgets and sizes (:data:`LIMITS`), e.g. for
+            a million fine-tune steps on purpose. Values must still be finite.
     """
 
     name: str
+    allow_large: bool = False
     description: str = ""
     model: ModelSpec
     base: BaseSpec | None = None
@@ -337,7 +366,7 @@ class StudySpec(_Model):
     strategies: list[StrategyName] = Field(min_length=1)
     strategy_options: dict[StrategyName, dict[str, Any]] = Field(default_factory=dict)
     trials: int = Field(ge=1)
-    seeds: list[Annotated[int, Field(ge=0)]] = Field(default_factory=lambda: [0], min_length=1)
+    seeds: list[Annotated[int, Field(ge=0, le=MAX_SEED)]] = Field(default_factory=lambda: [0], min_length=1)
     storage: str | None = None
 
     @field_validator("name")
@@ -366,14 +395,27 @@ class StudySpec(_Model):
 
     @field_validator("seeds", mode="before")
     @classmethod
-    def _seed_count(cls, v: Any) -> Any:
+    def _seed_count(cls, v: Any, info: ValidationInfo) -> Any:
         if isinstance(v, bool) or not isinstance(v, (int, list)):
             raise ValueError(f"expected a seed count or a list of seeds, got {v!r}")
+        count = v if isinstance(v, int) else len(v)
+        limit = LIMITS["seeds"] if not info.data.get("allow_large") else 100 * LIMITS["seeds"]
+        if count > limit:
+            hint = "" if info.data.get("allow_large") else " (allow_large = true lifts it to 10000)"
+            raise ValueError(f"{count} seeds is more than the limit of {limit}{hint}; give fewer seeds")
         if isinstance(v, int):
             if v < 1:
                 raise ValueError(f"seed count {v} must be >= 1")
             return list(range(v))
         return v
+
+    @field_validator("storage")
+    @classmethod
+    def _storage_in_folder(cls, v: str | None) -> str | None:
+        try:
+            return check_spec_storage(v)
+        except ConfigError as e:
+            raise ValueError(str(e).removeprefix("storage=")) from None
 
     @field_validator("strategies", "seeds")
     @classmethod
@@ -394,6 +436,17 @@ class StudySpec(_Model):
             raise ValueError("model.checkpoint: give either model.checkpoint (trained weights) or [base] (train them), not both")
         if self.model.checkpoint is None and self.base is None:
             object.__setattr__(self, "base", BaseSpec())
+        for metric, value in self.reference_point.items():
+            try:
+                get_metric(metric).check(value, "value")
+            except ConfigError as e:
+                raise AtKey(f"reference_point.{metric}", str(e)) from None
+        if not self.allow_large:
+            for path, limit in LIMITS.items():
+                value = len(self.seeds) if path == "seeds" else _value_at(self, path)
+                if isinstance(value, (int, float)) and not isinstance(value, bool) and value > limit:
+                    raise AtKey(path, f"{value!r} is above the limit of {limit}; give a smaller value, or set "
+                                      f"allow_large = true if you mean it")
         return self
 
     # ---- derived ------------------------------------------------------------------
@@ -409,6 +462,16 @@ class StudySpec(_Model):
     def comparison_key(self) -> dict[str, Any]:
         """The parts of the spec that results depend on (a resumed run must not change them)."""
         return self.model_dump(mode="json", include={"model", "base", "data", "space", "evaluator", "objectives", "reference_point", "constraints"})
+
+
+def _value_at(spec: BaseModel, path: str) -> Any:
+    """The value at a dotted key path of ``spec`` (None when a section is absent)."""
+    value: Any = spec
+    for part in path.split("."):
+        value = getattr(value, part, None)
+        if value is None:
+            return None
+    return value
 
 
 # ---- loading and error messages -----------------------------------------------------

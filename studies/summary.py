@@ -37,12 +37,12 @@ from compsearch.studies.hypervolume import hypervolume_curve, pareto_indices
 from compsearch.studies.results import (
     counted_trials,
     load_studies,
-    open_storage,
     state_counts,
     trial_metrics,
     trial_point,
 )
 from compsearch.studies.spec import StudySpec, load_spec
+from compsearch.studies.storage import open_storage, url_from_record
 
 TEST_CACHE = "test_eval.json"
 FRACTIONS = (0.25, 0.5, 1.0)
@@ -62,10 +62,15 @@ def spread(values: Sequence[float | None]) -> dict[str, Any]:
 def read_run(out_dir: str | Path) -> tuple[dict[str, Any], StudySpec]:
     """``run.json`` and its spec; a folder without one raises ``ConfigError``."""
     path = Path(out_dir) / "run.json"
-    if not path.is_file():
+    if not path.is_file() or "spec" not in json.loads(path.read_text()):
         raise ConfigError(f"{str(out_dir)!r} is not a run folder (no run.json); run `compsearch run SPEC --out DIR` first")
     run = json.loads(path.read_text())
     return run, load_spec(run["spec"])
+
+
+def run_storage(run: dict[str, Any], out_dir: str | Path, storage: str | None = None) -> str:
+    """The storage URL of a run folder: ``storage`` (the command line's), else run.json's reference."""
+    return storage or url_from_record(str(run["storage"]), out_dir)
 
 
 def budget_index(fraction: float, budget: int) -> int:
@@ -126,10 +131,16 @@ def _pareto_rows(records: dict[int, dict[str, Any]], spec: StudySpec) -> list[di
     return rows
 
 
-def summarize(out_dir: str | Path) -> dict[str, Any]:
-    """Every number of the report except test accuracies (see :func:`add_test_accuracy`)."""
+def summarize(out_dir: str | Path, *, storage: str | None = None) -> dict[str, Any]:
+    """Every number of the report except test accuracies (see :func:`add_test_accuracy`).
+
+    Args:
+        out_dir: the run folder.
+        storage: the storage URL when run.json keeps it without its password (else
+            ``COMPSEARCH_STORAGE``).
+    """
     run, spec = read_run(out_dir)
-    studies = load_studies(open_storage(run["storage"], out_dir=out_dir))
+    studies = load_studies(open_storage(run_storage(run, out_dir, storage), out_dir=out_dir))
     budget = spec.trials
     per: dict[str, dict[int, dict[str, Any]]] = {
         s: {seed: _seed_record(studies.get((s, seed), []), run, budget) for seed in spec.seeds} for s in spec.strategies
@@ -172,7 +183,8 @@ def _cache_key(policy: Any, seed: int) -> str:
     return f"{json.dumps(policy, sort_keys=True)}|s{seed}"
 
 
-def add_test_accuracy(summary: dict[str, Any], out_dir: str | Path, *, compute: bool = True) -> int:
+def add_test_accuracy(summary: dict[str, Any], out_dir: str | Path, *, compute: bool = True,
+                      storage: str | None = None) -> int:
     """Fill ``test_accuracy`` of every Pareto row and of the baseline from ``test_eval.json``;
     with ``compute``, evaluate the missing ones (``evaluate(policy, test=True)`` under the
     row's seed) and cache them. Returns the number of new evaluations."""
@@ -182,19 +194,20 @@ def add_test_accuracy(summary: dict[str, Any], out_dir: str | Path, *, compute: 
     rows += [({}, int(seed), m) for seed, m in summary["baseline"].items() if isinstance(m, dict)]
     missing = [(p, seed) for p, seed, _ in rows if _cache_key(p, seed) not in cache]
     if missing and compute:
-        _evaluate_on_test(missing, cache, out_dir)
+        _evaluate_on_test(missing, cache, out_dir, storage)
         path.write_text(json.dumps(cache, indent=2))
     for policy, seed, row in rows:
         row["test_accuracy"] = cache.get(_cache_key(policy, seed), {}).get("test_accuracy")
     return len(missing) if compute else 0
 
 
-def _evaluate_on_test(missing: list[tuple[Any, int]], cache: dict[str, Any], out_dir: str | Path) -> None:
+def _evaluate_on_test(missing: list[tuple[Any, int]], cache: dict[str, Any], out_dir: str | Path,
+                      storage: str | None) -> None:
     from compsearch.spaces import Policy
-    from compsearch.studies.runner import prepare
+    from compsearch.studies.run import prepare
 
     run, spec = read_run(out_dir)
-    ctx = prepare(spec, out_dir, storage=run["storage"])
+    ctx = prepare(spec, out_dir, storage=run_storage(run, out_dir, storage))
     for policy, seed in missing:
         try:
             result = ctx.evaluator(seed).evaluate(Policy.from_dict(policy) if policy else Policy(), test=True)
@@ -204,4 +217,4 @@ def _evaluate_on_test(missing: list[tuple[Any, int]], cache: dict[str, Any], out
         cache[_cache_key(policy, seed)] = {"test_accuracy": result.test_accuracy, "val_accuracy": result.accuracy}
 
 
-__all__ = ["add_test_accuracy", "budget_index", "read_run", "spread", "summarize"]
+__all__ = ["add_test_accuracy", "budget_index", "read_run", "run_storage", "spread", "summarize"]

@@ -18,13 +18,9 @@ from optuna.trial import TrialState
 
 from compsearch.search.common import CompressionSampler, params_key
 from compsearch.search.registry import get_strategy, list_strategies
-from compsearch.studies.backends import (
-    BudgetedStudy,
-    default_journal_storage,
-    top_up_slots,
-    worker_seed,
-)
-from compsearch.studies.results import open_storage
+from compsearch.studies.hosts.base import worker_seed
+from compsearch.studies.hosts.slots import BudgetedStudy, top_up_slots
+from compsearch.studies.storage import default_journal_storage, open_storage
 from compsearch.testing import toy_accuracy, toy_size_bits, toy_space
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -73,7 +69,7 @@ def test_ray_tune_searcher(name: str) -> None:
     pytest.importorskip("ray.tune", reason="Ray Tune is optional (pip install 'compsearch[ray]')")
     from ray import cloudpickle
 
-    from compsearch.search.tune import tune_searcher
+    from compsearch import tune_searcher
 
     space = toy_space()
     searcher = tune_searcher(name, space, OBJECTIVES, seed=0, n_trials=4)
@@ -91,7 +87,7 @@ def test_ray_tune_searcher(name: str) -> None:
 @pytest.mark.parametrize("name", STRATEGIES)
 def test_nni_tuner(name: str) -> None:
     pytest.importorskip("nni", reason="NNI is optional (pip install 'compsearch[nni]')")
-    from compsearch.search.nni_tuner import StrategyTuner
+    from compsearch.nni_tuner import StrategyTuner
 
     space = toy_space()
     tuner = StrategyTuner(space=space, objectives=OBJECTIVES, strategy=name, seed=0, n_trials=4)

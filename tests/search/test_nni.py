@@ -13,8 +13,8 @@ from torch import nn
 
 nni = pytest.importorskip("nni", reason="NNI is not installed (pip install nni); the NNI adapter is untested here")
 
+from compsearch.nni_tuner import StrategyTuner, metrics_of  # noqa: E402
 from compsearch.record import read_constraints, read_metrics  # noqa: E402
-from compsearch.search.nni_tuner import StrategyTuner, metrics_of  # noqa: E402
 from compsearch.spaces import discover_units, get_space  # noqa: E402
 from compsearch.testing import digits_spec  # noqa: E402
 
@@ -80,7 +80,7 @@ SPEC = digits_spec("nni-tiny", trials=4, finetune={"steps": 20, "report_every": 
 @pytest.fixture
 def experiment(tmp_path: Path):
     from compsearch.nni_trial import nni_experiment
-    from compsearch.studies.backends import default_journal_storage
+    from compsearch.studies.storage import default_journal_storage
 
     exp = nni_experiment(SPEC, tmp_path, strategy="tpe", seed=0, trials=4, concurrency=2,
                          storage=default_journal_storage(tmp_path))
@@ -102,7 +102,8 @@ def _wait_done(exp, n: int, timeout: float) -> list:
 
 # ~60 s on 2 busy cores: the NNI manager (node), its dispatcher and 4 trial processes
 def test_local_nni_experiment_runs_four_trials_two_at_a_time(experiment) -> None:
-    from compsearch.studies.results import load_studies, open_storage
+    from compsearch.studies.results import load_studies
+    from compsearch.studies.storage import open_storage
 
     exp, out = experiment
     exp.start(_free_port(), debug=False)

@@ -12,7 +12,7 @@ from optuna.trial import TrialState
 pytest.importorskip("ray.tune", reason="Ray Tune is not installed (pip install 'compsearch[ray]')")
 
 from compsearch.record import read_metrics  # noqa: E402
-from compsearch.search.tune import CheckpointTuneReporter, read_checkpoint_state  # noqa: E402
+from compsearch.studies.hosts.tune import CheckpointTuneReporter, read_checkpoint_state  # noqa: E402
 from compsearch.testing import digits_spec  # noqa: E402
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -69,7 +69,7 @@ def test_reporter_checkpoints_every_report_and_skips_replayed_steps() -> None:
 
 
 def test_tune_trainable_rejects_an_unknown_target() -> None:
-    from compsearch.search.tune import tune_trainable
+    from compsearch import tune_trainable
 
     with pytest.raises(ValueError, match="pass \\(space, evaluator\\)"):
         tune_trainable("resnet18")
@@ -79,7 +79,7 @@ def test_tune_trainable_rejects_an_unknown_target() -> None:
 def ray_session():
     import ray
 
-    from compsearch.studies.backends import init_ray
+    from compsearch.studies.hosts.ray import init_ray
 
     init_ray(num_cpus=2)
     try:
@@ -91,8 +91,8 @@ def ray_session():
 
 @pytest.fixture(scope="module")
 def run_ctx(tmp_path_factory: pytest.TempPathFactory):
-    from compsearch.studies.backends import default_journal_storage
-    from compsearch.studies.runner import prepare
+    from compsearch.studies.run import prepare
+    from compsearch.studies.storage import default_journal_storage
 
     out = tmp_path_factory.mktemp("ray-run")
     return prepare(SPEC, out, storage=default_journal_storage(out))
@@ -102,7 +102,7 @@ def test_asha_sweep_of_four_trials_two_at_a_time(ray_session, run_ctx, tmp_path:
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
-    from compsearch.search.tune import tune_searcher, tune_trainable
+    from compsearch import tune_searcher, tune_trainable
 
     searcher = tune_searcher("tpe", run_ctx.space, ("accuracy", "size_kb"), seed=0, n_trials=4)
     asha = ASHAScheduler(metric="accuracy", mode="max", time_attr="training_iteration", grace_period=1,
@@ -133,11 +133,17 @@ def test_asha_sweep_of_four_trials_two_at_a_time(ray_session, run_ctx, tmp_path:
 
 
 def test_run_ray_writes_the_runner_storage_layout(ray_session, run_ctx) -> None:
-    from compsearch.studies.backends import SLOT_ATTR, run_ray
-    from compsearch.studies.results import counted_trials, load_studies
+    import dataclasses
 
-    out = run_ray(run_ctx, jobs=[("random", 0)], n_trials=3, workers=2, quiet=True)
-    assert out == {"enqueued": 3, "workers": 2}
+    from compsearch.studies.hosts.ray import RayHost
+    from compsearch.studies.hosts.slots import SLOT_ATTR
+    from compsearch.studies.results import counted_trials, load_studies
+    from compsearch.studies.spec import load_spec
+
+    run = dataclasses.replace(run_ctx, spec=load_spec({**SPEC, "trials": 3}))  # same evaluators, a budget of 3
+    host = RayHost(2)
+    host.run(run, [("random", 0)], quiet=True)
+    assert host.enqueued == 3
     trials = load_studies(run_ctx.storage)[("random", 0)]
     done = counted_trials(trials)
     assert len(done) == 3 and all(t.state == TrialState.COMPLETE for t in done)

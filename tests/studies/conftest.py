@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from compsearch.studies.runner import RunContext, run_study
+from compsearch.studies.run import Run
+from compsearch.studies.runner import run_study
 
 
 def tiny_spec(**overrides: Any) -> dict[str, Any]:
@@ -55,7 +56,7 @@ def mini_spec() -> Any:
 
 
 @pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, RunContext]:
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Run]:
     """One finished tiny run (folder and context), shared read-only by several tests."""
     out = tmp_path_factory.mktemp("runs") / "tiny"
     ctx = run_study(tiny_spec(), out, quiet=True)

@@ -13,20 +13,21 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from compsearch import optuna_compat
 from compsearch.errors import ConfigError
 from compsearch.record import read_metrics, read_policy
-from compsearch.studies.backends import (
+from compsearch.studies.hosts.base import worker_seed
+from compsearch.studies.hosts.slots import (
     SLOT_ATTR,
     BudgetedStudy,
     BudgetSpent,
-    default_journal_storage,
     pop_budget_trial,
-    run_workers,
     top_up_slots,
-    worker_seed,
 )
+from compsearch.studies.hosts.workers import WorkerHost
 from compsearch.studies.pgserver import find_postgres_bin, temporary_postgres
-from compsearch.studies.results import counted_trials, load_studies, open_storage
+from compsearch.studies.results import counted_trials, load_studies
+from compsearch.studies.storage import default_journal_storage, open_storage
 from compsearch.testing import digits_spec
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -58,7 +59,7 @@ def test_top_up_enqueues_one_empty_waiting_trial_per_free_slot() -> None:
 def test_pop_runs_exactly_the_budget_and_gives_up_duplicate_slots() -> None:
     study = optuna.create_study()
     top_up_slots(study, 3)
-    top_up_slots(optuna.load_study(study_name=study.study_name, storage=study._storage), 3)  # idempotent
+    top_up_slots(optuna.load_study(study_name=study.study_name, storage=optuna_compat.storage_of(study)), 3)  # idempotent
     # a second coordinator raced and enqueued slots 1 and 2 again:
     for k in (1, 2):
         study.add_trial(optuna.trial.create_trial(state=TrialState.WAITING, system_attrs={"fixed_params": {}, SLOT_ATTR: k}))
@@ -77,7 +78,7 @@ def test_pop_runs_exactly_the_budget_and_gives_up_duplicate_slots() -> None:
 def test_pop_refuses_when_unslotted_running_trials_fill_the_budget() -> None:
     study = optuna.create_study()
     top_up_slots(study, 2)
-    study._storage.create_new_trial(study._study_id)  # another process runs an unslotted trial (#2)
+    optuna_compat.create_running_trial(study)  # another process runs an unslotted trial (#2)
     first = pop_budget_trial(study, 2)
     assert first is not None and first.number == 0
     assert pop_budget_trial(study, 2) is None  # #0 and #2 running fill the budget: slot 1 is given up
@@ -101,9 +102,9 @@ def test_worker_seed_keeps_the_study_seed_for_worker_zero_only() -> None:
     assert seeds == [worker_seed(3, w) for w in range(4)]  # reproducible
 
 
-def test_run_workers_rejects_a_bad_worker_count() -> None:
+def test_worker_host_rejects_a_bad_worker_count() -> None:
     with pytest.raises(ConfigError, match="workers=0 must be an integer >= 1"):
-        run_workers(None, jobs=[], n_trials=1, workers=0)  # type: ignore[arg-type]
+        WorkerHost(0)
 
 
 # ---- budget slots, four processes racing on one journal file ------------------------------
@@ -111,8 +112,8 @@ def test_run_workers_rejects_a_bad_worker_count() -> None:
 _RACER = textwrap.dedent(
     """
     import random, sys, time, optuna
-    from compsearch.studies.backends import pop_budget_trial
-    from compsearch.studies.results import open_storage
+    from compsearch.studies.hosts.slots import pop_budget_trial
+    from compsearch.studies.storage import open_storage
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.load_study(study_name="race", storage=open_storage(sys.argv[1]))
     rng = random.Random(int(sys.argv[2]))
@@ -160,7 +161,7 @@ def _check_jobs(storage: optuna.storages.BaseStorage, strategies: list[str], bud
 @pytest.fixture(scope="module")
 def base_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A run folder whose base model is trained once for every test here."""
-    from compsearch.studies.runner import prepare
+    from compsearch.studies.run import prepare
 
     out = tmp_path_factory.mktemp("base-run")
     prepare(TINY_SPEC, out, storage=default_journal_storage(out))
@@ -168,7 +169,7 @@ def base_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _prepared(tmp_path: Path, base_cache: Path, storage: str) -> object:
-    from compsearch.studies.runner import prepare
+    from compsearch.studies.run import prepare
 
     shutil.copytree(base_cache, tmp_path / "base")
     return prepare(TINY_SPEC, tmp_path, storage=storage)
@@ -179,13 +180,15 @@ def test_two_workers_on_a_journal_file_run_each_budget_exactly(tmp_path: Path, b
     strategies = _strategies()
     stale = optuna.create_study(study_name="random-s0", storage=ctx.storage, directions=ctx.directions)
     stale.ask()  # a trial left RUNNING by a killed run: marked interrupted and re-run
-    out = run_workers(ctx, jobs=[(s, 0) for s in strategies], n_trials=6, workers=2, quiet=True)
-    assert out == {"enqueued": 6 * len(strategies), "workers": 2}
+    host = WorkerHost(2)
+    host.run(ctx, [(s, 0) for s in strategies], quiet=True)
+    assert host.enqueued == 6 * len(strategies)
     assert _check_jobs(ctx.storage, strategies, 6) == []
     first = optuna.load_study(study_name="random-s0", storage=ctx.storage).get_trials()[0]
     assert first.state == TrialState.FAIL and first.user_attrs["fail_reason"].startswith("interrupted")
     # a re-run with the budget already spent evaluates nothing
-    assert run_workers(ctx, jobs=[(s, 0) for s in strategies], n_trials=6, workers=2, quiet=True)["enqueued"] == 0
+    host.run(ctx, [(s, 0) for s in strategies], quiet=True)
+    assert host.enqueued == 0
 
 
 @pytest.fixture(scope="session")
@@ -202,12 +205,12 @@ def postgres_url():
 def test_three_workers_on_postgresql_run_each_budget_exactly(tmp_path: Path, base_cache: Path, postgres_url: str) -> None:
     ctx = _prepared(tmp_path, base_cache, postgres_url)
     strategies = _strategies()
-    run_workers(ctx, jobs=[(s, 0) for s in strategies], n_trials=6, workers=3, quiet=True)
+    WorkerHost(3).run(ctx, [(s, 0) for s in strategies], quiet=True)
     assert _check_jobs(open_storage(postgres_url), strategies, 6) == []
 
 
 def test_storage_lock_hands_its_token_on_and_breaks_a_stale_one() -> None:
-    from compsearch.studies.backends import StorageLock
+    from compsearch.studies.hosts.lock import StorageLock
 
     storage = optuna.storages.InMemoryStorage()
     lock = StorageLock(storage, "job", stale_after=3600)

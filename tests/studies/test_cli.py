@@ -135,7 +135,7 @@ def test_run_with_two_workers_then_report(backend: str, tmp_path: Path, ray_shut
     argv = ["run", str(spec), "--out", str(out), "--workers", "2", "--backend", backend, "--quiet"]
     assert cli.main(argv) == 0
     run = json.loads((out / "run.json").read_text())
-    assert run["storage"].startswith("journal://")  # several processes: a journal file, not SQLite
+    assert run["storage"] == "journal:journal.log"  # several processes: a journal file in the run folder, not SQLite
     assert [(s["workers"], s["backend"], s["status"]) for s in run["sessions"]] == [(2, backend, "complete")]
     assert cli.main(["report", str(out), "--no-test"]) == 0  # the runner's layout: the report works unchanged
     summary = json.loads((out / "summary.json").read_text())

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from compsearch.studies.backends import join_failure
+from compsearch.studies.hosts.ray import join_failure
 from compsearch.studies.pgserver import free_port
 
 pytest.importorskip("ray.tune", reason="Ray Tune is optional (pip install 'compsearch[ray]')")

@@ -19,8 +19,9 @@ from optuna.trial import TrialState, create_trial
 
 from compsearch.evaluators.evaluator import CompressionEvaluator
 from compsearch.studies.report import build_report, render_markdown
-from compsearch.studies.results import counted_trials, default_storage, load_studies, open_storage
+from compsearch.studies.results import counted_trials, load_studies
 from compsearch.studies.spec import load_spec
+from compsearch.studies.storage import default_storage, open_storage
 from compsearch.studies.summary import TEST_CACHE, add_test_accuracy, summarize
 
 # ---- a synthetic run with hand-computable numbers --------------------------------------

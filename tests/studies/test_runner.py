@@ -19,15 +19,12 @@ from optuna.trial import TrialState
 from compsearch.errors import FineTuneDiverged, SpecError
 from compsearch.evaluators.evaluator import CompressionEvaluator
 from compsearch.record import read_constraints, read_metrics
-from compsearch.studies.results import (
-    counted_trials,
-    counts_toward_budget,
-    default_storage,
-    load_studies,
-    open_storage,
-)
-from compsearch.studies.runner import resolve_reference_point, run_study, run_trial
+from compsearch.studies.hosts.base import run_trial
+from compsearch.studies.results import counted_trials, counts_toward_budget, load_studies
+from compsearch.studies.run import resolve_reference_point
+from compsearch.studies.runner import run_study
 from compsearch.studies.spec import load_spec
+from compsearch.studies.storage import default_storage, open_storage
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -67,17 +64,14 @@ def test_run_json_records_spec_versions_and_times(tiny_run) -> None:
     assert run["versions"]["optuna"] == optuna.__version__
     assert run["sessions"][-1]["status"] == "complete"
     assert run["sessions"][-1]["start"] <= run["sessions"][-1]["end"]
-    assert Path(run["base"]["path"]).is_file()
+    assert (out / run["base"]["path"]).is_file()  # paths in run.json are relative to the run folder
+    assert run["storage"] == "sqlite:studies.db" and run["trials"] == {"nsga2-s0": 4, "random-s0": 4}
 
 
 def test_resume_and_extend(tmp_path: Path, tiny_run, make_spec) -> None:
     out, _ = tiny_run
     copy = tmp_path / "copy"
-    subprocess.run(["cp", "-r", str(out), str(copy)], check=True)
-    for f in ("run.json",):  # the copy points at its own SQLite file
-        run = json.loads((copy / f).read_text())
-        run["storage"] = default_storage(copy)
-        (copy / f).write_text(json.dumps(run))
+    subprocess.run(["cp", "-r", str(out), str(copy)], check=True)  # run.json's paths are relative: the copy uses its own
     before = {k: [(t.number, t.values) for t in v] for k, v in _trials(copy).items()}
     run_study(make_spec(), copy, quiet=True)  # nothing left to do
     assert {k: [(t.number, t.values) for t in v] for k, v in _trials(copy).items()} == before
@@ -218,7 +212,7 @@ def _wait_for_complete(out: Path, proc: subprocess.Popen[bytes], *, at_least: in
 def test_a_new_run_folder_trains_the_same_base_model(tmp_path: Path, make_spec) -> None:
     """Initial weights come from ``base.seed``, not from whatever torch's global generator holds
     (two fresh processes used to train different base models: validation 0.955 and 0.950)."""
-    from compsearch.studies.runner import prepare
+    from compsearch.studies.run import prepare
 
     hashes = []
     for folder, global_seed in (("a", 1), ("b", 2)):
@@ -234,15 +228,3 @@ def test_reference_point_defaults(make_spec) -> None:
     assert ref == {"accuracy": 0.7, "size_kb": 23.5, "bops": 5.0, "compression_ratio": 1.0}
     with pytest.raises(SpecError, match=r"reference_point\.loss"):
         resolve_reference_point(load_spec(make_spec(objectives=["accuracy", "loss"])), {})
-
-
-def test_storage_urls(tmp_path: Path) -> None:
-    from optuna.storages import JournalStorage, RDBStorage
-
-    from compsearch.errors import ConfigError
-
-    assert isinstance(open_storage(f"journal://{tmp_path / 'j' / 'journal.log'}"), JournalStorage)
-    assert isinstance(open_storage("journal://rel.log", out_dir=tmp_path), JournalStorage)
-    assert isinstance(open_storage(default_storage(tmp_path)), RDBStorage)
-    with pytest.raises(ConfigError, match="not a URL"):
-        open_storage("studies.db")

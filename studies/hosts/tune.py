@@ -105,14 +105,14 @@ def read_checkpoint_state(checkpoint: Any) -> dict[str, Any] | None:
 
 
 def _resolve_target(target: Any) -> tuple[Space, CompressionEvaluator]:
-    """``(space, evaluator)`` from a pair, a RunContext (its first seed) or a spec."""
+    """``(space, evaluator)`` from a pair or a prepared Run (its first seed)."""
     if isinstance(target, tuple) and len(target) == 2:
         return target[0], target[1]
     if hasattr(target, "space") and hasattr(target, "evaluator") and hasattr(target, "spec"):
         return target.space, target.evaluator(target.spec.seeds[0])
     raise ConfigError(
-        f"tune_trainable got {type(target).__name__}; pass (space, evaluator), or a RunContext from "
-        f"compsearch.studies.runner.prepare(spec, out_dir)"
+        f"tune_trainable got {type(target).__name__}; pass (space, evaluator), or a Run from "
+        f"compsearch.studies.run.prepare(spec, out_dir)"
     )
 
 
@@ -129,7 +129,7 @@ def tune_trainable(target: Any, *, steps: int | None = None, metric: str = "accu
     result, not an error).
 
     Args:
-        target: ``(space, evaluator)``, or a ``RunContext`` (its space and first seed's evaluator).
+        target: ``(space, evaluator)``, or a prepared ``Run`` (its space and first seed's evaluator).
             The evaluator travels with the function (cloudpickle) to every Tune worker.
         steps: fine-tune steps per trial (None = the evaluator's configuration).
         metric: key of the intermediate value (for ASHA: ``metric="accuracy", mode="max"``).
@@ -181,12 +181,12 @@ def StudySearcher(  # noqa: N802 - a class factory, so that ray stays a lazy imp
 
     ``suggest`` takes a trial (``next_trial()``, default ``study.ask()`` up to
     ``max_trials``), lets the study's sampler propose the space's params
-    (``space.suggest(trial)``), stores user attr ``policy`` and returns
+    (``space.suggest(trial)``), records the policy and returns
     ``{"params": params, "optuna_trial": number}``; no trial left -> ``Searcher.FINISHED``.
-    ``on_trial_complete`` tells the study: the final report's objective values (COMPLETE,
-    with user attr ``metrics`` and one ``set_constraint`` per constraint); a
+    ``on_trial_complete`` tells the study, through :mod:`compsearch.record`: the final
+    report's objective values (COMPLETE, with every metric and the constraint values); a
     ``fail_reason`` -> FAILED with that reason; a trial stopped before its final report
-    (ASHA) -> PRUNED, its last intermediate values kept in user attr ``intermediate``;
+    (ASHA) -> PRUNED, its last intermediate values kept in the record's intermediate attrs;
     a Tune error -> FAILED ``"interrupted by internal error: ..."`` (not counted, re-run on resume).
 
     Args:
@@ -205,6 +205,7 @@ def StudySearcher(  # noqa: N802 - a class factory, so that ray stays a lazy imp
     modes = ["max" if d == "maximize" else "min" for _, d in objectives]
     if list(study.directions) and len(study.directions) != len(metrics):
         raise ConfigError(f"study has {len(study.directions)} directions but objectives={list(objectives)}")
+    record.setup_study(study, list(objectives), bounds)
 
     class _StudySearcher(base):  # type: ignore[misc, valid-type]
         def __init__(self) -> None:
@@ -270,7 +271,8 @@ def _tell(study: optuna.Study, trial: optuna.Trial, result: Mapping[str, Any] | 
     else:
         step = result.get("step")
         if step is not None and math.isfinite(float(step)):
-            trial.set_user_attr("intermediate", {str(int(step)): _numeric(result)})
+            numeric = {k: v for k, v in _numeric(result).items() if not _tune_key(k)}
+            record.record_intermediate(trial, int(step), numeric.get(metrics[0], math.nan), numeric)
         study.tell(trial, state=TrialState.PRUNED)
 
 

@@ -8,15 +8,15 @@ other with an (in-memory, by default) Optuna study:
   of the space (``space.suggest(trial)``) -> the params dict (JSON numbers/strings);
 * ``receive_trial_result(id, params, value)`` -> ``value`` is the trial's whole final
   metric dict (``NNIReporter`` reports all metrics with ``"default"`` = the first
-  objective), so a multi-objective study is told every objective; the dict is stored
-  as user attr ``metrics`` and the constraints as ``trial.set_constraint``;
+  objective), so a multi-objective study is told every objective; the metrics and the
+  constraint values are recorded through :mod:`compsearch.record`;
 * ``trial_end(id, success=False)`` -> FAILED with ``fail_reason``;
 * the budget: after ``n_trials`` asks, ``nni.NoMoreTrialError``.
 
 This module imports ``nni`` (needed to subclass its ``Tuner``); import it only where
-NNI is installed (``pip install nni``). ``compsearch.nni_trial`` holds the trial entry
-and the spec-driven :class:`~compsearch.nni_trial.SpecTuner` that NNI instantiates
-from JSON ``class_args``.
+NNI is installed (``pip install nni``). :mod:`compsearch.studies.hosts.nni` holds the trial
+entry (``python -m compsearch.nni_trial``), the spec-driven ``SpecTuner`` that NNI
+instantiates from JSON ``class_args``, and the NNI host.
 """
 
 from __future__ import annotations
@@ -29,10 +29,10 @@ try:
     import nni
     from nni.tuner import Tuner
 except ImportError as e:  # pragma: no cover - exercised only without nni
-    raise ImportError(f"compsearch.search.nni_tuner needs NNI ({e}); install it with: pip install nni") from None
+    raise ImportError(f"compsearch.nni_tuner needs NNI ({e}); install it with: pip install nni") from None
 
 from compsearch import record
-from compsearch.errors import ConfigError
+from compsearch.errors import CompsearchError, ConfigError
 
 if TYPE_CHECKING:
     import optuna
@@ -67,6 +67,8 @@ class StrategyTuner(Tuner):
         constraints: e.g. ``{"max_size_kb": 4.0}`` (``trial.set_constraint`` per entry).
         n_trials: ask at most this many trials, then ``NoMoreTrialError`` (None = unlimited).
         storage, study_name: where the study lives (default: in memory).
+        study: use this study (with its sampler) instead of creating one; ``strategy``,
+            ``seed``, ``storage``, ``study_name`` and ``options`` are then unused.
         **options: the strategy's options (unknown ones raise ``TypeError``).
     """
 
@@ -82,6 +84,7 @@ class StrategyTuner(Tuner):
         n_trials: int | None = None,
         storage: str | optuna.storages.BaseStorage | None = None,
         study_name: str | None = None,
+        study: optuna.Study | None = None,
         **options: Any,
     ) -> None:
         import optuna
@@ -93,14 +96,18 @@ class StrategyTuner(Tuner):
         self.objectives = tuple((str(m), str(d)) for m, d in objectives)
         self.bounds = parse_constraints(constraints)
         self.n_trials = n_trials
-        if isinstance(strategy, str):
-            sampler = get_strategy(strategy, space=space, seed=seed, evaluator=evaluator, objectives=self.objectives,
-                                   constraints=constraints, n_trials=n_trials, **options)
+        if study is not None:
+            self.study = study
         else:
-            sampler = strategy
-        self.study = optuna.create_study(storage=storage, study_name=study_name, sampler=sampler,
-                                         directions=[d for _, d in self.objectives],  # type: ignore[misc]
-                                         load_if_exists=study_name is not None)
+            if isinstance(strategy, str):
+                sampler = get_strategy(strategy, space=space, seed=seed, evaluator=evaluator,
+                                       objectives=self.objectives, constraints=constraints, n_trials=n_trials, **options)
+            else:
+                sampler = strategy
+            self.study = optuna.create_study(storage=storage, study_name=study_name, sampler=sampler,
+                                             directions=[d for _, d in self.objectives],  # type: ignore[misc]
+                                             load_if_exists=study_name is not None)
+        record.setup_study(self.study, self.objectives, self.bounds)
         self.running: dict[int, optuna.Trial] = {}
         self.asked = 0
 
@@ -155,11 +162,48 @@ class StrategyTuner(Tuner):
             metrics = metrics_of(entry["value"], self.objectives[0][0])
             if not all(m in metrics for m, _ in self.objectives):
                 continue
-            user, system = record.frozen_attrs(metrics=metrics, constraints=self.bounds)
+            try:
+                user, system = record.frozen_attrs(metrics=metrics, constraints=self.bounds)
+            except CompsearchError:  # a constrained metric is missing or not finite: not a usable result
+                continue
             self.study.add_trial(optuna.trial.create_trial(
                 params=dict(entry["parameter"]), distributions=distributions,
                 values=[metrics[m] for m, _ in self.objectives], user_attrs=user, system_attrs=system,
             ))
+
+
+class SpecTuner(StrategyTuner):
+    """The NNI tuner of a study spec: its space, objectives, constraints and evaluator.
+
+    Args:
+        spec: a spec (mapping, TOML path, or the JSON file written by ``nni_experiment``).
+        out_dir: the run folder (base-model cache, shared with the trials).
+        strategy: a registered strategy.
+        seed: the study seed (strategy and evaluator).
+        n_trials: the budget of this tuner (default: the spec's ``trials``).
+        storage: keep the study ``<strategy>-s<seed>`` in this storage (a URL, or a run.json
+            storage record such as ``"journal:journal.log"``; a password comes from
+            ``COMPSEARCH_STORAGE``) instead of in memory.
+        **options: the strategy's options (default: the spec's ``strategy_options``).
+    """
+
+    def __init__(self, *, spec: Any, out_dir: str, strategy: str = "random", seed: int = 0,
+                 n_trials: int | None = None, storage: str | None = None, **options: Any) -> None:
+        from compsearch.studies.hosts.base import open_study
+        from compsearch.studies.hosts.nni import load_spec_file
+        from compsearch.studies.results import study_name
+        from compsearch.studies.run import prepare
+        from compsearch.studies.storage import url_from_record
+
+        url = url_from_record(storage, out_dir) if storage else None
+        self.run = run = prepare(load_spec_file(spec), out_dir, storage=url)
+        study = open_study(run, strategy, seed) if url and not options else None
+        super().__init__(
+            space=run.space, objectives=run.objectives, strategy=strategy, seed=seed, evaluator=run.evaluator(seed),
+            constraints=run.spec.constraints, n_trials=n_trials or run.spec.trials, study=study,
+            storage=run.storage if url else None, study_name=study_name(strategy, seed) if url else None,
+            **((options or run.spec.strategy_options.get(strategy, {})) if study is None else {}),
+        )
 
 
 def _plain(value: Any) -> Any:
@@ -167,10 +211,4 @@ def _plain(value: Any) -> Any:
     return value.item() if hasattr(value, "item") else value
 
 
-def _fail_state() -> Any:
-    from optuna.trial import TrialState
-
-    return TrialState.FAIL
-
-
-__all__ = ["StrategyTuner", "metrics_of"]
+__all__ = ["SpecTuner", "StrategyTuner", "metrics_of"]
