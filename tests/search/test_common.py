@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import optuna
+import pytest
 from optuna.storages import InMemoryStorage
 from optuna.trial import TrialState
 
@@ -67,3 +68,62 @@ def test_a_trial_finishing_while_the_sampler_reads_is_seen_as_pending_not_lost()
     assert (history, pending) == ([], [proposed])
     assert study.trials[0].state == TrialState.COMPLETE
     assert {n: second.params[n] for n in space.param_names()} != proposed
+
+
+# ---- resume: every strategy continues its sequence ------------------------------------------------
+
+OBJECTIVES = (("accuracy", "maximize"), ("size_bits", "minimize"))
+#: small start-up phases, so 8 trials reach the model-based / evolutionary phase of each
+OPTIONS: dict[str, dict[str, Any]] = {"tpe": {"n_startup_trials": 3}, "gp": {"n_startup_trials": 3},
+                                      "nsga2": {"population_size": 4}, "nsga3": {"population_size": 4}}
+DETERMINISTIC = ["random", "tpe", "nsga2", "nsga3", "gp", "bo", "greedy-sensitivity", "uniform4", "uniform8"]
+LEARNING = ["hirl", "hirl-agents", "hirl-flat", "hirl-real", "hirl-nofisher", "hirl-curriculum", "sls", "amc", "haq"]
+
+
+def _params(name: str, n: int, *, kill_after: int | None = None, seed: int = 3) -> list[tuple[Any, ...]]:
+    """Params of ``n`` trials of strategy ``name``; with ``kill_after = k`` the sampler (as in a
+    killed process) is replaced by a new object with the same seed after ``k`` trials."""
+    from compsearch.search.registry import get_strategy
+    from compsearch.testing import toy_objective
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    space, storage = toy_space(), InMemoryStorage()
+
+    def sampler() -> Any:
+        return get_strategy(name, space=space, seed=seed, objectives=OBJECTIVES, n_trials=n, **OPTIONS.get(name, {}))
+
+    study = optuna.create_study(storage=storage, sampler=sampler(), directions=["maximize", "minimize"])
+    study.optimize(toy_objective(space), n_trials=n if kill_after is None else kill_after)
+    if kill_after is not None:
+        resumed = optuna.load_study(study_name=study.study_name, storage=storage, sampler=sampler())
+        resumed.optimize(toy_objective(space), n_trials=n - kill_after)
+    return [params_key(t.params) for t in study.get_trials()]
+
+
+def test_an_unwrapped_seeded_sampler_restarts_its_sequence_after_a_resume() -> None:
+    """What a resume did before trial-number seeding: a new RandomSampler(seed=3) replays trial 0."""
+    space, storage = toy_space(), InMemoryStorage()
+    from compsearch.testing import toy_objective
+
+    for _ in range(2):
+        study = optuna.create_study(study_name="s", storage=storage, load_if_exists=True,
+                                    sampler=optuna.samplers.RandomSampler(seed=3), directions=["maximize", "minimize"])
+        study.optimize(toy_objective(space), n_trials=2)
+    trials = study.get_trials()
+    assert params_key(trials[2].params) == params_key(trials[0].params)  # the policy is evaluated twice
+
+
+@pytest.mark.parametrize("name", DETERMINISTIC)
+def test_a_resumed_study_continues_the_uninterrupted_sequence(name: str) -> None:
+    n, k = (5, 4) if name == "gp" else (8, 4)  # gp: one GP proposal after the kill (each takes seconds)
+    whole = _params(name, n)
+    resumed = _params(name, n, kill_after=k)
+    assert resumed == whole
+    assert len(set(resumed)) == len(resumed)  # no policy evaluated twice
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", LEARNING)
+def test_a_resumed_learning_strategy_evaluates_no_policy_twice(name: str) -> None:
+    resumed = _params(name, 7, kill_after=4)
+    assert len(set(resumed)) == len(resumed)
