@@ -36,6 +36,8 @@ import torch
 from torch import nn
 
 BUDGET = 20000  # dependency steps per unit before the coupling is called too wide
+INDEX_BUDGET = 1_000_000  # channel indices mapped per unit (flattens multiply them), likewise
+STEP_INDICES = 65_536  # indices one flatten may produce (a 512 x 7 x 7 classifier input is 25,088)
 _GATE_HOPS = 8
 _MATMUL = ("MmBackward", "BmmBackward", "MatmulBackward", "BaddbmmBackward", "AddmmBackward")
 _REFUSED_OPS = {
@@ -133,7 +135,9 @@ def build_graph(model: nn.Module, example_input: torch.Tensor) -> Graph:
         if update is None:
             continue
         try:
-            update(dg, node)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                update(dg, node)
         except Exception:  # noqa: BLE001 - a node Torch-Pruning cannot map is refused by the walk
             broken.add(node)
     return Graph(dg=dg, names=names, calls=calls, broken=broken)
@@ -217,6 +221,28 @@ def _refusal(graph: Graph, node: Any, is_out: bool, root: Any) -> str | None:
     return None
 
 
+def _channels(dep: Any) -> int | None:
+    """How many channels ``dep`` prunes from (output or input side of a layer); None for ops."""
+    m = dep.target.module
+    out = dep.handler.__name__ == "prune_out_channels"
+    if isinstance(m, nn.Conv1d | nn.Conv2d):
+        return int(m.out_channels if out else m.in_channels)
+    if isinstance(m, nn.Linear):
+        return int(m.out_features if out else m.in_features)
+    if isinstance(m, nn.modules.batchnorm._BatchNorm):
+        return int(m.num_features)
+    return None
+
+
+def _classify(graph: Graph, dep: Any, root: Any) -> tuple[str | None, bool]:
+    """(why ``dep``'s pruning cannot be exact or None, whether it prunes output channels of a module)."""
+    module = dep.target.module
+    is_module = isinstance(module, nn.Module) and module in graph.names
+    own = graph.dg.get_pruner_of_module(module) if is_module else None
+    is_out = own is not None and dep.handler == own.prune_out_channels
+    return _refusal(graph, dep.target, is_out, root), is_out
+
+
 def channel_group(graph: Graph, unit: str, idxs: Sequence[int], *, budget: int = BUDGET) -> ChannelGroup | str:
     """The :class:`ChannelGroup` of removing output channels ``idxs`` of module ``unit``, or why not.
 
@@ -241,37 +267,49 @@ def channel_group(graph: Graph, unit: str, idxs: Sequence[int], *, budget: int =
         return "are not reached by Torch-Pruning's trace (a layer called outside the traced forward)"
     pruner = dg.get_pruner_of_module(root)
     fn = pruner.prune_out_channels
-    stack = [(Dependency(fn, fn, source=node, target=node), [_helpers._HybridIndex(idx=i, root_idx=i) for i in idxs])]
+    root_dep = Dependency(fn, fn, source=node, target=node)
+    why, _ = _classify(graph, root_dep, node)
+    if why is not None:
+        return why
+    stack = [(root_dep, [_helpers._HybridIndex(idx=i, root_idx=i) for i in idxs])]
     seen: set[tuple[int, Any, frozenset[int]]] = set()
     out: dict[str, set[int]] = {}
     inp: dict[str, set[int]] = {}
+    mapped = 0
     while stack:
         dep, hidx = stack.pop()
-        target, handler = dep.target, dep.handler
-        module = target.module
-        is_module = isinstance(module, nn.Module) and module in graph.names and not isinstance(module, nn.Parameter)
-        own = dg.get_pruner_of_module(module) if is_module else None
-        is_out = own is not None and handler == own.prune_out_channels
-        why = _refusal(graph, target, is_out, node)
-        if why is not None:
-            return why
-        if is_module and own is not None and list(module.parameters(recurse=False)) + list(module.buffers(recurse=False)):
+        _, is_out = _classify(graph, dep, node)
+        module = dep.target.module
+        if module in graph.names and list(module.parameters(recurse=False)) + list(module.buffers(recurse=False)):
             (out if is_out else inp).setdefault(graph.names[module], set()).update(i.idx for i in hidx)
-        for new_dep in target.dependencies:
-            if not new_dep.is_triggered_by(handler):
+        for new_dep in dep.target.dependencies:
+            if not new_dep.is_triggered_by(dep.handler):
                 continue
             new = hidx
             for mapping in new_dep.index_mapping:
-                if mapping is not None:
-                    new = mapping(new)
+                if mapping is None:
+                    continue
+                grown = len(new) * getattr(mapping, "_stride", 1) if not getattr(mapping, "reverse", True) else 0
+                if grown > STEP_INDICES:
+                    return (f"are flattened by {_label(graph, new_dep.target)} into {grown} indices "
+                            f"(more than {STEP_INDICES}; a reshape Torch-Pruning may not model)")
+                new = mapping(new)
             if not new:
                 continue
+            why, _ = _classify(graph, new_dep, node)
+            if why is not None:
+                return why
+            count = _channels(new_dep)
+            if count is not None and max(i.idx for i in new) >= count:
+                return (f"are mapped by Torch-Pruning to indices beyond the {count} channels of "
+                        f"{_label(graph, new_dep.target)} (a reshape it does not model)")
+            mapped += len(new)
             key = (id(new_dep.target), new_dep.handler, frozenset(i.idx for i in new))
             if key in seen:
                 continue
             seen.add(key)
-            if len(seen) > budget:
-                return f"reach more than {budget} dependencies (a coupling too wide to analyse)"
+            if len(seen) > budget or mapped > INDEX_BUDGET:
+                return f"reach more than {budget} dependencies or {INDEX_BUDGET} channel indices (a coupling too wide to analyse)"
             stack.append((new_dep, new))
     return ChannelGroup(out={k: tuple(sorted(v)) for k, v in out.items()}, inp={k: tuple(sorted(v)) for k, v in inp.items()})
 
