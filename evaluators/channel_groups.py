@@ -11,7 +11,9 @@ output channels, the way ``DependencyGraph.get_pruning_group`` does, but
 * remembers every visited ``(node, handler, indices)`` in a hash set (Torch-Pruning
   scans a list) and gives up after ``budget`` steps;
 * never prunes anything: it returns which output/input channels of which modules would
-  go (:class:`ChannelGroup`), by module name, in the original indices.
+  go (:class:`ChannelGroup`), by module name, in the original indices. A
+  :class:`PrunePlan` collects the groups of the removed units and the reasons of the masked
+  ones (JSON round trip, so a saved plan rebuilds the pruned architecture).
 
 A group is **removable** when it holds, besides the unit itself, only
 BatchNorm/PReLU layers and depthwise convolutions (``groups == in == out``) that the
@@ -28,12 +30,14 @@ become unequal), a split/slice/unbind/expand (the model's code fixes the sizes),
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 from torch import nn
+
+from compsearch.errors import ModelError
 
 BUDGET = 20000  # dependency steps per unit before the coupling is called too wide
 INDEX_BUDGET = 1_000_000  # channel indices mapped per unit (flattens multiply them), likewise
@@ -82,6 +86,64 @@ class ChannelGroup:
     @staticmethod
     def from_dict(d: dict[str, Any]) -> ChannelGroup:
         return ChannelGroup(out={k: tuple(v) for k, v in d["out"].items()}, inp={k: tuple(v) for k, v in d["in"].items()})
+
+
+PLAN_VERSION = 1
+
+
+@dataclass(frozen=True)
+class PrunePlan:
+    """Which channels leave which unit, and which units stay masked.
+
+    Attributes:
+        channels: unit name -> sorted pruned output-channel indices (removed or masked).
+        groups: removed unit -> its :class:`ChannelGroup` (original indices).
+        masked: unit -> why its channels stay in place, zeroed (a sentence naming the coupling).
+    """
+
+    channels: dict[str, tuple[int, ...]]
+    groups: dict[str, ChannelGroup] = field(default_factory=dict)
+    masked: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def removed(self) -> tuple[str, ...]:
+        """Units whose channels are physically removed, in planning order."""
+        return tuple(self.groups)
+
+    def merged(self) -> tuple[dict[str, set[int]], dict[str, set[int]]]:
+        """Union over the groups: module -> removed output channels, module -> removed input channels."""
+        outs: dict[str, set[int]] = {}
+        ins: dict[str, set[int]] = {}
+        for group in self.groups.values():
+            for name, idxs in group.out.items():
+                outs.setdefault(name, set()).update(idxs)
+            for name, idxs in group.inp.items():
+                ins.setdefault(name, set()).update(idxs)
+        return outs, ins
+
+    def mask(self, reasons: Mapping[str, str]) -> PrunePlan:
+        """This plan with the units of ``reasons`` masked instead of removed."""
+        groups = {u: g for u, g in self.groups.items() if u not in reasons}
+        return replace(self, groups=groups, masked={**self.masked, **reasons})
+
+    def only(self, units: Sequence[str]) -> PrunePlan:
+        """This plan removing only ``units`` (the others neither removed nor masked, unless masked already)."""
+        keep = set(units) | set(self.masked)
+        return PrunePlan(channels={u: c for u, c in self.channels.items() if u in keep},
+                         groups={u: self.groups[u] for u in units}, masked=dict(self.masked))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (``version``, ``channels``, ``groups``, ``masked``); :meth:`from_dict` reads it."""
+        return {"version": PLAN_VERSION, "channels": {u: list(c) for u, c in self.channels.items()},
+                "groups": {u: g.to_dict() for u, g in self.groups.items()}, "masked": dict(self.masked)}
+
+    @staticmethod
+    def from_dict(d: Mapping[str, Any]) -> PrunePlan:
+        if d.get("version") != PLAN_VERSION:
+            raise ModelError(f"prune plan version={d.get('version')!r} is not supported; allowed: {PLAN_VERSION}")
+        return PrunePlan(channels={u: tuple(c) for u, c in d["channels"].items()},
+                         groups={u: ChannelGroup.from_dict(g) for u, g in d["groups"].items()},
+                         masked=dict(d["masked"]))
 
 
 @dataclass
@@ -314,4 +376,4 @@ def channel_group(graph: Graph, unit: str, idxs: Sequence[int], *, budget: int =
     return ChannelGroup(out={k: tuple(sorted(v)) for k, v in out.items()}, inp={k: tuple(sorted(v)) for k, v in inp.items()})
 
 
-__all__ = ["BUDGET", "ChannelGroup", "Graph", "build_graph", "channel_group", "torch_pruning", "true_depthwise"]
+__all__ = ["BUDGET", "PLAN_VERSION", "ChannelGroup", "Graph", "PrunePlan", "build_graph", "channel_group", "torch_pruning", "true_depthwise"]

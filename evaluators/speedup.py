@@ -34,7 +34,7 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -42,8 +42,10 @@ from torch import nn
 
 from compsearch.errors import ConfigError, ModelError
 from compsearch.evaluators.channel_groups import (
+    PLAN_VERSION,
     ChannelGroup,
     Graph,
+    PrunePlan,
     build_graph,
     channel_group,
     torch_pruning,
@@ -52,63 +54,6 @@ from compsearch.evaluators.channel_groups import (
 from compsearch.evaluators.masks import compute_mask
 from compsearch.spaces.policy import Policy
 from compsearch.spaces.units import Unit
-
-PLAN_VERSION = 1
-
-
-@dataclass(frozen=True)
-class PrunePlan:
-    """Which channels leave which unit, and which units stay masked.
-
-    Attributes:
-        channels: unit name -> sorted pruned output-channel indices (removed or masked).
-        groups: removed unit -> its :class:`ChannelGroup` (original indices).
-        masked: unit -> why its channels stay in place, zeroed (a sentence naming the coupling).
-    """
-
-    channels: dict[str, tuple[int, ...]]
-    groups: dict[str, ChannelGroup] = field(default_factory=dict)
-    masked: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def removed(self) -> tuple[str, ...]:
-        """Units whose channels are physically removed, in planning order."""
-        return tuple(self.groups)
-
-    def merged(self) -> tuple[dict[str, set[int]], dict[str, set[int]]]:
-        """Union over the groups: module -> removed output channels, module -> removed input channels."""
-        outs: dict[str, set[int]] = {}
-        ins: dict[str, set[int]] = {}
-        for group in self.groups.values():
-            for name, idxs in group.out.items():
-                outs.setdefault(name, set()).update(idxs)
-            for name, idxs in group.inp.items():
-                ins.setdefault(name, set()).update(idxs)
-        return outs, ins
-
-    def mask(self, reasons: Mapping[str, str]) -> PrunePlan:
-        """This plan with the units of ``reasons`` masked instead of removed."""
-        groups = {u: g for u, g in self.groups.items() if u not in reasons}
-        return replace(self, groups=groups, masked={**self.masked, **reasons})
-
-    def only(self, units: Sequence[str]) -> PrunePlan:
-        """This plan removing only ``units`` (the others neither removed nor masked, unless masked already)."""
-        keep = set(units) | set(self.masked)
-        return PrunePlan(channels={u: c for u, c in self.channels.items() if u in keep},
-                         groups={u: self.groups[u] for u in units}, masked=dict(self.masked))
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form (``version``, ``channels``, ``groups``, ``masked``); :meth:`from_dict` reads it."""
-        return {"version": PLAN_VERSION, "channels": {u: list(c) for u, c in self.channels.items()},
-                "groups": {u: g.to_dict() for u, g in self.groups.items()}, "masked": dict(self.masked)}
-
-    @staticmethod
-    def from_dict(d: Mapping[str, Any]) -> PrunePlan:
-        if d.get("version") != PLAN_VERSION:
-            raise ModelError(f"prune plan version={d.get('version')!r} is not supported; allowed: {PLAN_VERSION}")
-        return PrunePlan(channels={u: tuple(c) for u, c in d["channels"].items()},
-                         groups={u: ChannelGroup.from_dict(g) for u, g in d["groups"].items()},
-                         masked=dict(d["masked"]))
 
 
 @dataclass(frozen=True)
