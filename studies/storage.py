@@ -182,13 +182,14 @@ def check_url(url: Any, *, where: str = "--storage") -> str:
     shown = redact(url)
     if url.startswith("journal://") or url.startswith("sqlite:"):
         path = file_of(url)
-        if path is None:
+        if path is None or not url.startswith(("journal://", "sqlite:///")):
             raise ConfigError(f"{where}={shown!r} names no file; use sqlite:///path/studies.db or journal:///path/journal.log")
-        folder = path.parent if path.parent.exists() or not path.is_absolute() else _existing_parent(path)
         if path.is_dir():
             raise ConfigError(f"{where}={shown!r} is a folder; name a file in it")
-        if not os.access(folder, os.W_OK):
-            raise ConfigError(f"{where}={shown!r}: cannot write in {str(folder)!r}; choose a writable place")
+        folder = path.parent if url.startswith("sqlite:") else _existing_parent(path)  # a journal's folders are made
+        if not writable_folder(folder):
+            raise ConfigError(f"{where}={shown!r}: cannot create files in {str(folder)!r} (missing, not a folder, or "
+                              f"not writable); choose a writable place")
         return url
     if "://" not in url:
         raise ConfigError(f"{where}={shown!r} is not a URL; use e.g. sqlite:///run/studies.db, journal:///run/journal.log "
@@ -208,6 +209,20 @@ def _existing_parent(path: Path) -> Path:
         if parent.exists():
             return parent
     return Path("/")
+
+
+def writable_folder(folder: Path) -> bool:
+    """Whether ``folder`` is a folder this process can create files in (probed with a
+    temporary file, removed at once: permission bits say nothing for root)."""
+    import tempfile
+
+    if not folder.is_dir():
+        return False
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            return True
+    except OSError:
+        return False
 
 
 def open_storage(url: str, *, out_dir: str | Path | None = None, repair: bool = False) -> optuna.storages.BaseStorage:

@@ -36,7 +36,7 @@ import torch
 
 from compsearch.errors import CompsearchError, ConfigError, DataError, SpecError
 from compsearch.studies.spec import StudySpec, load_spec
-from compsearch.studies.storage import check_url
+from compsearch.studies.storage import check_url, writable_folder
 
 
 def _error(path: str, message: str) -> SpecError:
@@ -76,11 +76,11 @@ def check_out_dir(out: str | Path) -> Path:
     path = Path(out).expanduser()
     if path.exists() and not path.is_dir():
         raise ConfigError(f"--out {str(path)!r} is a file; give a folder (new or an earlier run's)")
-    existing = path
+    existing = path.absolute()
     while not existing.exists():
         existing = existing.parent
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        raise ConfigError(f"--out {str(path)!r}: cannot write in {str(existing)!r}; choose a writable folder")
+    if not writable_folder(existing):
+        raise ConfigError(f"--out {str(path)!r}: cannot create files in {str(existing)!r}; choose a writable folder")
     return path
 
 
@@ -160,12 +160,12 @@ def check_model_and_space(spec: StudySpec) -> None:
         space = get_space(spec.space.name, units, **spec.space.space_kwargs())
     except (CompsearchError, TypeError, ValueError) as e:
         raise _error("space", str(e)) from None
-    for name in spec.strategies:
+    for name in dict.fromkeys([*spec.strategies, *spec.strategy_options]):  # options of an unlisted strategy too
         try:
             get_strategy(name, space=space, seed=0, objectives=spec.objective_pairs, constraints=spec.constraints,
                          n_trials=spec.trials, **spec.strategy_options.get(name, {}))
-        except (TypeError, ConfigError) as e:
-            raise _error(f"strategy_options.{name}", str(e)) from None
+        except (TypeError, ValueError) as e:  # an unknown option, or a value the sampler refuses
+            raise _error(f"strategy_options.{name}", f"{type(e).__name__}: {e}") from None
         except Exception:  # noqa: BLE001 - a strategy that needs the evaluator is checked when the run builds it
             continue
 
