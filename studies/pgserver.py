@@ -3,9 +3,11 @@
 
 It uses the server binaries of Debian's ``postgresql`` package
 (``/usr/lib/postgresql/<version>/bin``; ``apt-get install -y postgresql``) or of any
-``initdb`` on ``PATH``: ``initdb`` in a temporary data directory (trust auth, no
-password), ``pg_ctl start`` on a free loopback port with the socket in that directory,
-``createdb``; on exit ``pg_ctl stop -m fast``. PostgreSQL refuses to run as root, so as
+``initdb`` on ``PATH``: ``initdb`` in a temporary data directory with password
+authentication (``scram-sha-256``, a random password of this server alone), ``pg_ctl
+start`` on a free loopback port with the socket in that directory, ``createdb``; on exit
+``pg_ctl stop -m fast``. The password is in the yielded URL only (pass it to compsearch
+with ``--storage``; run.json and the logs show it as ``***``). PostgreSQL refuses to run as root, so as
 root the commands run as the ``postgres`` system user (``runuser``), who then owns the
 data directory.
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -54,8 +57,9 @@ def _command(args: list[str]) -> list[str]:
     return args
 
 
-def _run(args: list[str], *, timeout: float = 120) -> None:
-    done = subprocess.run(_command(args), capture_output=True, text=True, timeout=timeout)
+def _run(args: list[str], *, timeout: float = 120, password: str | None = None) -> None:
+    env = {**os.environ, "PGPASSWORD": password} if password else None
+    done = subprocess.run(_command(args), capture_output=True, text=True, timeout=timeout, env=env)
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(args)} failed with exit code {done.returncode}: {done.stderr.strip() or done.stdout.strip()}")
 
@@ -69,7 +73,8 @@ def temporary_postgres(*, database: str = "compsearch", root: str | Path | None 
         root: parent of the temporary data directory (default: the system temp folder).
 
     Yields:
-        ``postgresql+psycopg2://postgres@127.0.0.1:<port>/<database>``.
+        ``postgresql+psycopg2://postgres:<password>@127.0.0.1:<port>/<database>`` (the server
+        refuses connections without the password).
 
     Raises:
         ConfigError: no PostgreSQL server binaries (install Debian's ``postgresql``).
@@ -84,14 +89,23 @@ def temporary_postgres(*, database: str = "compsearch", root: str | Path | None 
     if os.geteuid() == 0:
         shutil.chown(folder, user=_RUN_AS)
     port = free_port()
+    password = secrets.token_urlsafe(18)
+    pwfile = folder / "pwfile"
+    pwfile.write_text(password + "\n")
+    pwfile.chmod(0o600)
+    if os.geteuid() == 0:
+        shutil.chown(pwfile, user=_RUN_AS)
     started = False
     try:
-        _run([str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust", "--no-sync", "-E", "UTF8"])
+        _run([str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=scram-sha-256",
+              f"--pwfile={pwfile}", "--no-sync", "-E", "UTF8"])
+        pwfile.unlink()
         options = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=50"
         _run([str(bin_dir / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(folder / "server.log"), "-w", "start"])
         started = True
-        _run([str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", database])
-        yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/{database}"
+        _run([str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", database],
+             password=password)
+        yield f"postgresql+psycopg2://postgres:{password}@127.0.0.1:{port}/{database}"
     finally:
         if started:
             with contextlib.suppress(Exception):

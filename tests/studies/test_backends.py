@@ -223,3 +223,28 @@ def test_storage_lock_hands_its_token_on_and_breaks_a_stale_one() -> None:
     eager.acquire()  # breaks the abandoned token (held > 0 s) and takes the replacement
     states = [t.state for t in eager.study.get_trials()]
     assert states == [TrialState.COMPLETE, TrialState.FAIL, TrialState.RUNNING]
+
+
+def test_postgresql_needs_its_password_and_run_json_never_shows_it(tmp_path: Path, base_cache: Path,
+                                                                   postgres_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sqlalchemy
+
+    from compsearch.errors import ConfigError
+    from compsearch.studies.runner import run_study
+    from compsearch.studies.storage import ENV_STORAGE, redact
+
+    password = sqlalchemy.engine.make_url(postgres_url).password
+    assert password  # the test server uses password authentication
+    with pytest.raises(ConfigError, match="cannot be opened"):
+        open_storage(postgres_url.replace(f":{password}@", "@"))  # no password: refused by the server
+    shutil.copytree(base_cache, tmp_path / "base")
+    spec = {**TINY_SPEC, "name": "pg", "trials": 1}
+    run_study(spec, tmp_path, storage=postgres_url, quiet=True)
+    text = (tmp_path / "run.json").read_text()
+    assert password not in text and redact(postgres_url) in text
+    monkeypatch.delenv(ENV_STORAGE, raising=False)
+    with pytest.raises(ConfigError, match=f"needs its password.*{ENV_STORAGE}"):
+        run_study(spec, tmp_path, quiet=True)  # a resume needs the URL again
+    monkeypatch.setenv(ENV_STORAGE, postgres_url)
+    run_study(spec, tmp_path, quiet=True)  # ... from the environment: nothing left to run
+    assert len(load_studies(open_storage(postgres_url))[("random", 0)]) == 1
