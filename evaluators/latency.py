@@ -232,6 +232,28 @@ def structure_signature(plan: Any, bits: Mapping[str, tuple[int, int]], *, base:
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
+def policy_signature(analyzer: Any, policy: Any, units: Sequence[Any], *, base: str = "", qdq_bits: int = 8,
+                     removed_blocks: Sequence[str] = ()) -> str:
+    """:func:`structure_signature` of a policy, without compressing anything.
+
+    Which channels a criterion prunes does not change the shapes, so every channel-pruned
+    unit (the classifier excluded) is planned with its first ``c - k`` channels, ``k`` the
+    kept count of :func:`~compsearch.evaluators.masks.keep_count`; the groups come from
+    ``analyzer`` (a :class:`~compsearch.evaluators.speedup.PruneAnalyzer`, cached per unit
+    and count: milliseconds per policy).
+    """
+    from compsearch.evaluators.masks import keep_count
+
+    channels = {}
+    for unit in units:
+        up = policy.get_or_identity(unit.name)
+        if up.pruned and up.structure == "channel" and not unit.is_head:
+            channels[unit.name] = tuple(range(unit.out_channels - keep_count(up.keep, unit.out_channels)))
+    bits = {name: (up.w_bits, up.a_bits) for name, up in policy.items()}
+    return structure_signature(analyzer.plan(channels) if channels else None, bits, base=base, qdq_bits=qdq_bits,
+                               removed_blocks=removed_blocks)
+
+
 class LatencyCache:
     """Latency per structure signature (and runtime/batch/threads): each structure is measured once.
 
@@ -276,4 +298,4 @@ class LatencyCache:
 
 
 __all__ = ["RUNTIMES", "Latency", "LatencyCache", "LatencyConfig", "machine", "measure_latency", "onnx_latency",
-           "structure_signature", "summarize", "time_calls", "torch_latency"]
+           "policy_signature", "structure_signature", "summarize", "time_calls", "torch_latency"]

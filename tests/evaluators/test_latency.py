@@ -123,3 +123,20 @@ def test_bad_configs_are_refused() -> None:
         LatencyConfig(repeats=0)
     with pytest.raises(ConfigError, match=r"runtime 'onnxruntime' needs onnx_path"):
         measure_latency(None, None, torch.zeros(1, 1), LatencyConfig(runtimes=("onnxruntime",)))
+
+
+def test_a_policy_signature_needs_no_compression_and_ignores_the_criterion() -> None:
+    from compsearch.evaluators.latency import policy_signature
+    from compsearch.evaluators.speedup import PruneAnalyzer
+    from compsearch.spaces import Policy, UnitPolicy, discover_units
+
+    model = build_model("digits_cnn", num_classes=10, in_chans=1).eval()
+    x = torch.randn(2, 1, 8, 8)
+    units = discover_units(model, x)
+    analyzer = PruneAnalyzer(model, x)
+    half = policy_signature(analyzer, Policy({"features.3": UnitPolicy(keep=0.5)}), units, base="digits")
+    # keep 0.5 and 0.51 of 32 channels both keep floor(16 + 0.5) = floor(16.32 + 0.5) = 16; w_bits 16 is still a float kernel
+    assert half == policy_signature(analyzer, Policy({"features.3": UnitPolicy(keep=0.51, w_bits=16)}), units, base="digits")
+    assert half != policy_signature(analyzer, Policy({"features.3": UnitPolicy(keep=0.25)}), units, base="digits")
+    assert half != policy_signature(analyzer, Policy({"features.3": UnitPolicy(keep=0.5, w_bits=8)}), units, base="digits")
+    assert policy_signature(analyzer, Policy(), units, base="digits") != half
