@@ -83,6 +83,18 @@ def test_resume_and_extend(tmp_path: Path, tiny_run, make_spec) -> None:
     assert load_spec(json.loads((copy / "run.json").read_text())["spec"]).strategies == ["random", "nsga2"]
 
 
+def test_an_emptied_storage_is_refused_not_re_run(tmp_path: Path, tiny_run, make_spec) -> None:
+    from compsearch.errors import ConfigError
+
+    out, _ = tiny_run
+    copy = tmp_path / "copy"
+    subprocess.run(["cp", "-r", str(out), str(copy)], check=True)
+    (copy / "studies.db").unlink()
+    with pytest.raises(ConfigError, match=r"does not exist \(run.json recorded 8 trials in it\).*Nothing was run"):
+        run_study(make_spec(), copy, quiet=True)
+    assert not (copy / "studies.db").exists()
+
+
 def test_changed_spec_refuses_to_resume(tiny_run, make_spec) -> None:
     out, _ = tiny_run
     with pytest.raises(SpecError, match=r"different \['evaluator'\]"):
