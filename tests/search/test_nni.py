@@ -125,3 +125,21 @@ def _free_port() -> int:
     from compsearch.studies.pgserver import free_port
 
     return free_port()
+
+
+# ~60 s on 2 free cores (the NNI manager, its dispatcher, 3 trial processes); slow: NNI gives its
+# tuner process 10 s to start, which a loaded 2-core machine (torch + nni imports) can miss
+@pytest.mark.slow
+def test_run_study_on_the_nni_host(tmp_path: Path) -> None:
+    from compsearch.studies.results import counted_trials, load_studies
+    from compsearch.studies.runner import run_study
+
+    run = run_study({**SPEC, "trials": 3}, tmp_path, backend="nni", workers=2, quiet=True)
+    trials = load_studies(run.storage)[("tpe", 0)]
+    assert len(counted_trials(trials)) == 3
+    assert all(t.state == TrialState.COMPLETE and read_metrics(t)["accuracy"] == t.values[0] for t in trials)
+    import json
+
+    run_json = json.loads((tmp_path / "run.json").read_text())
+    assert run_json["storage"] == "journal:journal.log" and run_json["trials"] == {"tpe-s0": 3}
+    run_study({**SPEC, "trials": 3}, tmp_path, backend="nni", quiet=True)  # resumed with the budget spent: no experiment
