@@ -172,7 +172,8 @@ class NNIHost:
                 return
             if exp.get_status() in ("ERROR", "STOPPED"):
                 raise CompsearchError(f"the NNI experiment ended with status {exp.get_status()}; see its log under "
-                                      f"the run folder's nni/ folder")
+                                      f"the run folder's nni/ folder (NNI gives its tuner process 10 s to start, "
+                                      f"which a loaded machine can miss); re-run the same command to resume")
             time.sleep(2)
         raise CompsearchError(f"the NNI experiment did not finish {n} trials in {self.timeout:.0f} s")
 

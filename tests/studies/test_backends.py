@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 import shutil
 import subprocess
 import sys
@@ -248,3 +249,24 @@ def test_postgresql_needs_its_password_and_run_json_never_shows_it(tmp_path: Pat
     monkeypatch.setenv(ENV_STORAGE, postgres_url)
     run_study(spec, tmp_path, quiet=True)  # ... from the environment: nothing left to run
     assert len(load_studies(open_storage(postgres_url))[("random", 0)]) == 1
+
+
+def test_a_resume_beside_other_machines_recovers_only_trials_of_ended_local_workers() -> None:
+    import socket
+
+    from compsearch.studies.hosts.base import mark_interrupted
+    from compsearch.studies.hosts.slots import WORKER_ATTR
+
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()
+    study = optuna.create_study()
+    owners = [f"{socket.gethostname()}:{ended.pid}/0",  # a worker of this machine that ended: re-run now
+              f"{socket.gethostname()}:{os.getpid()}/1",  # a live local worker: keep
+              f"elsewhere:{ended.pid}/0"]  # another machine: never judged here
+    for owner in owners:
+        tid = optuna_compat.create_running_trial(study)
+        optuna_compat.set_trial_system_attr(study, tid, WORKER_ATTR, owner)
+    assert mark_interrupted(study, all_running=False) == 1
+    states = [t.state for t in study.get_trials()]
+    assert states == [TrialState.FAIL, TrialState.RUNNING, TrialState.RUNNING]
+    assert study.get_trials()[0].user_attrs["fail_reason"].startswith("interrupted")
