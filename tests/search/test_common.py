@@ -74,7 +74,7 @@ def test_a_trial_finishing_while_the_sampler_reads_is_seen_as_pending_not_lost()
 
 OBJECTIVES = (("accuracy", "maximize"), ("size_bits", "minimize"))
 #: small start-up phases, so 8 trials reach the model-based / evolutionary phase of each
-OPTIONS: dict[str, dict[str, Any]] = {"tpe": {"n_startup_trials": 3}, "gp": {"n_startup_trials": 3},
+OPTIONS: dict[str, dict[str, Any]] = {"tpe": {"n_startup_trials": 3}, "gp": {"n_startup_trials": 4},
                                       "nsga2": {"population_size": 4}, "nsga3": {"population_size": 4}}
 DETERMINISTIC = ["random", "tpe", "nsga2", "nsga3", "gp", "bo", "greedy-sensitivity", "uniform4", "uniform8"]
 LEARNING = ["hirl", "hirl-agents", "hirl-flat", "hirl-real", "hirl-nofisher", "hirl-curriculum", "sls", "amc", "haq"]
@@ -115,7 +115,7 @@ def test_an_unwrapped_seeded_sampler_restarts_its_sequence_after_a_resume() -> N
 
 @pytest.mark.parametrize("name", DETERMINISTIC)
 def test_a_resumed_study_continues_the_uninterrupted_sequence(name: str) -> None:
-    n, k = (5, 4) if name == "gp" else (8, 4)  # gp: one GP proposal after the kill (each takes seconds)
+    n, k = (5, 4) if name == "gp" else (8, 4)  # gp: its one GP proposal comes after the kill (each takes seconds)
     whole = _params(name, n)
     resumed = _params(name, n, kill_after=k)
     assert resumed == whole
