@@ -31,6 +31,11 @@ trial user attrs ``intermediate``,         the fine-tune reports ``{step: value}
 ``intermediate_metrics``                   ``{step: metrics}`` of a multi-objective trial
 trial system attr ``compsearch:proposal``  the params a strategy proposed, stored as it
                                            proposes (so other workers see them as pending)
+trial system attrs ``compsearch:slot``,    the budget slot a trial holds and the worker
+``compsearch:worker``                      (``host:pid/index``) that runs it (shared budgets)
+trial user attr ``nni_parameter_id``       NNI's id of the trial (NNI host)
+study user attrs ``strategy``, ``seed``,   which job a study is (hosts set them)
+``budget``
 =========================================  =====================================================
 
 Why the list form of constraints and not ``trial.set_constraint``: Optuna 5's
@@ -72,6 +77,9 @@ REUSED_ATTR = "reused_from"
 INTERMEDIATE_ATTR = "intermediate"
 INTERMEDIATE_METRICS_ATTR = "intermediate_metrics"
 PROPOSAL_ATTR = "compsearch:proposal"
+SLOT_ATTR = "compsearch:slot"
+WORKER_ATTR = "compsearch:worker"
+NNI_ID_ATTR = "nni_parameter_id"
 CONSTRAINTS_ATTR = compat.CONSTRAINTS_KEY
 #: Prefix of every fail reason that does not count toward the budget (the trial is re-run).
 INTERRUPTED = "interrupted"
@@ -94,9 +102,11 @@ def _plain(value: Any) -> Any:
 # ---- the study ------------------------------------------------------------------------------
 
 
-def setup_study(study: optuna.Study, objectives: Objectives, constraints: Constraints = None) -> None:
-    """Record the objective metric names (``study.set_metric_names``), the constraint names
-    and the record version, once; idempotent on resume.
+def setup_study(study: optuna.Study, objectives: Objectives, constraints: Constraints = None,
+                attrs: Mapping[str, Any] | None = None) -> None:
+    """Record the objective metric names (``study.set_metric_names``), the constraint names,
+    the record version and the study user attrs ``attrs`` (e.g. ``strategy``, ``seed``,
+    ``budget``), each written only when it changes; idempotent on resume.
 
     Raises:
         ConfigError: the study already holds other metric names (another spec's study).
@@ -111,11 +121,11 @@ def setup_study(study: optuna.Study, objectives: Objectives, constraints: Constr
         raise ConfigError(f"study {study.study_name!r} records objectives {list(existing)}, not {names}; "
                           f"use another study name or storage")
     keys = [c.key for c in _bounds(constraints)]
-    attrs = study.user_attrs
-    if attrs.get(CONSTRAINT_NAMES_ATTR) != keys:
-        study.set_user_attr(CONSTRAINT_NAMES_ATTR, keys)
-    if attrs.get(VERSION_ATTR) != RECORD_VERSION:
-        study.set_user_attr(VERSION_ATTR, RECORD_VERSION)
+    stored = study.user_attrs
+    wanted = {**(attrs or {}), CONSTRAINT_NAMES_ATTR: keys, VERSION_ATTR: RECORD_VERSION}
+    for key, value in wanted.items():
+        if stored.get(key) != value:
+            study.set_user_attr(key, value)
 
 
 def constraint_names(study: optuna.Study) -> list[str]:
@@ -136,6 +146,33 @@ def record_proposal(study: optuna.Study, trial: optuna.Trial | FrozenTrial, para
     """Store a strategy's proposed params as the trial's ``compsearch:proposal`` (other
     workers read it as pending before the objective suggests the params)."""
     compat.set_trial_system_attr(study, trial, PROPOSAL_ATTR, {k: _plain(v) for k, v in params.items()})
+
+
+def slot_attrs(slot: int) -> dict[str, Any]:
+    """System attrs of an empty WAITING trial holding budget slot ``slot`` (``create_trial``)."""
+    return {"fixed_params": {}, SLOT_ATTR: int(slot)}
+
+
+def read_slot(trial: FrozenTrial) -> int | None:
+    """The budget slot ``trial`` holds, or None."""
+    slot = trial.system_attrs.get(SLOT_ATTR)
+    return None if slot is None else int(slot)
+
+
+def record_worker(study: optuna.Study, trial: optuna.Trial | FrozenTrial | int, worker: str) -> None:
+    """Store which worker (``host:pid/index``) runs ``trial``."""
+    compat.set_trial_system_attr(study, trial, WORKER_ATTR, str(worker))
+
+
+def read_worker(trial: FrozenTrial) -> str | None:
+    """The worker (``host:pid/index``) that ran ``trial``, or None."""
+    worker = trial.system_attrs.get(WORKER_ATTR)
+    return None if worker is None else str(worker)
+
+
+def record_nni_id(trial: optuna.Trial, parameter_id: int) -> None:
+    """Store NNI's parameter id of ``trial``."""
+    trial.set_user_attr(NNI_ID_ATTR, int(parameter_id))
 
 
 def record_metrics(trial: optuna.Trial, metrics: Mapping[str, Any]) -> None:
@@ -316,6 +353,9 @@ __all__ = [
     "INTERRUPTED",
     "LEGACY_METRICS_ATTR",
     "METRIC_PREFIX",
+    "NNI_ID_ATTR",
+    "SLOT_ATTR",
+    "WORKER_ATTR",
     "POLICY_ATTR",
     "PROPOSAL_ATTR",
     "RECORD_VERSION",
@@ -333,15 +373,20 @@ __all__ = [
     "read_policy",
     "read_proposal",
     "read_reused",
+    "read_slot",
+    "read_worker",
     "record_constraints",
     "record_failure",
     "record_intermediate",
     "record_interrupted",
     "record_metrics",
+    "record_nni_id",
     "record_policy",
     "record_proposal",
     "record_reused",
     "record_success",
+    "record_worker",
+    "slot_attrs",
     "setup_study",
     "tell_failure",
 ]

@@ -11,7 +11,7 @@ Optuna's heartbeat) -- do not count and their candidates are re-run. Counted tri
 ordered by trial number; only the first ``budget`` of them enter the report.
 
 **Feasibility.** A COMPLETE trial is feasible when every constraint value it stored with
-``trial.set_constraint`` is ``<= 0``; only feasible trials add points to fronts and
+the trial record (:mod:`compsearch.record`) is ``<= 0``; only feasible trials add points to fronts and
 hypervolumes (an infeasible or failed evaluation still uses budget).
 """
 

@@ -339,7 +339,7 @@ class StudySpec(_Model):
         reference_point: metric -> worst acceptable value for the hypervolume; missing
             entries default to the accuracy floor (``constraints.min_accuracy`` or 0) and
             the uncompressed model's cost (see ``runner.resolve_reference_point``).
-        constraints: ``max_<metric>`` / ``min_<metric>`` -> bound (``trial.set_constraint``).
+        constraints: ``max_<metric>`` / ``min_<metric>`` -> bound (recorded as Optuna constraints).
         strategies: registered strategy names to compare.
         strategy_options: strategy name -> options for its factory.
         trials: full evaluations per strategy and seed (the equal budget).

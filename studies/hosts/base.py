@@ -21,7 +21,7 @@ from compsearch import optuna_compat as compat
 from compsearch import record
 from compsearch.errors import ConfigError, FineTuneDiverged
 from compsearch.studies.hosts.lock import StorageLock, owner_ended
-from compsearch.studies.hosts.slots import WORKER_ATTR, top_up_slots
+from compsearch.studies.hosts.slots import top_up_slots
 from compsearch.studies.results import study_name
 from compsearch.studies.runfile import stamp_study
 
@@ -83,11 +83,8 @@ def open_study(run: Run, strategy: str, seed: int, *, sampler_seed: int | None =
 
 
 def _set_study_attrs(study: optuna.Study, run: Run, strategy: str, seed: int) -> None:
-    attrs = study.user_attrs
-    for key, value in (("strategy", strategy), ("seed", seed), ("budget", run.spec.trials)):
-        if attrs.get(key) != value:
-            study.set_user_attr(key, value)
-    record.setup_study(study, run.objectives, run.constraints)
+    record.setup_study(study, run.objectives, run.constraints,
+                       attrs={"strategy": strategy, "seed": seed, "budget": run.spec.trials})
     stamp_study(study, run.run_id)
 
 
@@ -142,7 +139,7 @@ def mark_interrupted(study: optuna.Study, *, all_running: bool = True) -> int:
     """
     stale = study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING))
     if not all_running:
-        stale = [t for t in stale if t.state == TrialState.RUNNING and owner_ended(t.system_attrs.get(WORKER_ATTR))]
+        stale = [t for t in stale if t.state == TrialState.RUNNING and owner_ended(record.read_worker(t))]
     return sum(record.record_interrupted(study, t, " (process ended while the trial ran)") for t in stale)
 
 

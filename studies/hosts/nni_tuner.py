@@ -64,7 +64,7 @@ class StrategyTuner(Tuner):
         strategy: a registered strategy name or an Optuna sampler.
         seed: the strategy's seed.
         evaluator: given to compression-aware strategies (costs, proxy, sensitivity).
-        constraints: e.g. ``{"max_size_kb": 4.0}`` (``trial.set_constraint`` per entry).
+        constraints: e.g. ``{"max_size_kb": 4.0}`` (recorded through :mod:`compsearch.record`).
         n_trials: ask at most this many trials, then ``NoMoreTrialError`` (None = unlimited).
         storage, study_name: where the study lives (default: in memory).
         study: use this study (with its sampler) instead of creating one; ``strategy``,
@@ -127,7 +127,7 @@ class StrategyTuner(Tuner):
         trial = self.study.ask()
         policy = self.space.suggest(trial)
         record.record_policy(trial, policy)
-        trial.set_user_attr("nni_parameter_id", int(parameter_id))
+        record.record_nni_id(trial, parameter_id)
         self.running[int(parameter_id)] = trial
         self.asked += 1
         return {k: _plain(v) for k, v in trial.params.items()}

@@ -25,8 +25,8 @@ from compsearch import optuna_compat as compat
 from compsearch import record
 from compsearch.studies.hosts.lock import StorageLock
 
-SLOT_ATTR = "compsearch:slot"
-WORKER_ATTR = "compsearch:worker"
+SLOT_ATTR = record.SLOT_ATTR
+WORKER_ATTR = record.WORKER_ATTR
 
 
 def _is_live(trial: FrozenTrial) -> bool:
@@ -41,22 +41,22 @@ def top_up_slots(study: optuna.Study, budget: int) -> int:
     """
     trials = study.get_trials(deepcopy=False)
     live = [t for t in trials if _is_live(t)]
-    held = {t.system_attrs.get(SLOT_ATTR) for t in live} & set(range(budget))
-    unslotted = sum(t.system_attrs.get(SLOT_ATTR) not in held for t in live)
+    held = {record.read_slot(t) for t in live} & set(range(budget))
+    unslotted = sum(record.read_slot(t) not in held for t in live)
     free = [k for k in range(budget) if k not in held][unslotted:]
     for k in free:
-        study.add_trial(create_trial(state=TrialState.WAITING, system_attrs={"fixed_params": {}, SLOT_ATTR: k}))
+        study.add_trial(create_trial(state=TrialState.WAITING, system_attrs=record.slot_attrs(k)))
     return len(free)
 
 
 def _slot_problem(trials: Sequence[FrozenTrial], mine: FrozenTrial, budget: int) -> str | None:
     """Why the popped trial ``mine`` must not run, or None."""
-    slot = mine.system_attrs.get(SLOT_ATTR)
-    if slot is not None and not 0 <= int(slot) < budget:
+    slot = record.read_slot(mine)
+    if slot is not None and not 0 <= slot < budget:
         return f"slot {slot} is outside the budget of {budget} trials"
     others = [t for t in trials if t.number != mine.number]
     if slot is not None and any(
-        t.number < mine.number and t.system_attrs.get(SLOT_ATTR) == slot and _is_live(t) for t in others
+        t.number < mine.number and record.read_slot(t) == slot and _is_live(t) for t in others
     ):
         return f"duplicate of budget slot {slot}"
     used = sum(t.state == TrialState.RUNNING or record.counts_toward_budget(t) for t in others)
@@ -123,7 +123,7 @@ class BudgetedStudy:
             if trial is None:
                 raise BudgetSpent(self._study.study_name)
             if self._worker is not None:
-                compat.set_trial_system_attr(self._study, trial, WORKER_ATTR, self._worker)
+                record.record_worker(self._study, trial, self._worker)
             if self._space is not None:
                 self._space.suggest(trial)
         return trial

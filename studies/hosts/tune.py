@@ -5,7 +5,7 @@ Ray is imported inside the functions, so ``import compsearch`` never needs it.
 Why our own :class:`StudySearcher` rather than ``ray.tune.search.optuna.OptunaSearch``:
 OptunaSearch accepts ``sampler=``, ``storage=`` and list-valued ``metric``/``mode``,
 but it only tells objective values, so a study it writes lacks what the rest of
-compsearch reads -- user attrs ``policy`` and ``metrics``, ``trial.set_constraint``
+compsearch reads -- the policy and every metric, the constraint
 values for the constrained samplers, a FAILED state with ``fail_reason`` for a
 diverged fine-tune, PRUNED for a trial that ASHA stopped -- and it cannot take a trial
 from a shared budget. The searcher below is about 100 lines of ask/tell around the
