@@ -21,7 +21,8 @@ on the physically pruned model (smaller: consumers lose input columns too), and 
 Targets (resnet18, onnxruntime, batch 1): ``pruned`` >= 1.6x faster than ``fp32``;
 ``pruned_int8`` >= 1.3x faster than ``pruned`` (the same graph). Timings need an idle machine.
 
-Run: ``.venv/bin/python benchmarks/export.py [--models digits_cnn,resnet18,vit_tiny] [--threads 1]``
+Run: ``.venv/bin/python benchmarks/export.py [--models digits_cnn,resnet18,vit_tiny] [--threads 1]
+[--exporter dynamo|torchscript] [--weight-dtype int8|uint8]``
 """
 
 from __future__ import annotations
@@ -106,7 +107,8 @@ def measure(name: str, args: argparse.Namespace, folder: Path) -> dict[str, Any]
     results: dict[str, Any] = {}
     for variant, (torch_model, units, reference, pruned) in info["variants"].items():
         start = time.perf_counter()
-        onnx_file = export_onnx(torch_model, units, x[:1], folder / f"{name}_{variant}.onnx", dynamo=args.exporter == "dynamo")
+        onnx_file = export_onnx(torch_model, units, x[:1], folder / f"{name}_{variant}.onnx", dynamo=args.exporter == "dynamo",
+                                weight_dtype=args.weight_dtype)
         export_seconds = time.perf_counter() - start
         with torch.no_grad():
             want = reference(x)
@@ -176,6 +178,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=50)
     parser.add_argument("--exporter", choices=("dynamo", "torchscript"), default="dynamo")
+    parser.add_argument("--weight-dtype", choices=("int8", "uint8"), default="int8",
+                        help="QDQ weight codes; uint8 avoids onnxruntime's u8s8 saturation on CPUs without VNNI")
     args = parser.parse_args()
     names = [n for n in args.models.split(",") if n]
     unknown = [n for n in names if n not in MODELS]
@@ -187,7 +191,8 @@ def main() -> None:
     logging.disable(logging.WARNING)
     from compsearch.evaluators.latency import machine
 
-    out: dict[str, Any] = {"machine": machine(), "threads": args.threads, "exporter": args.exporter, "models": {}}
+    out: dict[str, Any] = {"machine": machine(), "threads": args.threads, "exporter": args.exporter,
+                           "weight_dtype": args.weight_dtype, "models": {}}
     with tempfile.TemporaryDirectory() as tmp:
         for name in names:
             out["models"][name] = measure(name, args, Path(tmp))
