@@ -291,26 +291,36 @@ def _drop_unused_initializers(proto: Any) -> None:
 
 
 def _export(model: nn.Module, x: torch.Tensor, *, dynamo: bool, dynamic: bool, opset: int | None) -> Any:
+    """The ONNX ``ModelProto`` of one exporter run (its warnings and info logging silenced, then restored)."""
     import logging
+
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        logger.setLevel(logging.ERROR)
+        try:
+            return _run_exporter(model, x, dynamo=dynamo, dynamic=dynamic, opset=opset)
+        finally:
+            logger.setLevel(level)
+
+
+def _run_exporter(model: nn.Module, x: torch.Tensor, *, dynamo: bool, dynamic: bool, opset: int | None) -> Any:
+    import io
 
     import onnx
 
     export: Any = torch.onnx.export  # untyped call: the two exporters take different keywords
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        logging.getLogger("torch.onnx").setLevel(logging.ERROR)
-        if dynamo:
-            shapes = ({0: torch.export.Dim("batch", min=1, max=4096)},) if dynamic else None
-            program = export(model, (x,), dynamo=True, dynamic_shapes=shapes, optimize=True, verbose=False,
-                             opset_version=opset or _DYNAMO_OPSET, input_names=["input"], output_names=["output"])
-            return program.model_proto
-        import io
-
-        buffer = io.BytesIO()
-        axes = {"input": {0: "batch"}, "output": {0: "batch"}} if dynamic else None
-        export(model, (x,), buffer, dynamo=False, dynamic_axes=axes, opset_version=opset or 17,
-               input_names=["input"], output_names=["output"])
-        return onnx.load_from_string(buffer.getvalue())
+    if dynamo:
+        shapes = ({0: torch.export.Dim("batch", min=1, max=4096)},) if dynamic else None
+        program = export(model, (x,), dynamo=True, dynamic_shapes=shapes, optimize=True, verbose=False,
+                         opset_version=opset or _DYNAMO_OPSET, input_names=["input"], output_names=["output"])
+        return program.model_proto
+    buffer = io.BytesIO()
+    axes = {"input": {0: "batch"}, "output": {0: "batch"}} if dynamic else None
+    export(model, (x,), buffer, dynamo=False, dynamic_axes=axes, opset_version=opset or 17,
+           input_names=["input"], output_names=["output"])
+    return onnx.load_from_string(buffer.getvalue())
 
 
 def ort_session(path: str | Path, *, threads: int = 1, int8_matmul_activations: bool = False) -> Any:
