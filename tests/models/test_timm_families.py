@@ -132,15 +132,15 @@ PARAMS = [pytest.param(name, FAST[name], id=name) for name in FAST] + [
 
 
 def _model(family: Family) -> nn.Module:
-    """The family's model, seeded; parameters that timm initialises to zero (a residual
-    branch's last norm scale, a skip gain, a classifier) are randomised, so every unit
-    changes the logits and the lossless check sees all of them."""
+    """The family's model, seeded. Weights and scales that timm initialises to zero (a
+    residual branch's last norm scale, a skip gain, a classifier) are randomised, so every
+    unit changes the logits and the lossless check sees all of them; zero biases stay zero."""
     with torch.random.fork_rng():
         torch.manual_seed(0)
         model = family.build().eval()
         with torch.no_grad():
-            for p in model.parameters():
-                if not p.any():
+            for name, p in model.named_parameters():
+                if not p.any() and not name.endswith("bias"):
                     p.uniform_(0.5, 1.5) if p.dim() < 2 else p.normal_(0.0, 0.05)
     return model
 
@@ -207,10 +207,12 @@ def test_lossless_and_compressed_evaluation(name: str, family: Family) -> None:
     x = data.x_val[:8]
     with torch.no_grad():
         reference = model(x)
-    # 15-bit weights on every unit: a rounding error below 2**-15 of each row's range
+    # 15-bit weights on every unit: a rounding error below 2**-15 of each row's range. Measured
+    # at most 3e-7 over the 32 families; a forward that drops a subclass's own computation gives
+    # 0.3 to 2, and 2-bit weights on any single unit at least 4e-6.
     evaluator.proxy(Policy({u.name: UnitPolicy(w_bits=15) for u in units}))
     with torch.no_grad():
-        assert _relative_mse(evaluator.model.eval()(x), reference) <= 1e-4
+        assert _relative_mse(evaluator.model.eval()(x), reference) <= 1e-5
     # 4-bit weights, half the channels, 8-bit inputs where the unit's own forward takes them
     policy = Policy({u.name: UnitPolicy(w_bits=4, keep=0.5, a_bits=8 if u.use == "module" else 32)
                      for u in units if not u.is_head})
