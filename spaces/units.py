@@ -73,7 +73,8 @@ class Unit:
             forward never runs, ``nn.MultiheadAttention``'s projections, a custom module's
             parameter): the weight can be replaced wherever it is read (a
             parametrization), but the computation's input is not a module input, so the
-            evaluator cannot quantize it.
+            evaluator cannot quantize it. ``nn.TransformerEncoderLayer``'s ``linear1``/
+            ``linear2`` are functional: its fused eval kernel reads their weights directly.
     """
 
     name: str
@@ -181,6 +182,15 @@ def _heads(model: nn.Module, trace: Trace) -> tuple[tuple[str, ...], str]:
                          f"connections), so none is taken for the classifier")
 
 
+def _fused_reads(model: nn.Module) -> set[str]:
+    """Linear layers whose weights a fused inference kernel reads directly, bypassing their
+    forward: ``nn.TransformerEncoderLayer``'s ``linear1``/``linear2`` in eval mode without
+    gradients (``torch._transformer_encoder_layer_fwd``). The traced forward cannot see it
+    (any function mode disables the fused path), so these uses count as functional."""
+    return {f"{n}.{child}" if n else child for n, m in model.named_modules()
+            if isinstance(m, nn.TransformerEncoderLayer) for child in ("linear1", "linear2")}
+
+
 def _unit(name: str, use: WeightUse, depth: int, batch: int) -> dict[str, object]:
     params = 1
     for s in use.weight_shape:
@@ -231,6 +241,8 @@ def discover(
     order = list(trace.uses)
     stem, stem_reason = _stem(trace)
     heads, head_reason = _heads(model, trace)
+    for n in _fused_reads(model) & set(trace.uses):
+        trace.uses[n].uses.add(FUNCTIONAL)
     paths = {n: u.owner for n, u in trace.uses.items()}
     block_of = structural_blocks(model, paths, order, protected=[stem, *heads])
     if blocks is not None:

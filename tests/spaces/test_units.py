@@ -358,3 +358,18 @@ def test_cli_spaces_shows_the_roles_and_the_coverage(capsys: pytest.CaptureFixtu
     assert "head: get_classifier() returns 'head', 'head_dist'" in out
     # 5,491,796 parameters; pos_embed 1 x 6 x 192 = 1,152 (4 patches of 16 px + class + distillation token)
     assert "of 5,491,796 parameters are unit weights" in out and "pos_embed (1,152)" in out
+
+
+def test_transformer_encoder_layer_linears_are_functional() -> None:
+    # in eval mode without gradients PyTorch's fused encoder kernel reads linear1/linear2 weights
+    # directly, so their module forward does not run: they count as functional uses
+    model = nn.Sequential(nn.TransformerEncoder(nn.TransformerEncoderLayer(8, 2, 16, batch_first=True), 1),
+                          nn.Flatten(), nn.Linear(3 * 8, 2))
+    units = {u.name: u for u in discover_units(model.eval(), torch.randn(2, 3, 8))}
+    layer = "0.layers.0"
+    assert {n: u.use for n, u in units.items()} == {
+        f"{layer}.self_attn.in_proj_weight": "functional", f"{layer}.self_attn.out_proj": "functional",
+        f"{layer}.linear1": "functional", f"{layer}.linear2": "functional", "2": "module"}
+    # per sample: in_proj (3 + 3 + 3 tokens) x 8 x 8, out_proj 3 x 8 x 8, linear1 3 x 16 x 8, linear2 3 x 8 x 16
+    assert [u.macs for u in units.values()] == [576, 192, 384, 384, 48]
+    assert {u.block for n, u in units.items() if n != "2"} == {layer}
