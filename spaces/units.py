@@ -177,7 +177,8 @@ def _heads(model: nn.Module, trace: Trace) -> tuple[tuple[str, ...], str]:
         return (), prefix + "no head: the model output depends on its input through no unit"
     if 1 <= len(trace.terminal) <= 2:
         named = " and ".join(repr(t) for t in trace.terminal)
-        return tuple(trace.terminal), prefix + f"{named} feed the model output with no other unit in between"
+        verb = "feeds" if len(trace.terminal) == 1 else "feed"
+        return tuple(trace.terminal), prefix + f"{named} {verb} the model output with no other unit in between"
     return (), prefix + (f"no head: {len(trace.terminal)} units feed the model output directly (e.g. through residual "
                          f"connections), so none is taken for the classifier")
 

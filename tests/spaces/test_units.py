@@ -139,7 +139,8 @@ def test_multihead_attention_projections() -> None:
     assert (out_proj.macs, out_proj.use, out_proj.bias_params) == (5 * 64, "functional", 8)
     assert units["0"].macs == 3 * 5 * 8 * 4  # the Linear ran three times
     assert [u.block for u in found.units] == ["0", "attn", "attn"]  # the attention module is one block
-    assert out_proj.is_head and found.coverage == pytest.approx((32 + 192 + 64) / (40 + 216 + 72))
+    assert out_proj.is_head and found.head_reason == "'attn.out_proj' feeds the model output with no other unit in between"
+    assert found.coverage == pytest.approx((32 + 192 + 64) / (40 + 216 + 72))
 
 
 def test_weight_standardised_and_same_padding_convs_are_module_units() -> None:
