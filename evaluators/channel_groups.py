@@ -323,10 +323,14 @@ def channel_group(graph: Graph, unit: str, idxs: Sequence[int], *, budget: int =
     from torch_pruning.dependency.dependency import Dependency
 
     dg = graph.dg
-    root = dg.model.get_submodule(unit)
-    node = dg.module2node.get(root)
+    try:
+        root = dg.model.get_submodule(unit)
+    except AttributeError:
+        root = None
+    node = dg.module2node.get(root) if isinstance(root, nn.Conv1d | nn.Conv2d | nn.Linear) else None
     if node is None:
-        return "are not reached by Torch-Pruning's trace (a layer called outside the traced forward)"
+        return ("belong to a weight Torch-Pruning's trace does not reach through its layer's forward "
+                "(a functional weight, e.g. F.linear(x, layer.weight) or a raw parameter)")
     pruner = dg.get_pruner_of_module(root)
     fn = pruner.prune_out_channels
     root_dep = Dependency(fn, fn, source=node, target=node)

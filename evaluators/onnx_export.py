@@ -39,7 +39,7 @@ import torch
 from torch import nn
 
 from compsearch.errors import ConfigError, ModelError
-from compsearch.evaluators.speedup import clone_model
+from compsearch.evaluators.speedup import clone_model, unit_weight
 from compsearch.evaluators.unit_quant import UnitQuant
 
 
@@ -218,12 +218,19 @@ def export_model(model: nn.Module, units: Mapping[str, UnitQuant], *, qdq_bits: 
         raise ConfigError(f"weight_dtype={weight_dtype!r}; allowed: {list(WEIGHT_DTYPES)}")
     out = clone_model(model).eval()
     for name, uq in units.items():
-        layer = out.get_submodule(name)
-        if tuple(cast(torch.Tensor, layer.weight).shape) != tuple(uq.weight.shape):
+        weight = unit_weight(out, name)
+        if tuple(weight.shape) != tuple(uq.weight.shape):
             raise ConfigError(f"unit {name!r}: weight shape {tuple(uq.weight.shape)} differs from the model's "
-                              f"{tuple(cast(torch.Tensor, layer.weight).shape)}; restrict the units to the prune plan")
+                              f"{tuple(weight.shape)}; restrict the units to the prune plan")
         if uq.functional or not (uq.quantized or uq.act_quantized):
             continue  # float; a functional weight is read by its parent, which a wrapper would not see
+        try:
+            layer: nn.Module | None = out.get_submodule(name)
+        except AttributeError:
+            layer = None  # a raw parameter
+        if not isinstance(layer, nn.Conv1d | nn.Conv2d | nn.Linear):
+            raise ConfigError(f"unit {name!r} is not a Conv1d/Conv2d/Linear layer ({type(layer).__name__}); mark it "
+                              f"functional (UnitQuant.functional=True) to export it in float")
         parent_name, _, child = name.rpartition(".")
         wrapper = _ExportUnit(layer, uq, qdq_bits=qdq_bits, weight_dtype=weight_dtype)
         setattr(out.get_submodule(parent_name) if parent_name else out, child, wrapper)

@@ -10,7 +10,7 @@ but these)::
 
 A *span* ``[offset, nbytes]`` addresses bytes of ``blob``. Entries:
 
-* ``"<unit>.weight"``, ``kind="quant"`` (``w_bits < 16``): ``shape`` (the stored layer's weight
+* ``"<unit>.weight"`` (or the parameter path of a raw-parameter unit), ``kind="quant"`` (``w_bits < 16``): ``shape`` (the stored layer's weight
   shape), ``bits``, ``scheme``, ``granularity`` (``"tensor"``/``"channel"``), ``qmin``; ``codes``:
   the codes ``c = q - qmin`` (:func:`~compsearch.evaluators.unit_quant.codes`) of the stored
   elements, ``bits`` bits each, packed densely LSB-first (bit ``j`` of element ``i`` is bit
@@ -177,7 +177,7 @@ def pack_model(model: nn.Module, units: Mapping[str, UnitQuant], *, half: bool =
     entries: dict[str, Any] = {}
     state = model.state_dict()
     for name, uq in units.items():
-        key = f"{name}.weight"
+        key = f"{name}.weight" if f"{name}.weight" in state else name  # a layer's weight, or a raw parameter
         if key not in state or tuple(state[key].shape) != tuple(uq.weight.shape):
             raise ConfigError(f"unit {name!r}: weight shape {tuple(uq.weight.shape)} does not match the model's "
                               f"{tuple(state[key].shape) if key in state else 'missing weight'}; restrict the units to the prune plan")

@@ -105,6 +105,20 @@ def clone_model(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model, memo)
 
 
+def unit_weight(model: nn.Module, unit: str) -> torch.Tensor:
+    """The unit's weight: ``<unit>.weight`` of a layer, or the parameter named ``unit`` (a functional weight)."""
+    try:
+        weight = getattr(model.get_submodule(unit), "weight", None)
+    except AttributeError:
+        weight = None
+    if weight is None:
+        try:
+            weight = model.get_parameter(unit)
+        except AttributeError:
+            raise ModelError(f"unit {unit!r} is neither a layer with a weight nor a parameter of {type(model).__name__}") from None
+    return weight
+
+
 def parameter_count(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
@@ -120,8 +134,7 @@ def pruned_channels(model: nn.Module, policy: Policy, units: Sequence[Unit], *, 
         up = policy.get_or_identity(unit.name)
         if unit.is_head or not up.pruned or up.structure != "channel":
             continue
-        weight = model.get_submodule(unit.name).weight
-        mask = compute_mask(weight, keep=up.keep, structure="channel", criterion=criterion)
+        mask = compute_mask(unit_weight(model, unit.name), keep=up.keep, structure="channel", criterion=criterion)
         if mask is not None:
             out[unit.name] = torch.nonzero(mask.flatten() == 0).flatten().tolist()
     return out
@@ -218,10 +231,7 @@ def zero_pruned(model: nn.Module, plan: PrunePlan) -> nn.Module:
     with torch.no_grad():
         for unit in plan.masked:
             if unit in plan.channels:
-                weight = model.get_submodule(unit).weight
-                if not isinstance(weight, torch.Tensor):
-                    raise ModelError(f"unit {unit!r} has no weight tensor; only Conv and Linear layers prune")
-                weight[list(plan.channels[unit])] = 0
+                unit_weight(model, unit)[list(plan.channels[unit])] = 0
         for name, idxs in outs.items():
             module = model.get_submodule(name)
             for attr in ("weight", "bias"):
@@ -373,4 +383,4 @@ def physically_prune(model: nn.Module, policy: Policy | None, units: Sequence[Un
 
 __all__ = ["PLAN_VERSION", "PruneAnalyzer", "PrunePlan", "PruneResult", "apply_plan", "check_inputs", "clone_model",
            "masked_reference", "output_error", "parameter_count", "physically_prune", "plan_pruning", "pruned_channels",
-           "zero_pruned"]
+           "unit_weight", "zero_pruned"]

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, cast
+from typing import Any
 
 import torch
 from torch import nn
@@ -26,7 +26,7 @@ from torch import nn
 from compsearch.errors import ConfigError
 from compsearch.evaluators.masks import compute_mask
 from compsearch.evaluators.quant import act_qparams, fake_quantize_weight, weight_qparams
-from compsearch.evaluators.speedup import clone_model
+from compsearch.evaluators.speedup import clone_model, unit_weight
 from compsearch.spaces.policy import Policy
 
 
@@ -228,7 +228,7 @@ def _weight_part(weight: torch.Tensor, up: Any, criterion: str) -> UnitQuant:
 
 
 def quantize_units(model: nn.Module, policy: Policy, *, criterion: str = "l1",
-                   calib: Sequence[torch.Tensor] | None = None) -> dict[str, UnitQuant]:
+                   calib: Sequence[torch.Tensor] | None = None, units: Sequence[Any] | None = None) -> dict[str, UnitQuant]:
     """Per-unit records of ``policy`` applied to ``model`` without fine-tuning.
 
     The same operations as the evaluator's compressed forward: the mask from the
@@ -240,20 +240,24 @@ def quantize_units(model: nn.Module, policy: Policy, *, criterion: str = "l1",
     and float activations (as the evaluator calibrates); the input scale is rounded to
     float32, as the packed file and ONNX's ``QuantizeLinear`` store it.
 
+    ``units`` (:func:`~compsearch.spaces.discover_units`) marks the functional ones
+    (``use != "module"``), which export keeps in float.
+
     Raises:
         ConfigError: a unit quantizes its input and ``calib`` is None.
     """
-    units = {name: _weight_part(cast(torch.Tensor, model.get_submodule(name).weight), up, criterion)
-             for name, up in policy.items() if not up.is_identity}
+    functional = {u.name for u in units or () if getattr(u, "use", "module") != "module"}
+    records = {name: replace(_weight_part(unit_weight(model, name), up, criterion), functional=name in functional)
+               for name, up in policy.items() if not up.is_identity}
     act = [name for name, up in policy.items() if up.act_quantized]
     if act and calib is None:
         raise ConfigError(f"units {act[:3]} quantize their input; pass calib=[batch, ...] (calibration inputs)")
     if act and calib is not None:
-        ranges = observe_act_ranges(effective_model(model, units), act, calib)
+        ranges = observe_act_ranges(effective_model(model, records), act, calib)
         for name in act:
             a_scale, a_zp = act_qparams(*ranges[name], policy[name].a_bits)
-            units[name] = replace(units[name], act_scale=float32(a_scale), act_zero_point=a_zp)
-    return units
+            records[name] = replace(records[name], act_scale=float32(a_scale), act_zero_point=a_zp)
+    return records
 
 
 class _InputQuant:
@@ -288,7 +292,7 @@ def effective_model(model: nn.Module, units: Mapping[str, UnitQuant]) -> nn.Modu
     copy_ = clone_model(model).eval()
     with torch.no_grad():
         for name, uq in units.items():
-            copy_.get_submodule(name).weight.copy_(uq.weight)
+            unit_weight(copy_, name).copy_(uq.weight)
     return copy_
 
 

@@ -178,3 +178,36 @@ def test_bad_settings_are_refused() -> None:
     small = {"features.3": units["features.3"].__class__(weight=torch.zeros(3, 16, 3, 3), w_bits=32)}
     with pytest.raises(ConfigError, match=r"unit 'features.3': weight shape \(3, 16, 3, 3\) differs from the model's"):
         export_model(model, small)
+
+
+def test_functional_weights_pack_and_export_in_float(tmp_path) -> None:
+    from compsearch.evaluators.packing import pack_model, unpack_model
+
+    class Functional(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.fc = nn.Conv2d(3, 8, 3), nn.Linear(8, 8)
+            self.w = nn.Parameter(torch.randn(4, 8))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = torch.relu(nn.functional.linear(self.conv(x).mean(dim=(2, 3)), self.fc.weight, self.fc.bias))
+            return nn.functional.linear(h, self.w)
+
+    torch.manual_seed(0)
+    model = Functional().eval()
+    x = torch.randn(4, 3, 6, 6)
+    policy = Policy({"conv": UnitPolicy(w_bits=4, a_bits=8), "fc": UnitPolicy(w_bits=4), "w": UnitPolicy(w_bits=3)})
+    units = quantize_units(model, policy, calib=[x], units=discover_units(model, x))
+    assert not units["conv"].functional and units["fc"].functional and units["w"].functional
+    eff = effective_model(model, units)
+    packed = pack_model(eff, units)
+    assert packed["entries"]["w"]["kind"] == "quant" and packed["entries"]["fc.weight"]["bits"] == 4
+    fresh = Functional()
+    back = unpack_model(fresh, packed)
+    assert torch.equal(fresh.w.detach(), units["w"].weight) and set(back) == {"conv", "fc", "w"}
+    out = export_onnx(eff, units, x[:1], tmp_path / "f.onnx", dynamo=False)
+    assert out.qdq_units == ("conv",) and set(out.float_units) == {"fc", "w"}
+    reference = clone_model(eff)
+    attach_input_quant(reference, units)
+    with torch.no_grad():
+        assert float((run_onnx(ort_session(out.path), x) - reference(x)).abs().max()) <= 1e-5

@@ -286,3 +286,34 @@ def test_pruning_the_evaluators_model_keeps_its_outputs_and_says_which_channels_
     assert result.plan.removed == ("4",) and result.model[4].out_channels == 4 and result.model[5].num_features == 4
     with torch.no_grad():
         assert float((result.model(x) - zeroed(x)).abs().max()) <= 1e-5
+
+
+class _Functional(nn.Module):
+    """conv(3->8) - pool - F.linear with fc's weight (read outside fc.forward) - F.linear with a raw parameter."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(3, 8, 3), nn.Linear(8, 8)
+        self.w = nn.Parameter(torch.randn(4, 8))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(torch.nn.functional.linear(self.conv(x).mean(dim=(2, 3)), self.fc.weight, self.fc.bias))
+        return torch.nn.functional.linear(h, self.w)
+
+
+def test_functional_weights_stay_masked_with_a_reason() -> None:
+    torch.manual_seed(0)
+    model = _Functional().eval()
+    x = torch.randn(2, 3, 6, 6)
+    units = discover_units(model, x)
+    names = {u.name for u in units}
+    assert {"conv", "fc", "w"} <= names
+    policy = Policy({n: UnitPolicy(keep=0.5) for n in ("fc", "w")})
+    result = physically_prune(model, policy, units, x)  # "w" is the head (the last computation): not pruned
+    assert result.plan.removed == () and "functional weight" in result.plan.masked["fc"]
+    assert float(result.model.fc.weight.detach()[list(result.plan.channels["fc"])].abs().sum()) == 0.0
+    assert result.max_error <= 1e-6
+    assert set(result.plan.channels) == {"fc"}
+    # a raw parameter's rows are zeroed in place too
+    result = physically_prune(model, None, None, x, channels={"w": [0, 1]})
+    assert "functional weight" in result.plan.masked["w"] and float(result.model.w.detach()[:2].abs().sum()) == 0.0
