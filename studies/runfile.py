@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import os
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -122,12 +122,13 @@ def _refuse(url: str, what: str) -> ConfigError:
     )
 
 
-def check_studies(out_dir: str | Path, url: str) -> None:
+def check_studies(out_dir: str | Path, url: str, names: Sequence[str] = ()) -> None:
     """Refuse a storage that lost trials run.json recorded, or holds another run's studies.
 
     Checks, for every study run.json lists under ``trials``: the study exists, holds at
     least the recorded number of trials, and carries this run's ``compsearch:run`` stamp
-    (when it has one). A file storage in the run folder that is missing altogether is
+    (when it has one); and that none of the studies ``names`` this run is about to use
+    belongs to another run. A file storage in the run folder that is missing altogether is
     refused before it would be created empty.
 
     Raises:
@@ -137,17 +138,22 @@ def check_studies(out_dir: str | Path, url: str) -> None:
 
     record = read(out_dir)
     counts: Mapping[str, int] = record.get("trials", {}) or {}
-    if not any(int(n) > 0 for n in counts.values()):
-        return
     path = file_of(url, out_dir)
     if path is not None and not path.exists():
-        raise _refuse(url, f"does not exist (run.json recorded {sum(map(int, counts.values()))} trials in it)")
+        if any(int(n) > 0 for n in counts.values()):
+            raise _refuse(url, f"does not exist (run.json recorded {sum(map(int, counts.values()))} trials in it)")
+        return  # a new file storage: nothing to compare
     storage = open_storage(url, out_dir=out_dir)
-    names = {s.study_name: s for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
+    present = {s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
+    for name in sorted(set(names) & present - set(counts)):
+        stamp = optuna.load_study(study_name=name, storage=storage).user_attrs.get(RUN_ATTR)
+        if stamp is not None and stamp != record.get("run_id"):
+            raise ConfigError(f"storage {redact(url)!r} already holds a study {name!r} of another run ({stamp}); "
+                              f"nothing was run. Give this run its own storage (--storage) or resume that run's folder")
     for name, recorded in sorted(counts.items()):
         if int(recorded) == 0:
             continue
-        if name not in names:
+        if name not in present:
             raise _refuse(url, f"has no study {name!r} (run.json recorded {recorded} trials)")
         study = optuna.load_study(study_name=name, storage=storage)
         stamp = study.user_attrs.get(RUN_ATTR)

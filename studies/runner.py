@@ -153,15 +153,16 @@ def run_study(
     check_run(effective, out, storage=storage, host=host)
     runfile.check_resume(out, effective)
     url = runfile.resolve_storage(out, effective, storage, several_processes=host.processes > 1)
-    runfile.check_studies(out, url)
+    jobs = [(s, seed) for s in effective.strategies for seed in effective.seeds]
     out.mkdir(parents=True, exist_ok=True)
+    runfile.run_id(out)
+    runfile.check_studies(out, url, [study_name(s, seed) for s, seed in jobs])
     if url.startswith("journal://"):
         open_storage(url, out_dir=out, repair=True)  # a torn journal tail is cut off before anyone appends
     run = prepare(effective, out, storage=url)
     session = {"start": _now(), "end": None, "status": "running", "strategies": effective.strategies,
                "trials": effective.trials, "seeds": effective.seeds, "workers": workers, "backend": backend}
     _write_session(run, session)
-    jobs = [(s, seed) for s in effective.strategies for seed in effective.seeds]
     try:
         for seed in effective.seeds:
             evaluate_baseline(run, seed)

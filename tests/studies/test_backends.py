@@ -240,6 +240,13 @@ def test_postgresql_needs_its_password_and_run_json_never_shows_it(tmp_path: Pat
         open_storage(postgres_url.replace(f":{password}@", "@"))  # no password: refused by the server
     shutil.copytree(base_cache, tmp_path / "base")
     spec = {**TINY_SPEC, "name": "pg", "trials": 1}
+    from compsearch.studies.runfile import stamp_study
+
+    foreign = optuna.create_study(study_name="random-s0", storage=open_storage(postgres_url), load_if_exists=True)
+    stamp_study(foreign, "another-run")  # (kept when the 3-worker test's run stamped it first)
+    with pytest.raises(ConfigError, match=r"already holds a study 'random-s0' of another run"):
+        run_study(spec, tmp_path, storage=postgres_url, quiet=True)  # never mixed into another run's study
+    spec["seeds"] = [7]  # a study of its own: random-s7
     run_study(spec, tmp_path, storage=postgres_url, quiet=True)
     text = (tmp_path / "run.json").read_text()
     assert password not in text and redact(postgres_url) in text
@@ -248,7 +255,7 @@ def test_postgresql_needs_its_password_and_run_json_never_shows_it(tmp_path: Pat
         run_study(spec, tmp_path, quiet=True)  # a resume needs the URL again
     monkeypatch.setenv(ENV_STORAGE, postgres_url)
     run_study(spec, tmp_path, quiet=True)  # ... from the environment: nothing left to run
-    assert len(load_studies(open_storage(postgres_url))[("random", 0)]) == 1
+    assert len(load_studies(open_storage(postgres_url))[("random", 7)]) == 1
 
 
 def test_a_resume_beside_other_machines_recovers_only_trials_of_ended_local_workers() -> None:

@@ -143,6 +143,12 @@ def test_an_emptied_or_replaced_storage_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"does not exist \(run.json recorded 3 trials in it\)"):
         runfile.check_studies(out, url)
     assert not (out / "studies.db").exists()  # refused before an empty one was created
+    fresh = tmp_path / "fresh"  # a new run pointed at another run's storage: its study is not mixed in
+    fresh.mkdir()
+    runfile.run_id(fresh)
+    with pytest.raises(ConfigError, match=r"already holds a study 'random-s0' of another run"):
+        runfile.check_studies(fresh, url_from_record("sqlite:studies.db", other), ["random-s0", "tpe-s0"])
+    runfile.check_studies(fresh, url_from_record("sqlite:studies.db", other), ["tpe-s0"])  # other studies: fine
     optuna.create_study(study_name="random-s0", storage=open_storage(url))  # an emptied storage
     with pytest.raises(ConfigError, match=r"holds 0 trials of study 'random-s0', run.json recorded 3"):
         runfile.check_studies(out, url)
