@@ -6,18 +6,22 @@
   (``num_classes=10``, 3 x 32 x 32 synthetic input, random init); ``ratio`` =
   compressed / fp32 (target <= 1.25). Measured as ``seconds["finetune"] / steps`` of
   :meth:`CompressionEvaluator.evaluate` (wall) and as process CPU time per step
-  (``cpu_ratio``, robust to other load on a shared machine), fp32 and compressed runs
-  interleaved, median over repeats after a warm-up.
+  (``cpu_ratio``), fp32 and compressed runs interleaved, median over repeats after a
+  warm-up; ``paired_ratio`` is the median over repeats of the ratio of each compressed
+  run to the fp32 run just before it (the most robust to other load on a shared
+  machine). ``load_avg`` is the 1-minute load average at the start: above the number
+  of cores, treat every number as provisional.
 * ``evaluate_s``: seconds per ``evaluate()`` of that digits candidate with 100
   fine-tune steps (target <= 2 s on 2 cores), median over repeats.
 
-Run: ``.venv/bin/python benchmarks/evaluator.py [--repeats 5] [--threads 2]``.
+Run: ``.venv/bin/python benchmarks/evaluator.py [--repeats 5] [--threads 2] [--device cuda]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import time
@@ -57,17 +61,19 @@ def step_ms(ev: CompressionEvaluator, *, steps: int, repeats: int) -> dict[str, 
             wall[key].append(w)
             cpu[key].append(c)
     med = {f"{k}_{kind}": statistics.median(v) for kind, d in (("ms", wall), ("cpu_ms", cpu)) for k, v in d.items()}
+    paired = statistics.median(c / f for f, c in zip(wall["fp32"], wall["compressed"], strict=True))
     return {
         **{k: round(v, 3) for k, v in med.items()},
         "ratio": round(med["compressed_ms"] / med["fp32_ms"], 3),
         "cpu_ratio": round(med["compressed_cpu_ms"] / med["fp32_cpu_ms"], 3),
+        "paired_ratio": round(paired, 3),
     }
 
 
-def digits_case(repeats: int) -> tuple[dict[str, float], float]:
+def digits_case(repeats: int, device: str) -> tuple[dict[str, float], float]:
     data = load_dataset("digits", seed=0)
     model = build_model("digits_cnn", num_classes=10, in_chans=1)
-    ev = CompressionEvaluator(model, data, finetune=FineTuneConfig(steps=100, batch_size=64), device="cpu")
+    ev = CompressionEvaluator(model, data, finetune=FineTuneConfig(steps=100, batch_size=64), device=device)
     steps = step_ms(ev, steps=100, repeats=repeats)
     policy = Policy.uniform([u.name for u in ev.units], COMPRESSED)
     totals = []
@@ -78,12 +84,10 @@ def digits_case(repeats: int) -> tuple[dict[str, float], float]:
     return steps, round(statistics.median(totals), 3)
 
 
-def resnet_case(repeats: int, steps: int) -> dict[str, float]:
+def resnet_case(repeats: int, steps: int, device: str) -> dict[str, float]:
     data = load_dataset("synthetic", seed=0, n=640, num_classes=10, shape=(3, 32, 32))
     model = build_model("resnet18", num_classes=10, in_chans=3)
-    ev = CompressionEvaluator(
-        model, data, finetune=FineTuneConfig(steps=steps, batch_size=64), device="cpu",
-    )
+    ev = CompressionEvaluator(model, data, finetune=FineTuneConfig(steps=steps, batch_size=64), device=device)
     return step_ms(ev, steps=steps, repeats=repeats)
 
 
@@ -92,12 +96,17 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--resnet-steps", type=int, default=5)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    digits_steps, evaluate_s = digits_case(args.repeats)
-    resnet_steps = resnet_case(args.repeats, args.resnet_steps)
+    load = os.getloadavg()[0]
+    digits_steps, evaluate_s = digits_case(args.repeats, args.device)
+    resnet_steps = resnet_case(args.repeats, args.resnet_steps, args.device)
     out = {
+        "device": args.device,
         "threads": args.threads,
+        "cores": os.cpu_count(),
+        "load_avg": round(load, 2),
         "torch": torch.__version__,
         "machine": platform.machine(),
         "policy": "w4 per-channel symmetric, a8, 50% channel pruning on every unit",

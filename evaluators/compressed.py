@@ -38,7 +38,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from compsearch.errors import ModelError
-from compsearch.evaluators.quant import ActQuantizer, WeightQuant, weight_qparams
+from compsearch.evaluators.quant import ActQuantizer, WeightQuant, grid_values, weight_qparams
 from compsearch.evaluators.types import CompressedUnit
 from compsearch.spaces.units import COMPRESSIBLE
 
@@ -192,7 +192,49 @@ class _Effective(nn.Module):
         self._compression = [compression]  # a list, so the compression is not a submodule
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
-        return self._compression[0].effective_from(w)
+        return self._compression[0].effective_weight()  # w is the owner's stored weight
+
+
+FUSED_MAX_NUMEL = 1 << 16
+"""Weights up to this many elements take the fused, cached path of :class:`WeightCache` in
+training; larger ones are memory-bound, and the per-unit straight-through function (fewer
+passes over the weight) is faster."""
+
+
+class WeightCache:
+    """The grid values of several units' weights, recomputed together when stored weights change.
+
+    Fine-tuning changes every weight once per optimizer step; the first forward after it
+    refreshes every stale unit at once -- narrow symmetric grids in one fused pass
+    (:func:`~compsearch.evaluators.quant.grid_values`), the others one by one -- and keeps
+    ``Q`` (the grid values) and, for small weights, ``D = Q - w``. A training forward of a
+    small weight uses ``w + D``: the value is exactly ``Q`` (``Q - w`` is exact by Sterbenz's
+    lemma, since ``|Q - w|`` is at most one step and ``Q`` is 0 or at least one step; tested on
+    every grid) and the gradient is the identity (the straight-through estimator) without a
+    Python backward. Large weights (> :data:`FUSED_MAX_NUMEL`) and the binary grid (where
+    ``w + D`` is not exact) use the straight-through function in training; every weight
+    uses the cached ``Q`` in evaluation forwards (no gradient recorded).
+    """
+
+    def __init__(self) -> None:
+        self.members: list[UnitCompression] = []
+
+    def refresh(self, *, everyone: bool) -> None:
+        """Recompute the grid values of every stale member (only the fused ones unless ``everyone``)."""
+        stale = [c for c in self.members if c._version != c.owner.weight._version and (everyone or c._fused)]
+        if not stale:
+            return
+        narrow = [c for c in stale if cast(WeightQuant, c.weight_quant).narrow]
+        other = [c for c in stale if not cast(WeightQuant, c.weight_quant).narrow]
+        with torch.no_grad():
+            values = grid_values([c.owner.weight for c in narrow], [cast(WeightQuant, c.weight_quant) for c in narrow])
+            values += [cast(WeightQuant, c.weight_quant).values(c.owner.weight) for c in other]
+            members = narrow + other
+            fused = [i for i, c in enumerate(members) if c._fused]
+            deltas = torch._foreach_sub([values[i] for i in fused], [members[i].owner.weight for i in fused]) if fused else []
+            delta_of = dict(zip(fused, deltas, strict=True))
+            for i, c in enumerate(members):
+                c._store(values[i], delta_of.get(i))
 
 
 class UnitCompression:
@@ -207,6 +249,8 @@ class UnitCompression:
         mask: the unit's pruning mask (``out x 1 x ... x 1`` or the weight's shape), or
             None. Multiplied into the quantized weight only on the binary grid; it is kept
             for :meth:`describe` in every case.
+        cache: the :class:`WeightCache` shared with the other units of the model (default:
+            one of its own).
 
     Raises:
         ModelError: ``act_quant`` on a functional unit.
@@ -220,6 +264,7 @@ class UnitCompression:
         weight_quant: WeightQuant | None,
         act_quant: ActQuantizer | None,
         mask: torch.Tensor | None = None,
+        cache: WeightCache | None = None,
     ) -> None:
         if act_quant is not None and owner.use == FUNCTIONAL:
             raise ModelError(
@@ -229,14 +274,26 @@ class UnitCompression:
             )
         self.owner, self.name = owner, name
         self.weight_quant, self.act_quant, self.mask = weight_quant, act_quant, mask
-        binary = weight_quant is not None and weight_quant.bits == 1 and weight_quant.scheme == "symmetric"
-        self._forward_mask = mask if binary else None
+        self._binary = weight_quant is not None and weight_quant.bits == 1 and weight_quant.scheme == "symmetric"
+        self._fused = weight_quant is not None and not self._binary and owner.weight.numel() <= FUSED_MAX_NUMEL
+        self._forward_mask = mask if self._binary else None
         self._original: Any = None
         self._installed = False
-        self._cache: tuple[int, torch.Tensor] | None = None
+        self._version = -1
+        self._values: torch.Tensor | None = None
+        self._delta: torch.Tensor | None = None
+        self._cache = cache if cache is not None else WeightCache()
+        if weight_quant is not None:
+            self._cache.members.append(self)
+
+    def _store(self, values: torch.Tensor, delta: torch.Tensor | None) -> None:
+        self._version = self.owner.weight._version
+        self._values = values if self._forward_mask is None else values * self._forward_mask
+        self._delta = delta
 
     def effective_from(self, w: torch.Tensor) -> torch.Tensor:
-        """The effective weight of stored weight ``w`` (straight-through gradient to ``w``)."""
+        """The effective weight of stored weight ``w`` (straight-through gradient to ``w``);
+        computed afresh (used by the parametrization and :meth:`describe`)."""
         if self.weight_quant is not None:
             w = self.weight_quant(w)
         if self._forward_mask is not None:
@@ -244,18 +301,21 @@ class UnitCompression:
         return w
 
     def effective_weight(self) -> torch.Tensor:
-        """The weight the forward uses now (``out x ...``); reused while the stored weight is
-        unchanged and no gradient is being recorded (evaluation forwards)."""
+        """The weight the forward uses now (``out x ...``): the cached grid values when no
+        gradient is recorded; in training ``w + D`` (small weights) or the straight-through
+        function (large weights, binary grid) -- see :class:`WeightCache`."""
         w = self.owner.weight
-        if self.weight_quant is None and self._forward_mask is None:
+        if self.weight_quant is None:
             return w
-        if torch.is_grad_enabled():
-            self._cache = None
-            return self.effective_from(w)
-        version = w._version
-        if self._cache is None or self._cache[0] != version:
-            self._cache = (version, self.effective_from(w))
-        return self._cache[1]
+        if torch.is_grad_enabled() and w.requires_grad:
+            if not self._fused:
+                return self.effective_from(w)
+            if self._version != w._version:
+                self._cache.refresh(everyone=False)
+            return w + cast(torch.Tensor, self._delta)
+        if self._version != w._version:
+            self._cache.refresh(everyone=True)
+        return cast(torch.Tensor, self._values)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """The module's forward with quantized input and the effective weight swapped in."""
@@ -303,7 +363,7 @@ class UnitCompression:
                 m.forward = self._original  # type: ignore[method-assign]
             else:
                 del m.forward
-        self._installed, self._cache = False, None
+        self._installed, self._version, self._values, self._delta = False, -1, None, None
 
     def check_calibrated(self) -> None:
         """Raise :class:`ModelError` if the input quantizer never saw an input."""
@@ -330,4 +390,4 @@ class UnitCompression:
         return CompressedUnit(name=self.name, weight=effective, mask=mask, functional=self.owner.use == FUNCTIONAL, **q, **a)
 
 
-__all__ = ["FUNCTIONAL", "MODULE", "UnitCompression", "WeightOwner", "probe_weight_uses", "resolve_weight"]
+__all__ = ["FUNCTIONAL", "FUSED_MAX_NUMEL", "MODULE", "UnitCompression", "WeightCache", "WeightOwner", "probe_weight_uses", "resolve_weight"]

@@ -59,7 +59,12 @@ from compsearch.errors import (
     check_int_at_least,
 )
 from compsearch.evaluators.checks import resolve_device
-from compsearch.evaluators.compressed import UnitCompression, probe_weight_uses, resolve_weight
+from compsearch.evaluators.compressed import (
+    UnitCompression,
+    WeightCache,
+    probe_weight_uses,
+    resolve_weight,
+)
 from compsearch.evaluators.cost import CostModel
 from compsearch.evaluators.masks import (
     GradientStats,
@@ -383,6 +388,7 @@ class CompressionEvaluator:
         if reset:
             self._reset()
         act: list[ActQuantizer] = []
+        cache = WeightCache()
         for name, up in policy.items():
             if up.is_identity:
                 continue
@@ -395,7 +401,7 @@ class CompressionEvaluator:
                 self._masked.append((weight, mask, rows))
             wq = WeightQuant(up.w_bits, up.scheme, up.granularity == "channel") if up.quantized else None
             aq = ActQuantizer(bits=up.a_bits, mode=self.config.act_range, momentum=self.config.ema_momentum) if up.act_quantized else None
-            compression = UnitCompression(self._owners[name], name=name, weight_quant=wq, act_quant=aq, mask=mask)
+            compression = UnitCompression(self._owners[name], name=name, weight_quant=wq, act_quant=aq, mask=mask, cache=cache)
             self._attached[name] = compression.install()
             if aq is not None:
                 act.append(aq)

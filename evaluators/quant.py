@@ -35,13 +35,18 @@ QAT).
 
 The STE. Weights: the forward uses the rounded weight, the backward passes the
 gradient through unchanged (identity) -- a min/max range holds every weight, so no
-weight is ever clamped (on the binary grid this is the plain, unclipped STE).
+weight is ever clamped (on the binary grid this is the plain, unclipped STE). In
+fine-tuning the grid values of all small weights are computed together once per
+optimizer step (:func:`grid_values`, ``torch._foreach_*``) and used as ``w + (Q - w)``
+(see :class:`~compsearch.evaluators.compressed.WeightCache`).
 Activations: ``x_q = round(clamp(x, lo, hi) / scale) * scale`` with ``lo = -zero_point *
-scale``, ``hi = (qmax - zero_point) * scale`` -- the same values as
-``torch.fake_quantize_per_tensor_affine`` (whose fused CPU kernel is ~4x slower on
-small tensors) and the gradient of ``torch.clamp``: the identity strictly inside
-``(lo, hi)``, 0 for values clamped to the calibrated range (and at ``lo``, ``hi`` themselves). The weight path likewise equals
-``torch.fake_quantize_per_channel_affine`` on its integer-zero-point grids.
+scale``, ``hi = (qmax - zero_point) * scale`` (``/ scale`` computed as ``* (1 / scale)``;
+``torch.fake_quantize_per_tensor_affine`` gives the same values up to the last bit of
+``1 / scale``, about 1 element in 10^7) and the gradient of ``torch.clamp``: the identity
+strictly inside ``(lo, hi)``, 0 for values clamped to the calibrated range and at ``lo``,
+``hi`` themselves (computed as ``hardtanh(x, lo, hi) + (x_q - hardtanh(x, lo, hi))``, the
+second term without gradient: exact, and no Python in the backward pass). The weight path
+equals ``torch.fake_quantize_per_channel_affine`` on its integer-zero-point grids.
 
 Activations are quantized per tensor, asymmetric, ``2**a_bits`` levels. Their range
 is the min/max seen over a few calibration batches, then either frozen
@@ -55,6 +60,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from compsearch.errors import ConfigError
 
@@ -165,18 +171,6 @@ def binarize(w: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
         return torch.where(w >= 0, half, -half).expand_as(w).clone()
 
 
-class _RoundSTE(torch.autograd.Function):
-    """Forward: ``round(x * inv_scale) * scale``; backward: the identity (straight-through)."""
-
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, inv_scale: float, scale: float) -> torch.Tensor:
-        return torch.mul(x, inv_scale).round_().mul_(scale)
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
-        return grad, None, None
-
-
 class _WeightSTE(torch.autograd.Function):
     """Forward: the weight on its grid; backward: the identity (straight-through)."""
 
@@ -242,6 +236,7 @@ class ActQuantizer:
         self.lo = float("inf")
         self.hi = float("-inf")
         self._qparams: tuple[float, int] = (1.0, 0)
+        self._device = torch.device("cpu")
 
     @property
     def calibrated(self) -> bool:
@@ -258,22 +253,39 @@ class ActQuantizer:
         if self.lo > self.hi:
             raise ConfigError("activation quantizer was never calibrated; run at least one calibration batch")
         self.observing = False
-        self._qparams = act_qparams(self.lo, self.hi, self.bits)
+        self._set_range()
+
+    def _set_range(self) -> None:
+        """Cache ``(scale, zero_point)``, the clamp range, and ``1 / scale`` and ``scale`` as 0-d
+        float32 tensors (the values torch would convert the Python floats to, without a
+        conversion per forward)."""
+        self._qparams = scale, zero_point = act_qparams(self.lo, self.hi, self.bits)
+        device = self._device
+        self._forward_args = (-zero_point * scale, (2**self.bits - 1 - zero_point) * scale,
+                              torch.tensor(1.0 / scale, device=device), torch.tensor(scale, device=device))
 
     def __call__(self, x: torch.Tensor, training: bool) -> torch.Tensor:
         """Quantize ``x`` (any shape) or, while observing, record its range and return it as is."""
         if self.observing:
             self.lo = min(self.lo, float(x.detach().min()))
             self.hi = max(self.hi, float(x.detach().max()))
+            self._device = x.device
             return x
         if training and self.mode == "ema":
             m = self.momentum
             self.lo = m * self.lo + (1 - m) * float(x.detach().min())
             self.hi = m * self.hi + (1 - m) * float(x.detach().max())
-            self._qparams = act_qparams(self.lo, self.hi, self.bits)
-        scale, zero_point = self._qparams
-        lo, hi = -zero_point * scale, (2**self.bits - 1 - zero_point) * scale
-        return _RoundSTE.apply(x.clamp(lo, hi), 1.0 / scale, scale)
+            self._set_range()
+        lo, hi, inv_scale, scale = self._forward_args
+        if not (x.requires_grad and torch.is_grad_enabled()):
+            return x.clamp(lo, hi).mul_(inv_scale).round_().mul_(scale)
+        # hardtanh is the clamp with a one-kernel backward (grad strictly inside (lo, hi), as
+        # torch.clamp's); h + (q - h) is exactly q (|q - h| <= scale / 2, Sterbenz), and its
+        # gradient passes the rounding straight through -- no Python in the backward pass
+        clamped = F.hardtanh(x, lo, hi)
+        with torch.no_grad():
+            step = torch.mul(clamped, inv_scale).round_().mul_(scale).sub_(clamped)
+        return clamped + step
 
 
 @dataclass(frozen=True)
@@ -286,4 +298,53 @@ class WeightQuant:
 
     def __call__(self, w: torch.Tensor) -> torch.Tensor:
         return fake_quantize_weight(w, bits=self.bits, scheme=self.scheme, per_channel=self.per_channel)
+
+    @property
+    def narrow(self) -> bool:
+        """The symmetric grid with ``bits >= 2`` (no zero point, nothing clamped; fused by :func:`grid_values`)."""
+        return self.scheme == "symmetric" and self.bits > 1
+
+    def values(self, w: torch.Tensor) -> torch.Tensor:
+        """The weight on its grid, without gradient (the forward value of ``self(w)``)."""
+        scale, zero_point, qmin, qmax = weight_qparams(w, bits=self.bits, scheme=self.scheme, per_channel=self.per_channel)
+        if self.scheme == "symmetric" and self.bits == 1:
+            return binarize(w, scale)
+        return round_to_grid(w.detach(), scale, zero_point, qmin, qmax)
+
+
+_QMAX: dict[tuple[int, torch.device], torch.Tensor] = {}
+
+
+def _qmax_tensor(bits: int, device: torch.device) -> torch.Tensor:
+    """``2**(bits-1) - 1`` as a cached 0-d float32 tensor (a divisor without per-call conversion)."""
+    key = (bits, device)
+    if key not in _QMAX:
+        _QMAX[key] = torch.tensor(float(2 ** (bits - 1) - 1), device=device)
+    return _QMAX[key]
+
+
+def grid_values(weights: list[torch.Tensor], quants: list[WeightQuant]) -> list[torch.Tensor]:
+    """``[q.values(w) for w, q in ...]`` for narrow symmetric grids, fused: one call per step of
+    the computation for all weights (``torch._foreach_*``), so the cost does not grow with the
+    number of units. Bit-identical to :func:`fake_quantize_weight`'s forward (tested)."""
+    if not all(q.narrow for q in quants):
+        raise ConfigError("grid_values fuses only symmetric grids with bits >= 2; use WeightQuant.values for the others")
+    if not weights:
+        return []
+    with torch.no_grad():
+        small = [i for i, w in enumerate(weights) if w.numel() <= 1 << 16]
+        absolute = dict(zip(small, torch._foreach_abs([weights[i] for i in small]) if small else [], strict=True))
+        scales = []
+        for i, (w, q) in enumerate(zip(weights, quants, strict=True)):
+            if i in absolute:
+                a = absolute[i]
+                scales.append(a.amax(dim=tuple(range(1, w.dim())), keepdim=True) if q.per_channel and w.dim() > 1 else a.amax())
+            else:
+                scales.append(_abs_max(w, q.per_channel))
+        torch._foreach_div_(scales, [_qmax_tensor(q.bits, w.device) for q, w in zip(quants, weights, strict=True)])
+        torch._foreach_clamp_min_(scales, _EPS)
+        values = torch._foreach_mul(weights, torch._foreach_reciprocal(scales))
+        torch._foreach_round_(values)
+        torch._foreach_mul_(values, scales)
+    return list(values)
 

@@ -196,3 +196,30 @@ def test_refusals(tiny_data: DataSplits) -> None:
         CompressionEvaluator(nn.Sequential(nn.Flatten(), nn.Linear(36, 4)), tiny_data, units=[_unit("0", (4, 36), 0)])
     with pytest.raises(ModelError, match=r"unit 'nope' is neither a submodule nor a parameter"):
         CompressionEvaluator(nn.Sequential(nn.Flatten(), nn.Linear(36, 4)), tiny_data, units=[_unit("nope", (4, 36), 0)])
+
+
+@pytest.mark.parametrize("features", [12, 300], ids=["small-fused", "large-function"])
+def test_training_and_eval_forwards_agree_and_gradient_passes_straight(features: int) -> None:
+    # small weights: w + (Q - w) from the shared cache; large ones (> 65536 elements): the STE function
+    torch.manual_seed(0)
+    module = nn.Linear(features, features)  # 144 or 90000 weights
+    x = torch.randn(5, features)
+    compression = _install_linear(module, x)
+    assert compression._fused == (features == 12)
+    q = fake_quantize_weight(module.weight.detach(), bits=3, scheme="symmetric", per_channel=True)
+    out = module(x)  # training forward (gradient recorded)
+    out.square().sum().backward()
+    with torch.no_grad():
+        assert torch.equal(out, F.linear(x, q, module.bias)) and torch.equal(module(x), out)
+    expected = (2 * F.linear(x, q, module.bias)).t() @ x  # d/dQ of sum((xQ^T + b)^2), passed to w unchanged
+    torch.testing.assert_close(module.weight.grad, expected)
+    with torch.no_grad():
+        module.weight.mul_(0.5)  # a new version: both paths requantize
+    q2 = fake_quantize_weight(module.weight.detach(), bits=3, scheme="symmetric", per_channel=True)
+    assert torch.equal(module(x), F.linear(x, q2, module.bias))
+
+
+def _install_linear(module: nn.Linear, x: torch.Tensor) -> UnitCompression:
+    owner = resolve_weight(nn.Sequential(module), "0")
+    probe_weight_uses(nn.Sequential(module), {"0": owner}, x)
+    return UnitCompression(owner, name="0", weight_quant=W3, act_quant=None).install()

@@ -82,7 +82,7 @@ def test_keep_one_gives_no_mask() -> None:
 
 def test_registry_is_loud() -> None:
     assert {"l1", "l2", "taylor", "fisher"} <= set(list_criteria())
-    with pytest.raises(UnknownNameError, match=r"unknown criterion 'magnitude'; registered: \['fisher', 'l1'"):
+    with pytest.raises(UnknownNameError, match=r"unknown criterion 'magnitude'; registered: \[.*'fisher', .*'l1'"):
         compute_mask(torch.ones(2, 2), keep=0.5, structure="channel", criterion="magnitude")
     with pytest.raises(DuplicateNameError, match="criterion 'l1' is already registered"):
         register_criterion("l1")(lambda w, g: w)

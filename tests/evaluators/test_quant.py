@@ -8,9 +8,11 @@ import torch
 from compsearch.errors import ConfigError
 from compsearch.evaluators.quant import (
     ActQuantizer,
+    WeightQuant,
     act_qparams,
     fake_quantize_weight,
     grid,
+    grid_values,
     weight_qparams,
 )
 
@@ -140,3 +142,44 @@ def test_activation_quantizer_errors() -> None:
         ActQuantizer(bits=8, mode="median")
     with pytest.raises(ConfigError, match="never calibrated"):
         ActQuantizer(bits=8).freeze()
+
+
+@pytest.mark.parametrize("scheme", ["symmetric", "asymmetric"])
+@pytest.mark.parametrize("bits", [2, 3, 4, 8, 15])
+def test_step_to_the_grid_is_exact(scheme: str, bits: int) -> None:
+    # the training forward uses w + (Q - w): equal to Q bit for bit (Sterbenz: |Q - w| <= one
+    # step and Q is 0 or at least one step), on weights with outliers and offsets
+    gen = torch.Generator().manual_seed(bits)
+    for trial in range(20):
+        w = torch.randn((16, 37), generator=gen) * (0.1 + trial) + (trial % 3) * torch.randn(1, generator=gen)
+        w[0, 0] = 50.0 * (trial + 1)
+        for per_channel in (True, False):
+            q = fake_quantize_weight(w, bits=bits, scheme=scheme, per_channel=per_channel)
+            assert torch.equal(w + (q - w), q)
+
+
+def test_fused_grid_values_match_the_per_unit_path() -> None:
+    gen = torch.Generator().manual_seed(0)
+    shapes = [(16, 1, 3, 3), (32, 16, 3, 3), (10, 64), (300, 300), (8, 5)]  # (300, 300): the large-tensor branch
+    weights = [torch.randn(s, generator=gen) for s in shapes]
+    quants = [WeightQuant(4, "symmetric", True), WeightQuant(3, "symmetric", False), WeightQuant(8, "symmetric", True),
+              WeightQuant(5, "symmetric", True), WeightQuant(2, "symmetric", False)]
+    for w, q, got in zip(weights, quants, grid_values(weights, quants), strict=True):
+        assert torch.equal(got, fake_quantize_weight(w, bits=q.bits, scheme=q.scheme, per_channel=q.per_channel))
+        assert torch.equal(got, q.values(w))
+    with pytest.raises(ConfigError, match="fuses only symmetric grids"):
+        grid_values(weights[:1], [WeightQuant(4, "asymmetric", True)])
+
+
+def test_activation_gradient_is_the_clamps() -> None:
+    # values: round(clamp(x, lo, hi) / s) * s; gradient: 1 strictly inside (lo, hi), 0 elsewhere
+    q = ActQuantizer(bits=2)
+    q(torch.tensor([0.0, 3.0]), training=False)
+    q.freeze()  # range [0, 3]: scale 1, zero point 0
+    x = torch.tensor([-1.0, 0.0, 0.4, 1.5, 2.6, 3.0, 7.0], requires_grad=True)
+    y = q(x, training=True)
+    assert y.tolist() == [0.0, 0.0, 0.0, 2.0, 3.0, 3.0, 3.0]  # 1.5 -> 2 (half to even)
+    y.sum().backward()
+    assert x.grad is not None and x.grad.tolist() == [0.0, 0.0, 1.0, 1.0, 1.0, 0.0, 0.0]
+    with torch.no_grad():
+        assert q(x, training=False).tolist() == y.tolist()
