@@ -41,11 +41,10 @@ task.loss_floor())``.
 from __future__ import annotations
 
 import copy
-import math
 import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
@@ -53,10 +52,8 @@ from torch import nn
 
 from compsearch.errors import (
     ConfigError,
-    FineTuneDiverged,
     ModelError,
     PolicyError,
-    check_int_at_least,
 )
 from compsearch.evaluators.checks import resolve_device
 from compsearch.evaluators.compressed import (
@@ -66,6 +63,7 @@ from compsearch.evaluators.compressed import (
     resolve_weight,
 )
 from compsearch.evaluators.cost import CostModel
+from compsearch.evaluators.finetune import check_diverged, divergence_bound
 from compsearch.evaluators.masks import (
     GradientStats,
     ModelContext,
@@ -73,9 +71,10 @@ from compsearch.evaluators.masks import (
     compute_mask,
     get_criterion,
 )
-from compsearch.evaluators.quant import ACT_RANGES, ActQuantizer, WeightQuant
+from compsearch.evaluators.quant import ActQuantizer, WeightQuant
 from compsearch.evaluators.stats import (
     activation_stats,
+    gradient_stats,
     gradient_unit_stats,
     relative_errors,
     weight_unit_stats,
@@ -85,6 +84,7 @@ from compsearch.evaluators.types import (
     CompressedUnit,
     DataSplits,
     EvalResult,
+    EvaluatorConfig,
     FineTuneConfig,
     Reporter,
     UnitStats,
@@ -93,57 +93,6 @@ from compsearch.spaces.policy import Policy, UnitPolicy
 from compsearch.spaces.units import Unit, discover_units
 
 _CACHE = 4096
-
-
-@dataclass(frozen=True)
-class EvaluatorConfig:
-    """How the evaluator compresses, calibrates, fine-tunes and measures.
-
-    Attributes:
-        criterion: registered importance criterion (``l1``, ``l2``, ``taylor``, ``fisher``,
-            ``nni-l1``, ``nni-l2``, ``nni-fpgm``, and model-level ones such as ``lrp``).
-        finetune: fine-tuning of every candidate.
-        calib_batches: task calibration batches that calibrate input-activation ranges.
-        calib_batch_size: samples per calibration batch.
-        act_range: ``"frozen"`` (calibrated range kept) or ``"ema"`` (EMA in training mode).
-        ema_momentum: EMA momentum of ``act_range="ema"``.
-        eval_batch_size: batch size of validation/test/proxy forwards (memory only).
-        proxy_samples: proxy inputs used by ``proxy`` and ``reconstruction_error``.
-        sensitivity_batches: task gradient batches (of ``finetune.batch_size``) behind
-            ``sensitivity``, ``taylor``, ``fisher`` and ``unit_stats``.
-        divergence_ratio: a fine-tuned candidate whose validation loss exceeds this multiple
-            of ``max(uncompressed validation loss, task.loss_floor())`` fails as diverged
-            (default 10: for classification the floor is ``ln(classes)``, the loss of a
-            uniform guess, so only a model far worse than guessing fails); None = only
-            non-finite losses fail.
-        seed: seed of the calibration and gradient-statistics batches.
-    """
-
-    criterion: str = "l1"
-    finetune: FineTuneConfig = field(default_factory=FineTuneConfig)
-    calib_batches: int = 4
-    calib_batch_size: int = 256
-    act_range: str = "frozen"
-    ema_momentum: float = 0.9
-    eval_batch_size: int = 1024
-    proxy_samples: int = 256
-    sensitivity_batches: int = 8
-    divergence_ratio: float | None = 10.0
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        get_criterion(self.criterion)
-        if not isinstance(self.finetune, FineTuneConfig):
-            raise ConfigError(f"finetune={self.finetune!r} must be a FineTuneConfig")
-        if self.act_range not in ACT_RANGES:
-            raise ConfigError(f"act_range={self.act_range!r} is unknown; allowed: {list(ACT_RANGES)}")
-        if not 0.0 <= self.ema_momentum < 1.0:
-            raise ConfigError(f"ema_momentum={self.ema_momentum!r} must be in [0, 1)")
-        ratio = self.divergence_ratio
-        if ratio is not None and (isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not ratio > 1):
-            raise ConfigError(f"divergence_ratio={ratio!r} must be a number > 1 (or None to check only non-finite losses)")
-        check_int_at_least("EvaluatorConfig", self, dict.fromkeys(
-            ("calib_batches", "calib_batch_size", "eval_batch_size", "proxy_samples", "sensitivity_batches"), 1))
 
 
 def _fields(costs: Mapping[str, float]) -> dict[str, float]:
@@ -336,7 +285,7 @@ class CompressionEvaluator:
         tuned = time.perf_counter()
         values = self.task.measure(self.model, "val")
         if result.steps > 0:
-            self._check_diverged(values, bound, result.steps)
+            check_diverged(values["loss"], bound, steps=result.steps, ratio=self.config.divergence_ratio, lr=ft_config.lr)
         tests = self.task.measure(self.model, "test") if test else None
         end = time.perf_counter()
         seconds = {"prepare": prepared - start, "finetune": tuned - prepared, "validate": end - tuned, "total": end - start}
@@ -486,21 +435,7 @@ class CompressionEvaluator:
 
     def _divergence_bound(self) -> float | None:
         ratio = self.config.divergence_ratio
-        if ratio is None:
-            return None
-        base = self.base_metrics().loss
-        floor = max(base, self.task.loss_floor())
-        return ratio * floor if math.isfinite(floor) and floor > 0 else None
-
-    def _check_diverged(self, values: Mapping[str, float], bound: float | None, steps: int) -> None:
-        loss = values["loss"]
-        if not math.isfinite(loss) or (bound is not None and loss > bound):
-            lr = self.config.finetune.lr
-            raise FineTuneDiverged(
-                f"fine-tuning diverged: validation loss {loss:.6g} after {steps} steps exceeds "
-                f"{bound if bound is not None else 'a finite value'} (divergence_ratio={self.config.divergence_ratio} x "
-                f"max(uncompressed loss, task loss floor)); lower finetune.lr (now {lr})"
-            )
+        return None if ratio is None else divergence_bound(ratio, self.base_metrics().loss, self.task.loss_floor())
 
     def _gradient_stats(self) -> dict[str, GradientStats]:
         """``E[g]`` and ``E[g**2]`` per unit weight over ``sensitivity_batches`` task gradient batches (cached)."""
@@ -511,21 +446,8 @@ class CompressionEvaluator:
     def _compute_gradient_stats(self) -> dict[str, GradientStats]:
         cfg = self.config
         self._reset()
-        self.model.eval()
         batches = self.task.gradient_batches(batches=cfg.sensitivity_batches, batch_size=cfg.finetune.batch_size, seed=cfg.seed)
-        sums = {n: torch.zeros_like(w) for n, w in self._weights.items()}
-        squares = {n: torch.zeros_like(w) for n, w in self._weights.items()}
-        for batch in batches:
-            self.model.zero_grad(set_to_none=True)
-            batch.loss(self.model(batch.inputs)).backward()
-            for name, weight in self._weights.items():
-                g = weight.grad
-                if g is not None:
-                    sums[name] += g
-                    squares[name] += g.square()
-        self.model.zero_grad(set_to_none=True)
-        k = max(len(batches), 1)
-        return {name: GradientStats(mean=sums[name] / k, sq_mean=squares[name] / k) for name in self._modules}
+        return gradient_stats(self.model, self._weights, batches)
 
     def _channel_scores(self) -> dict[str, torch.Tensor]:
         """Scores of the model-level criterion, once per evaluator (base model, calibration inputs)."""

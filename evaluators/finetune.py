@@ -94,6 +94,23 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature:
     ) * (t * t)
 
 
+def divergence_bound(ratio: float, base_loss: float, floor: float) -> float | None:
+    """``ratio x max(base_loss, floor)``: the validation loss above which a fine-tuned candidate
+    has diverged (None when that maximum is not a finite positive number)."""
+    reference = max(base_loss, floor)
+    return ratio * reference if math.isfinite(reference) and reference > 0 else None
+
+
+def check_diverged(loss: float, bound: float | None, *, steps: int, ratio: float | None, lr: float) -> None:
+    """Raise :class:`FineTuneDiverged` if the final validation ``loss`` is not finite or above ``bound``."""
+    if not math.isfinite(loss) or (bound is not None and loss > bound):
+        limit = f"{bound:.6g}" if bound is not None else "a finite value"
+        raise FineTuneDiverged(
+            f"fine-tuning diverged: validation loss {loss:.6g} after {steps} steps exceeds {limit} "
+            f"(divergence_ratio={ratio} x max(uncompressed loss, task loss floor)); lower finetune.lr (now {lr})"
+        )
+
+
 def fine_tune(
     model: nn.Module,
     *,

@@ -15,9 +15,29 @@ import torch
 from torch import nn
 
 from compsearch.evaluators.masks import GradientStats
+from compsearch.evaluators.types import GradientBatch
 
 ENTROPY_BINS = 64
 _NAN = float("nan")
+
+
+def gradient_stats(model: nn.Module, weights: Mapping[str, torch.Tensor], batches: Sequence[GradientBatch]) -> dict[str, GradientStats]:
+    """``E[g]`` and ``E[g**2]`` of every weight over ``batches`` (the gradient of each batch's
+    loss, one backward per batch, eval mode; a weight without gradient counts as 0)."""
+    model.eval()
+    sums = {n: torch.zeros_like(w) for n, w in weights.items()}
+    squares = {n: torch.zeros_like(w) for n, w in weights.items()}
+    for batch in batches:
+        model.zero_grad(set_to_none=True)
+        batch.loss(model(batch.inputs)).backward()
+        for name, weight in weights.items():
+            g = weight.grad
+            if g is not None:
+                sums[name] += g
+                squares[name] += g.square()
+    model.zero_grad(set_to_none=True)
+    k = max(len(batches), 1)
+    return {name: GradientStats(mean=sums[name] / k, sq_mean=squares[name] / k) for name in weights}
 
 
 def histogram_entropy(w: torch.Tensor, bins: int = ENTROPY_BINS) -> float:

@@ -9,7 +9,9 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
-from compsearch.errors import ConfigError
+from compsearch.errors import ConfigError, check_int_at_least
+from compsearch.evaluators.masks import get_criterion
+from compsearch.evaluators.quant import ACT_RANGES
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "cosine", "step")
@@ -68,6 +70,57 @@ class FineTuneConfig:
             raise ConfigError(f"finetune temperature={self.temperature!r} must be > 0")
         if self.report_every < 0:
             raise ConfigError(f"finetune report_every={self.report_every!r} must be >= 0")
+
+
+@dataclass(frozen=True)
+class EvaluatorConfig:
+    """How the evaluator compresses, calibrates, fine-tunes and measures.
+
+    Attributes:
+        criterion: registered importance criterion (``l1``, ``l2``, ``taylor``, ``fisher``,
+            ``nni-l1``, ``nni-l2``, ``nni-fpgm``, and model-level ones such as ``lrp``).
+        finetune: fine-tuning of every candidate.
+        calib_batches: task calibration batches that calibrate input-activation ranges.
+        calib_batch_size: samples per calibration batch.
+        act_range: ``"frozen"`` (calibrated range kept) or ``"ema"`` (EMA in training mode).
+        ema_momentum: EMA momentum of ``act_range="ema"``.
+        eval_batch_size: batch size of validation/test/proxy forwards (memory only).
+        proxy_samples: proxy inputs used by ``proxy`` and ``reconstruction_error``.
+        sensitivity_batches: task gradient batches (of ``finetune.batch_size``) behind
+            ``sensitivity``, ``taylor``, ``fisher`` and ``unit_stats``.
+        divergence_ratio: a fine-tuned candidate whose validation loss exceeds this multiple
+            of ``max(uncompressed validation loss, task.loss_floor())`` fails as diverged
+            (default 10: for classification the floor is ``ln(classes)``, the loss of a
+            uniform guess, so only a model far worse than guessing fails); None = only
+            non-finite losses fail.
+        seed: seed of the calibration and gradient-statistics batches.
+    """
+
+    criterion: str = "l1"
+    finetune: FineTuneConfig = field(default_factory=FineTuneConfig)
+    calib_batches: int = 4
+    calib_batch_size: int = 256
+    act_range: str = "frozen"
+    ema_momentum: float = 0.9
+    eval_batch_size: int = 1024
+    proxy_samples: int = 256
+    sensitivity_batches: int = 8
+    divergence_ratio: float | None = 10.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        get_criterion(self.criterion)
+        if not isinstance(self.finetune, FineTuneConfig):
+            raise ConfigError(f"finetune={self.finetune!r} must be a FineTuneConfig")
+        if self.act_range not in ACT_RANGES:
+            raise ConfigError(f"act_range={self.act_range!r} is unknown; allowed: {list(ACT_RANGES)}")
+        if not 0.0 <= self.ema_momentum < 1.0:
+            raise ConfigError(f"ema_momentum={self.ema_momentum!r} must be in [0, 1)")
+        ratio = self.divergence_ratio
+        if ratio is not None and (isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not ratio > 1):
+            raise ConfigError(f"divergence_ratio={ratio!r} must be a number > 1 (or None to check only non-finite losses)")
+        check_int_at_least("EvaluatorConfig", self, dict.fromkeys(
+            ("calib_batches", "calib_batch_size", "eval_batch_size", "proxy_samples", "sensitivity_batches"), 1))
 
 
 @dataclass(frozen=True)
