@@ -40,9 +40,7 @@ from torch.nn.utils import parametrize
 from compsearch.errors import ModelError
 from compsearch.evaluators.quant import ActQuantizer, WeightQuant, grid_values, weight_qparams
 from compsearch.evaluators.types import CompressedUnit
-from compsearch.spaces.units import COMPRESSIBLE
-
-MODULE, FUNCTIONAL = "module", "functional"
+from compsearch.spaces.units import COMPRESSIBLE, FUNCTIONAL, MODULE
 
 
 @dataclass
@@ -184,6 +182,16 @@ def _unparametrize(owner: WeightOwner, order: list[str]) -> None:
         raise ModelError(f"{type(m).__name__}.{owner.param} was replaced while compressed; compsearch cannot restore it")
 
 
+def check_input_quantizable(owner: WeightOwner, name: str) -> None:
+    """Raise :class:`ModelError` for input quantization of a functional unit (its input is not visible)."""
+    if owner.use == FUNCTIONAL:
+        raise ModelError(
+            f"unit {name!r}: its weight is used functionally (read outside {type(owner.module).__name__}.forward, "
+            f"e.g. F.linear(x, module.weight, ...)), so its input activation is not visible and cannot be "
+            f"quantized; give this unit a_bits >= 16 (weight quantization and pruning work)"
+        )
+
+
 class _Effective(nn.Module):
     """Parametrization whose forward is the unit's effective weight (functional units)."""
 
@@ -266,12 +274,8 @@ class UnitCompression:
         mask: torch.Tensor | None = None,
         cache: WeightCache | None = None,
     ) -> None:
-        if act_quant is not None and owner.use == FUNCTIONAL:
-            raise ModelError(
-                f"unit {name!r}: its weight is used functionally (read outside {type(owner.module).__name__}.forward, "
-                f"e.g. F.linear(x, module.weight, ...)), so its input activation is not visible and cannot be "
-                f"quantized; give this unit a_bits >= 16 (weight quantization and pruning work)"
-            )
+        if act_quant is not None:
+            check_input_quantizable(owner, name)
         self.owner, self.name = owner, name
         self.weight_quant, self.act_quant, self.mask = weight_quant, act_quant, mask
         self._binary = weight_quant is not None and weight_quant.bits == 1 and weight_quant.scheme == "symmetric"
@@ -390,4 +394,4 @@ class UnitCompression:
         return CompressedUnit(name=self.name, weight=effective, mask=mask, functional=self.owner.use == FUNCTIONAL, **q, **a)
 
 
-__all__ = ["FUNCTIONAL", "FUSED_MAX_NUMEL", "MODULE", "UnitCompression", "WeightCache", "WeightOwner", "probe_weight_uses", "resolve_weight"]
+__all__ = ["FUNCTIONAL", "FUSED_MAX_NUMEL", "MODULE", "UnitCompression", "check_input_quantizable", "WeightCache", "WeightOwner", "probe_weight_uses", "resolve_weight"]

@@ -59,6 +59,7 @@ from compsearch.evaluators.checks import resolve_device
 from compsearch.evaluators.compressed import (
     UnitCompression,
     WeightCache,
+    check_input_quantizable,
     probe_weight_uses,
     resolve_weight,
 )
@@ -90,7 +91,7 @@ from compsearch.evaluators.types import (
     UnitStats,
 )
 from compsearch.spaces.policy import Policy, UnitPolicy
-from compsearch.spaces.units import Unit, discover_units
+from compsearch.spaces.units import FUNCTIONAL, MODULE, Unit, discover_units
 
 _CACHE = 4096
 
@@ -154,6 +155,9 @@ class CompressionEvaluator:
         self.units: tuple[Unit, ...] = tuple(found)
         self._owners = {u.name: resolve_weight(self.model, u.name) for u in self.units}
         probe_weight_uses(self.model, self._owners, self.task.example_input())
+        for u in self.units:  # discovery may know more (e.g. a fused kernel reading the weight directly)
+            if getattr(u, "use", MODULE) == FUNCTIONAL:
+                self._owners[u.name].use = FUNCTIONAL
         self._modules = {name: owner.module for name, owner in self._owners.items()}
         self._weights = {name: owner.weight for name, owner in self._owners.items()}
         self._live = list(self.model.state_dict().values())
@@ -332,7 +336,10 @@ class CompressionEvaluator:
 
     def _attach(self, policy: Policy, *, reset: bool = True) -> None:
         """Restore the base model (unless ``reset=False``: already restored), then attach
-        masks and quantizers of ``policy`` and calibrate."""
+        masks and quantizers of ``policy`` and calibrate (a policy it cannot apply raises first)."""
+        for name, up in policy.items():
+            if up.act_quantized:
+                check_input_quantizable(self._owners[name], name)
         self._prepare_criteria(policy)
         if reset:
             self._reset()

@@ -223,3 +223,35 @@ def _install_linear(module: nn.Linear, x: torch.Tensor) -> UnitCompression:
     owner = resolve_weight(nn.Sequential(module), "0")
     probe_weight_uses(nn.Sequential(module), {"0": owner}, x)
     return UnitCompression(owner, name="0", weight_quant=W3, act_quant=None).install()
+
+
+class _Encoder(nn.Module):
+    """nn.TransformerEncoderLayer: MultiheadAttention passes in_proj_weight and out_proj.weight to
+    F.multi_head_attention_forward, and the fused eval kernel reads linear1/linear2 directly."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Linear(6, 16)
+        self.enc = nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True)
+        self.head = nn.Linear(16, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.enc(self.embed(x.reshape(x.shape[0], 6, 6))).mean(1))
+
+
+def test_discovered_functional_units_of_a_transformer_layer(tiny_data: DataSplits) -> None:
+    torch.manual_seed(0)
+    ev = CompressionEvaluator(_Encoder(), tiny_data, finetune=FineTuneConfig(steps=2), device="cpu")
+    uses = {n: o.use for n, o in ev._owners.items()}
+    assert uses == {"embed": MODULE, "enc.self_attn.in_proj_weight": FUNCTIONAL, "enc.self_attn.out_proj": FUNCTIONAL,
+                    "enc.linear1": FUNCTIONAL, "enc.linear2": FUNCTIONAL, "head": MODULE}
+    names = list(uses)
+    ev.model.eval()
+    with torch.no_grad():
+        base = ev.model(tiny_data.x_val[:64])
+    assert ev.proxy(Policy.uniform(names, UnitPolicy(w_bits=15))) / float(base.square().mean()) < 1e-6
+    assert ev.proxy(Policy.uniform(names, UnitPolicy(w_bits=3))) > 1e-4  # the 3-bit weights are in force
+    assert ev.evaluate(Policy.uniform(names, UnitPolicy(w_bits=4, keep=0.5))).steps == 2
+    with pytest.raises(ModelError, match=r"unit 'enc\.[a-z0-9_.]+': its weight is used functionally"):
+        ev.evaluate(Policy.uniform(names, UnitPolicy(w_bits=8, a_bits=8)))
+    assert ev.compressed_units() == {}  # refused before anything was attached
