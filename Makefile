@@ -33,6 +33,7 @@ demo: install
 	@echo "Report: $(CURDIR)/runs/quickstart/report.html"
 
 bench: install
+	$(BIN)/python -m pip install --quiet -e ".[all,bench]"
 	$(BIN)/python benchmarks/evaluator.py
 	$(BIN)/python benchmarks/strategies.py
 	$(BIN)/python benchmarks/scale.py
