@@ -15,6 +15,11 @@ study metric names                         ``study.set_metric_names`` = the obje
 study user attr ``constraint_names``       the constraint keys, in the order of the values
 study user attr ``compsearch:record``      the record version (2)
 trial user attr ``policy``                 ``Policy.to_dict()``, set before the evaluation
+trial user attr ``canonical_policy``       a digest of the policy's canonical form (16 hex
+                                           digits of SHA-256 of ``Space.canonical(policy).key``):
+                                           equal exactly for equivalent policies, so readers
+                                           merge them and the objective reuses a result
+                                           without the model
 trial user attr ``metric:<name>``          one attr per metric (``metric:accuracy``,
                                            ``metric:size_kb``, ...); :func:`read_metrics`
                                            reads them all back in one call
@@ -26,7 +31,8 @@ trial system attr ``constraints``          Optuna's own list of constraint value
 trial user attr ``fail_reason``            why a FAILED trial failed (``"diverged: ..."``,
                                            ``"out of memory: ..."``, ``"interrupted ..."``)
 trial user attr ``reused_from``            the number of the trial whose evaluation this trial
-                                           reused (an equivalent policy), when it did
+                                           reused (an equivalent policy), when it did: its
+                                           metrics are the source's, nothing was evaluated
 trial user attrs ``intermediate``,         the fine-tune reports ``{step: value}`` /
 ``intermediate_metrics``                   ``{step: metrics}`` of a multi-objective trial
 trial system attr ``compsearch:proposal``  the params a strategy proposed, stored as it
@@ -51,6 +57,7 @@ through ``set_constraint``) reads the same through these functions.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import warnings
 from collections.abc import Mapping, Sequence
@@ -70,6 +77,7 @@ RECORD_VERSION = 2
 VERSION_ATTR = "compsearch:record"
 CONSTRAINT_NAMES_ATTR = "constraint_names"
 POLICY_ATTR = "policy"
+CANONICAL_ATTR = "canonical_policy"
 METRIC_PREFIX = "metric:"
 LEGACY_METRICS_ATTR = "metrics"
 FAIL_REASON_ATTR = "fail_reason"
@@ -136,10 +144,21 @@ def constraint_names(study: optuna.Study) -> list[str]:
 # ---- writing a running trial -------------------------------------------------------------------
 
 
-def record_policy(trial: optuna.Trial, policy: Policy | Mapping[str, Any]) -> None:
-    """Store the policy (``Policy.to_dict()``) before the evaluation, so a failed trial keeps it."""
+def canonical_digest(canonical: Policy | str) -> str:
+    """16 hex digits of SHA-256 of a canonical policy's key (``Space.canonical(policy)``, or
+    its ``.key``): the ``canonical_policy`` attr."""
+    key = canonical if isinstance(canonical, str) else canonical.key
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def record_policy(trial: optuna.Trial, policy: Policy | Mapping[str, Any], *,
+                  canonical: Policy | str | None = None) -> None:
+    """Store the policy (``Policy.to_dict()``) before the evaluation, so a failed trial keeps
+    it, and with ``canonical`` (``Space.canonical(policy)``) its canonical digest."""
     to_dict = getattr(policy, "to_dict", None)
     trial.set_user_attr(POLICY_ATTR, to_dict() if callable(to_dict) else dict(policy))
+    if canonical is not None:
+        trial.set_user_attr(CANONICAL_ATTR, canonical_digest(canonical))
 
 
 def record_proposal(study: optuna.Study, trial: optuna.Trial | FrozenTrial, params: Mapping[str, Any]) -> None:
@@ -240,6 +259,27 @@ def record_reused(study: optuna.Study, trial: optuna.Trial, source: FrozenTrial,
     return record_success(study, trial, read_metrics(source), objectives=objectives, constraints=constraints)
 
 
+def find_equivalent(study: optuna.Study, digest: str, *, exclude: int | None = None) -> FrozenTrial | None:
+    """The first COMPLETE trial (by number, ``exclude`` left out) whose ``canonical_policy``
+    is ``digest``: an evaluation of an equivalent policy, or None."""
+    for t in sorted(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), key=lambda t: t.number):
+        if t.number != exclude and t.user_attrs.get(CANONICAL_ATTR) == digest and t.values is not None:
+            return t
+    return None
+
+
+def reuse_equivalent(study: optuna.Study, trial: optuna.Trial, *, objectives: Objectives,
+                     constraints: Constraints = None) -> list[float] | None:
+    """When a COMPLETE trial of ``study`` holds a policy equivalent to ``trial``'s (the same
+    ``canonical_policy``, recorded by :func:`record_policy`), record ``trial`` as reusing it
+    (:func:`record_reused`) and return the objective values to tell; else None (evaluate)."""
+    digest = trial.user_attrs.get(CANONICAL_ATTR)
+    source = None if digest is None else find_equivalent(study, str(digest), exclude=trial.number)
+    if source is None:
+        return None
+    return record_reused(study, trial, source, objectives=objectives, constraints=constraints)
+
+
 def record_failure(trial: optuna.Trial, reason: str) -> None:
     """Store why the trial failed (``fail_reason``); the caller then tells FAIL."""
     trial.set_user_attr(FAIL_REASON_ATTR, str(reason))
@@ -315,6 +355,12 @@ def read_proposal(trial: FrozenTrial) -> dict[str, Any] | None:
     return dict(proposal) if isinstance(proposal, Mapping) else None
 
 
+def read_canonical(trial: optuna.Trial | FrozenTrial) -> str | None:
+    """The trial's canonical policy digest (``canonical_policy``), or None (not recorded)."""
+    digest = trial.user_attrs.get(CANONICAL_ATTR)
+    return None if digest is None else str(digest)
+
+
 def read_reused(trial: optuna.Trial | FrozenTrial) -> int | None:
     """The number of the trial whose evaluation this one reused, or None."""
     source = trial.user_attrs.get(REUSED_ATTR)
@@ -345,6 +391,7 @@ def counts_toward_budget(trial: FrozenTrial) -> bool:
 
 
 __all__ = [
+    "CANONICAL_ATTR",
     "CONSTRAINTS_ATTR",
     "CONSTRAINT_NAMES_ATTR",
     "FAIL_REASON_ATTR",
@@ -361,12 +408,15 @@ __all__ = [
     "RECORD_VERSION",
     "REUSED_ATTR",
     "VERSION_ATTR",
+    "canonical_digest",
     "constraint_names",
     "constraint_values",
     "counts_toward_budget",
+    "find_equivalent",
     "frozen_attrs",
     "is_feasible",
     "objective_values",
+    "read_canonical",
     "read_constraints",
     "read_fail_reason",
     "read_metrics",
@@ -386,6 +436,7 @@ __all__ = [
     "record_reused",
     "record_success",
     "record_worker",
+    "reuse_equivalent",
     "slot_attrs",
     "setup_study",
     "tell_failure",

@@ -226,12 +226,17 @@ class StrategyContract:
         assert isinstance(sampler, BaseSampler)
 
     def test_multi_objective_study_completes_inside_space(self, strategy_name: str) -> None:
+        from compsearch.search.common import CompressionSampler
+
         space = toy_space()
         study = self._run(strategy_name)
         assert [t.state for t in study.trials] == [TrialState.COMPLETE] * self.n_trials
         for t in study.trials:
             assert space.contains(t.params), f"trial {t.number} params {t.params} are not a point of the space"
             assert t.values is not None and len(t.values) == 2
+        if isinstance(study.sampler, CompressionSampler):  # never an equivalent of a finished policy
+            keys = [space.canonical_key(t.params) for t in study.trials]
+            assert len(set(keys)) == len(keys), "two trials got equivalent policies (same canonical form)"
 
     def test_single_objective_study_completes(self, strategy_name: str) -> None:
         space = toy_space()
@@ -370,6 +375,18 @@ class SpaceContract:
         assert set(trial.params) == set(space.param_names())
         assert space.decode(trial.params) == policy
         assert isinstance(policy, Policy)
+
+    def test_canonical_representative_is_equivalent_and_stable(self, space: Space) -> None:
+        """``canonical_params`` stays in the class, is its own representative, and the
+        canonical policy of a decoded point is a fixed point of ``canonical``."""
+        rng = np.random.default_rng(5)
+        for _ in range(min(self.n_random, 5)):
+            params = space.params_from_actions([int(rng.integers(n)) for n in space.action_sizes()])
+            rep = space.canonical_params(params)
+            assert space.contains(rep) and space.canonical_key(rep) == space.canonical_key(params)
+            assert space.canonical_params(rep) == rep
+            canonical = space.canonical(space.decode(params))
+            assert space.canonical(canonical) == canonical
 
     def test_contains_rejects_foreign_params(self, space: Space) -> None:
         params = space.encode(space.sample(np.random.default_rng(4)))

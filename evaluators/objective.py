@@ -8,6 +8,14 @@ in order. A failed evaluation (e.g. :class:`FineTuneDiverged`) stores its reason
 (``record.read_fail_reason``) and is re-raised, so
 ``study.optimize(..., catch=(FineTuneDiverged,))`` records a FAILED trial with its
 reason and goes on.
+
+Equivalent policies are evaluated once: a trial whose policy has the same canonical form
+(:mod:`compsearch.spaces.policy`) as a COMPLETE trial of the same study reuses that
+trial's metrics (``record.reuse_equivalent``; marked ``reused_from``) without fine-tuning,
+whichever sampler proposed it. The evaluation is a function of the canonical policy and the
+study's seed, so the reused numbers are what a new evaluation would measure. A reused
+trial is COMPLETE and counts toward a study's budget like any proposal (a strategy gains no
+extra evaluations by repeating itself, and a sampler stuck on one policy still ends).
 """
 
 from __future__ import annotations
@@ -60,6 +68,14 @@ def collect_metrics(
     return metrics
 
 
+def suggest_policy(space: Space, trial: optuna.Trial) -> Policy:
+    """Ask ``trial`` for every dimension of ``space`` and record the policy with its canonical
+    digest (:func:`compsearch.record.record_policy`); returns the policy."""
+    policy = space.suggest(trial)
+    record.record_policy(trial, policy, canonical=space.canonical(policy))
+    return policy
+
+
 def optuna_objective(
     space: Space,
     evaluator: CompressionEvaluator,
@@ -68,6 +84,7 @@ def optuna_objective(
     steps: int | None = None,
     test: bool = False,
     constraints: Mapping[str, float] | None = None,
+    reuse: bool = True,
 ) -> Objective:
     """An objective for ``study.optimize`` that evaluates one policy per trial.
 
@@ -87,6 +104,8 @@ def optuna_objective(
         steps: fine-tune steps per trial (None = the evaluator's configuration).
         test: also measure test accuracy (for final reporting only, never for selection).
         constraints: e.g. ``{"max_size_kb": 4.0, "min_accuracy": 0.9}``.
+        reuse: a policy equivalent to a COMPLETE trial's reuses its metrics instead of
+            being evaluated again (module docstring); False evaluates every trial.
 
     Returns:
         ``objective(trial)``: a float for one objective, else a tuple in ``objectives`` order.
@@ -106,8 +125,11 @@ def optuna_objective(
         if trial.study.study_name not in set_up:
             record.setup_study(trial.study, pairs, bounds)
             set_up.add(trial.study.study_name)
-        policy = space.suggest(trial)
-        record.record_policy(trial, policy)
+        policy = suggest_policy(space, trial)
+        if reuse and not test:
+            reused = record.reuse_equivalent(trial.study, trial, objectives=pairs, constraints=bounds)
+            if reused is not None:
+                return reused[0] if len(reused) == 1 else tuple(reused)
         reporter = OptunaReporter(trial, metric=names[0])
         result = _evaluate(trial, evaluator, policy, reporter=reporter, steps=steps, test=test)
         metrics = collect_metrics(evaluator, policy, result, proxy=need_proxy)
@@ -145,4 +167,5 @@ __all__ = [
     "objective_names",
     "optuna_objective",
     "parse_constraints",
+    "suggest_policy",
 ]

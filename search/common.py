@@ -10,6 +10,11 @@ a well-behaved sampler:
   resumed or multi-worker study continues where it stopped;
 * proposals of running trials are passed in as ``pending`` so a strategy can
   avoid giving two running trials the same policy;
+* a proposal equivalent to a finished or running trial's policy (the same canonical
+  policy, :mod:`compsearch.spaces.policy`) is never made while the space has another:
+  :meth:`CompressionSampler.distinct` replaces it by the nearest unseen policy (one
+  dimension changed, in an order drawn from ``self._rng``), else a random unseen one;
+  only an exhausted space repeats a policy (the objective then reuses the stored result);
 * its random generator ``self._rng`` is re-seeded before every proposal from
   ``(seed, trial number)`` (:func:`trial_seed`), so a study killed and resumed with a new
   sampler object continues the sequence instead of restarting it, and one seed gives
@@ -122,6 +127,28 @@ def params_key(params: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
     return tuple(sorted(params.items()))
 
 
+def tried_keys(study: Study, space: Space, pending: Sequence[Mapping[str, Any]],
+               trials: Sequence[FrozenTrial] | None = None) -> set[str]:
+    """Canonical policy keys (``space.canonical_key``) of every finished trial -- COMPLETE,
+    PRUNED, or FAILED for a reason of the candidate (``record.counts_toward_budget``: an
+    interrupted trial's policy is not a result) -- and of ``pending``.
+
+    A finished trial counts by its params in ``space``, or, when it stopped before
+    suggesting them all, by the proposal stored in its ``compsearch:proposal`` attribute.
+    """
+    keys = {space.canonical_key(p) for p in pending}
+    for t in _trials_in(study, trials, (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)):
+        if not record.counts_toward_budget(t):
+            continue
+        params = space_params(t.params, space)
+        proposal = record.read_proposal(t)
+        if params is None and proposal is not None:
+            params = space_params(proposal, space)
+        if params is not None:
+            keys.add(space.canonical_key(params))
+    return keys
+
+
 class CompressionSampler(BaseSampler, ABC):
     """Base of compsearch's own strategies: subclasses implement :meth:`propose`.
 
@@ -193,7 +220,9 @@ class CompressionSampler(BaseSampler, ABC):
         # is in neither, and its policy could be proposed again while it is still counted.
         trials = study.get_trials(deepcopy=False)
         history = observations(study, self.space, trials)
-        params = self.propose(study, history, pending_params(study, self.space, exclude=trial.number, trials=trials))
+        pending = pending_params(study, self.space, exclude=trial.number, trials=trials)
+        params = self.propose(study, history, pending)
+        params = self.distinct(params, tried_keys(study, self.space, pending, trials))
         record.record_proposal(study, trial, params)
         return params
 
@@ -205,6 +234,31 @@ class CompressionSampler(BaseSampler, ABC):
     def reseed_rng(self) -> None:
         self._fallback.reseed_rng()
         self._rng = np.random.default_rng()
+
+    def distinct(self, params: dict[str, Any], tried: set[str], tries: int = 100) -> dict[str, Any]:
+        """``params`` when its canonical policy is not in ``tried``; else the first unseen
+        policy among the one-dimension changes of ``params`` (dimensions and choices in an
+        order drawn from ``self._rng``), then among ``tries`` random points; ``params``
+        itself when none is unseen (an exhausted space)."""
+        space = self.space
+        if space.canonical_key(params) not in tried:
+            return params
+        dims = space.dimensions()
+        for i in self._rng.permutation(len(dims)):
+            dim = dims[int(i)]
+            for j in self._rng.permutation(dim.size):
+                other = {**params, dim.name: dim.choices[int(j)]}
+                if other[dim.name] != params[dim.name] and space.canonical_key(other) not in tried:
+                    return other
+        for _ in range(tries):
+            other = space.params_from_actions([int(self._rng.integers(n)) for n in space.action_sizes()])
+            if space.canonical_key(other) not in tried:
+                return other
+        return params
+
+    def canonical_key(self, params: Mapping[str, Any]) -> str:
+        """The canonical policy key of ``params`` (equal for equivalent policies)."""
+        return self.space.canonical_key(params)
 
     # ---- helpers for subclasses -----------------------------------------------------
     def random_params(self, avoid: set[tuple[tuple[str, Any], ...]] | None = None, tries: int = 100) -> dict[str, Any]:
@@ -230,4 +284,5 @@ __all__ = [
     "params_key",
     "pending_params",
     "space_params",
+    "tried_keys",
 ]

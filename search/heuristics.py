@@ -25,14 +25,12 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from optuna.trial import TrialState
-
 from compsearch.errors import ConfigError
 from compsearch.search.common import (
     CompressionSampler,
     Observation,
-    params_key,
     space_params,
+    tried_keys,
 )
 from compsearch.search.registry import SearchContext
 from compsearch.spaces.base import Choice, Dimension, Space
@@ -47,7 +45,8 @@ PREFERRED = {"scheme": "symmetric", "granularity": "channel", "structure": "chan
 """Categorical settings every heuristic prefers (per-channel symmetric, channel pruning)."""
 FLOAT_BITS = 32
 """Bits per weight of a unit left in floating point (``w_bits >= 16``)."""
-Key = tuple[tuple[str, Any], ...]
+Key = str
+"""A canonical policy key (``Space.canonical_key``): equivalent policies share one."""
 
 
 # ---- choice targets and neighbourhoods ---------------------------------------------------
@@ -127,35 +126,19 @@ def neighbour_order(start: tuple[int, ...], dims: Sequence[Dimension]) -> Iterat
                 queue.append(nb)
 
 
-def tried_keys(study: Study, space: Space, pending: Sequence[Mapping[str, Any]]) -> set[Key]:
-    """Keys of every policy already finished (COMPLETE, PRUNED or FAIL) or pending in the study.
-
-    A finished trial counts by its params in ``space``, or, when it stopped before
-    suggesting them all, by the proposal stored in its ``compsearch:proposal`` attribute.
-    """
-    keys = {params_key(p) for p in pending}
-    states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-    for t in study.get_trials(deepcopy=False, states=states):
-        params = space_params(t.params, space)
-        proposal = t.system_attrs.get("compsearch:proposal")
-        if params is None and isinstance(proposal, Mapping):
-            params = space_params(proposal, space)
-        if params is not None:
-            keys.add(params_key(params))
-    return keys
-
-
 def first_untried(
     starts: Sequence[tuple[int, ...]], dims: Sequence[Dimension], space: Space, tried: set[Key]
 ) -> dict[str, Any] | None:
-    """Params of the first untried point: ``starts`` in order, then the neighbour walk
-    (:func:`neighbour_order`) of the first start. ``None`` if the space is exhausted."""
+    """Params of the first untried point (no equivalent policy in ``tried``, canonical keys
+    from :func:`~compsearch.search.common.tried_keys`): ``starts`` in order, then the
+    neighbour walk (:func:`neighbour_order`) of the first start. ``None`` if the space is
+    exhausted."""
     walk: Iterator[tuple[int, ...]] = iter(starts)
     if starts:
         walk = _chain(walk, neighbour_order(starts[0], dims))
     for idx in walk:
         params = space.params_from_actions(idx)
-        if params_key(params) not in tried:
+        if space.canonical_key(params) not in tried:
             return params
     return None
 

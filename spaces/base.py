@@ -149,6 +149,44 @@ class Space(ABC):
         """A uniformly random policy of this space."""
         return self.decode(self.params_from_actions([int(rng.integers(n)) for n in self.action_sizes()]))
 
+    # ---- equivalent policies (rules in :mod:`compsearch.spaces.policy`) ------------------
+    def canonical(self, policy: Policy) -> Policy:
+        """``policy``'s canonical form over this space's units (shape rules included)."""
+        return policy.canonical(self.all_units)
+
+    def canonical_key(self, params: Mapping[str, Any]) -> str:
+        """The canonical policy key of ``params``: equal exactly for equivalent params.
+        Memoized per params (a strategy asks it for every finished trial at every proposal)."""
+        cache: dict[tuple[tuple[str, Any], ...], str] = self.__dict__.setdefault("_canonical_keys", {})
+        key = tuple(sorted(params.items()))
+        if key not in cache:
+            if len(cache) >= 100_000:
+                cache.clear()
+            cache[key] = self.canonical(self.decode(params)).key
+        return cache[key]
+
+    def canonical_params(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """The representative params of ``params``' equivalence class: each dimension in turn
+        takes the first choice (in choice order) that leaves the canonical policy unchanged,
+        repeated until nothing changes (every change moves to an earlier choice, so it ends).
+        E.g. the ``structure`` of a unit with keep 1.0 becomes the first structure choice.
+        Equivalent params give one representative in the built-in spaces (tested
+        exhaustively); a pass costs one decode per choice of every dimension."""
+        out = dict(params)
+        target = self.canonical_key(out)
+        changed = True
+        while changed:
+            changed = False
+            for dim in self.dimensions():
+                for choice in dim.choices:
+                    if choice == out[dim.name]:
+                        break
+                    trial = {**out, dim.name: choice}
+                    if self.canonical_key(trial) == target:
+                        out, changed = trial, True
+                        break
+        return out
+
     def contains(self, params: Mapping[str, Any]) -> bool:
         """Whether ``params`` holds exactly this space's parameters, each with a valid choice."""
         dims = self.dimensions()

@@ -1,12 +1,51 @@
-"""Compression policies: what each unit gets (bits, keep ratio, scheme, granularity, structure)."""
+"""Compression policies: what each unit gets (bits, keep ratio, scheme, granularity, structure),
+and their canonical form.
+
+Equivalent policies. Two policies are *equivalent* when they give the same compressed model
+and the same cost metrics (``size_bits``, ``bops``, ``sparsity``, ``latency_ms``): evaluating
+one tells everything about the other. :meth:`UnitPolicy.canonical` and
+:meth:`Policy.canonical` map every policy to one representative of its class, so two
+policies are equivalent exactly when their canonical forms are equal. The rules, each
+following from how the evaluator and the cost model read a :class:`UnitPolicy`:
+
+1. ``w_bits`` in 16..31 becomes 16: weights of 16 or more bits are not quantized (the
+   forward uses the float weight), and ``size_bits``/``bops`` count 16..31 bits as 16
+   (half precision). 32 stays 32 (it costs 32 bits).
+2. ``a_bits`` in 16..31 becomes 16, for the same reason (the input is not quantized;
+   ``bops`` counts 16..31 as 16). 32 stays 32: ``bops`` counts it as 32, so ``a_bits``
+   16 and 32 are *not* equivalent.
+3. ``w_bits >= 16`` makes ``scheme`` and ``granularity`` irrelevant (they only shape the
+   weight grid): they become ``"symmetric"`` and ``"channel"``.
+4. ``keep == 1.0`` makes ``structure`` irrelevant (nothing is pruned): it becomes
+   ``"channel"``.
+5. A unit whose canonical policy is the identity (32-bit weights and inputs, keep 1.0) is
+   left out of a canonical :class:`Policy` (a unit left out is left uncompressed).
+
+With the unit known (``units=`` / ``unit=``, as every :class:`~compsearch.spaces.Space`
+passes its units), three more rules use its shape:
+
+6. ``keep`` becomes the fraction actually kept, ``k / n``, where ``k =``
+   :func:`kept_count` ``(keep, n)`` and ``n`` is the unit's output channels
+   (``structure="channel"``) or weight elements (``"unstructured"``): keeps that round to
+   the same count prune the same weights (e.g. 0.5 and 0.375 of 4 channels both keep 2,
+   canonical 0.5).
+7. When every weight is kept (``k == n``, e.g. keep 0.875 of 4 channels) ``keep`` becomes
+   1.0, and rule 4 applies.
+8. A unit with one output channel makes ``granularity`` irrelevant (one per-channel scale
+   is the per-tensor scale): it becomes ``"channel"``.
+
+Nothing else is merged: ``scheme`` of a quantized weight (asymmetric grids have zero
+points), ``granularity`` of a multi-channel quantized weight, ``structure`` of a pruned
+unit, and ``w_bits``/``a_bits`` below 16 all change the model or its cost.
+"""
 
 from __future__ import annotations
 
 import json
 import math
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Protocol
 
 from compsearch.errors import PolicyError
 
@@ -14,6 +53,27 @@ POLICY_VERSION = 1
 SCHEMES = ("symmetric", "asymmetric")
 GRANULARITIES = ("tensor", "channel")
 STRUCTURES = ("channel", "unstructured")
+#: Bits at or above which weights / inputs are not quantized (kept in float).
+FLOAT_BITS = 16
+
+
+class UnitShape(Protocol):
+    """What the canonical form needs of a unit (:class:`~compsearch.spaces.Unit` has it)."""
+
+    name: str
+    out_channels: int
+    params: int
+
+
+def kept_count(keep: float, n: int) -> int:
+    """Candidates (channels or weights) kept of ``n``: ``max(1, floor(keep * n + 0.5))``, at most
+    ``n`` -- the masks' rounding (``compsearch.evaluators.masks.keep_count``)."""
+    return min(n, max(1, math.floor(keep * n + 0.5)))
+
+
+def canonical_bits(bits: int) -> int:
+    """16 for 16..31 (float, counted as half precision), else ``bits``."""
+    return FLOAT_BITS if FLOAT_BITS <= bits < 32 else bits
 
 
 @dataclass(frozen=True)
@@ -67,6 +127,24 @@ class UnitPolicy:
     def is_identity(self) -> bool:
         """Leaves the unit exactly as it was."""
         return not (self.quantized or self.act_quantized or self.pruned)
+
+    def canonical(self, unit: UnitShape | None = None) -> UnitPolicy:
+        """The representative of this unit policy's equivalence class (rules 1-4 of the module
+        docstring; with ``unit``, rules 6-8 too)."""
+        w_bits, a_bits, keep = canonical_bits(self.w_bits), canonical_bits(self.a_bits), self.keep
+        scheme, granularity, structure = self.scheme, self.granularity, self.structure
+        if unit is not None and keep < 1.0:
+            n = unit.out_channels if structure == "channel" else unit.params
+            k = kept_count(keep, n)
+            keep = 1.0 if k >= n else k / n
+        if w_bits >= FLOAT_BITS:
+            scheme, granularity = SCHEMES[0], GRANULARITIES[1]
+        if unit is not None and unit.out_channels == 1:
+            granularity = GRANULARITIES[1]
+        if keep >= 1.0:
+            structure = STRUCTURES[0]
+        return replace(self, w_bits=w_bits, a_bits=a_bits, keep=keep, scheme=scheme, granularity=granularity,
+                       structure=structure)
 
 
 def _check_choice(field: str, value: object, allowed: tuple[str, ...]) -> None:
@@ -123,6 +201,24 @@ class Policy(Mapping[str, UnitPolicy]):
     def key(self) -> str:
         """Canonical string of the policy; equal policies have equal keys."""
         return self._key
+
+    def canonical(self, units: Iterable[UnitShape] | Mapping[str, UnitShape] | None = None) -> Policy:
+        """The representative of this policy's equivalence class: every unit policy canonical
+        (:meth:`UnitPolicy.canonical`, with its unit when ``units`` names it), identity units
+        left out. Equivalent policies -- the same compressed model and costs -- have equal
+        canonical forms (rules in the module docstring).
+
+        Args:
+            units: the model's units (``Space.all_units``), for the shape rules 6-8; units
+                the policy names but ``units`` lacks get rules 1-5 only.
+        """
+        shapes = dict(units) if isinstance(units, Mapping) else {u.name: u for u in (units or ())}
+        out = {name: up.canonical(shapes.get(name)) for name, up in self._items.items()}
+        return Policy({name: up for name, up in out.items() if up != IDENTITY})
+
+    def equivalent(self, other: Policy, units: Iterable[UnitShape] | Mapping[str, UnitShape] | None = None) -> bool:
+        """Whether ``self`` and ``other`` have the same canonical form."""
+        return self.canonical(units) == other.canonical(units)
 
     def validate_for(self, unit_names: Iterable[str]) -> Policy:
         """Raise :class:`PolicyError` if the policy names a unit the model does not have."""

@@ -121,15 +121,23 @@ class StrategyTuner(Tuner):
                               f"set experiment.config.search_space = space.nni_search_space()")
 
     def generate_parameters(self, parameter_id: int, **kwargs: Any) -> dict[str, Any]:
-        """Ask the study for a trial; the strategy proposes every dimension."""
-        if self.n_trials is not None and self.asked >= self.n_trials:
-            raise nni.NoMoreTrialError(f"budget of {self.n_trials} trials used")
-        trial = self.study.ask()
-        policy = self.space.suggest(trial)
-        record.record_policy(trial, policy)
+        """Ask the study for a trial; the strategy proposes every dimension. A policy
+        equivalent to a COMPLETE trial's reuses that result (``record.reuse_equivalent``),
+        is told at once, and the next trial is asked."""
+        from compsearch.evaluators.objective import suggest_policy
+
+        while True:
+            if self.n_trials is not None and self.asked >= self.n_trials:
+                raise nni.NoMoreTrialError(f"budget of {self.n_trials} trials used")
+            trial = self.study.ask()
+            self.asked += 1
+            suggest_policy(self.space, trial)
+            reused = record.reuse_equivalent(self.study, trial, objectives=self.objectives, constraints=self.bounds)
+            if reused is None:
+                break
+            self.study.tell(trial, reused)
         record.record_nni_id(trial, parameter_id)
         self.running[int(parameter_id)] = trial
-        self.asked += 1
         return {k: _plain(v) for k, v in trial.params.items()}
 
     def receive_trial_result(self, parameter_id: int, parameters: dict[str, Any], value: Any, **kwargs: Any) -> None:

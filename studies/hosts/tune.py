@@ -183,6 +183,8 @@ def StudySearcher(  # noqa: N802 - a class factory, so that ray stays a lazy imp
     ``max_trials``), lets the study's sampler propose the space's params
     (``space.suggest(trial)``), records the policy and returns
     ``{"params": params, "optuna_trial": number}``; no trial left -> ``Searcher.FINISHED``.
+    A policy equivalent to a COMPLETE trial's is not sent to Tune: the trial reuses that
+    result (``record.reuse_equivalent``), is told at once, and the next trial is taken.
     ``on_trial_complete`` tells the study, through :mod:`compsearch.record`: the final
     report's objective values (COMPLETE, with every metric and the constraint values); a
     ``fail_reason`` -> FAILED with that reason; a trial stopped before its final report
@@ -228,12 +230,18 @@ def StudySearcher(  # noqa: N802 - a class factory, so that ray stays a lazy imp
             return self.study.ask()
 
         def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
-            trial = self._take()
-            if trial is None:
-                return str(base.FINISHED)  # type: ignore[attr-defined]
-            self.asked += 1
-            policy = space.suggest(trial)
-            record.record_policy(trial, policy)
+            from compsearch.evaluators.objective import suggest_policy
+
+            while True:  # a policy equivalent to a COMPLETE trial's reuses it and is told at once
+                trial = self._take()
+                if trial is None:
+                    return str(base.FINISHED)  # type: ignore[attr-defined]
+                self.asked += 1
+                suggest_policy(space, trial)
+                reused = record.reuse_equivalent(self.study, trial, objectives=list(objectives), constraints=bounds)
+                if reused is None:
+                    break
+                self.study.tell(trial, reused)
             self.live[trial_id] = trial
             return {"params": dict(trial.params), "optuna_trial": trial.number}
 
