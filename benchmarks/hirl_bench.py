@@ -42,8 +42,9 @@ RL = ("hirl", "hirl-agents", "hirl-flat", "hirl-real", "hirl-nofisher", "hirl-cu
 ORIGIN_ATTR = "compsearch:proposal_origin"
 
 
-def digits_setting(*, steps: int = 100, base_steps: int = 600) -> tuple[Any, Any]:
-    """``(space, evaluator)`` of the digits_compare setting (base model trained once, seed 0)."""
+def digits_setting(*, steps: int = 100, base_steps: int = 600, model_name: str = "digits_cnn", **choices: Any) -> tuple[Any, Any]:
+    """``(space, evaluator)`` of the digits_compare setting (base model trained once, seed 0);
+    ``model_name`` may name any registered or timm model (e.g. ``resnet18``: 8 blocks, 19 units)."""
     from compsearch.evaluators import (
         CompressionEvaluator,
         FineTuneConfig,
@@ -54,10 +55,10 @@ def digits_setting(*, steps: int = 100, base_steps: int = 600) -> tuple[Any, Any
     from compsearch.spaces import get_space
 
     data = load_dataset("digits", seed=0)
-    model = build_model("digits_cnn", num_classes=10, in_chans=1)
+    model = build_model(model_name, num_classes=10, in_chans=1)
     train_base_model(model, data, steps=base_steps, lr=3e-3, seed=0)
     ev = CompressionEvaluator(model, data, finetune=FineTuneConfig(steps=steps, lr=0.01, optimizer="sgd", distill=0.5), criterion="l1", device="cpu")
-    return get_space("joint", ev.units, **SPACE_CHOICES), ev
+    return get_space("joint", ev.units, **{**SPACE_CHOICES, **choices}), ev
 
 
 def time_sample_relative(*, trials: int = 30, seed: int = 0, space: Any = None, evaluator: Any = None) -> dict[str, float]:
@@ -94,7 +95,8 @@ def time_sample_relative(*, trials: int = 30, seed: int = 0, space: Any = None, 
 
 # ---- run folders -----------------------------------------------------------------------------
 def _load(run_dir: str) -> tuple[dict[str, Any], dict[tuple[str, int], list[Any]]]:
-    from compsearch.studies.results import load_studies, open_storage
+    from compsearch.studies.results import load_studies
+    from compsearch.studies.storage import open_storage
     from compsearch.studies.summary import read_run, run_storage, summarize
 
     run, _ = read_run(run_dir)
@@ -148,13 +150,18 @@ class _NoProxy:
 
 def _variant(name: str) -> tuple[str, dict[str, Any]]:
     """``"hirl"`` or ``"hirl:low_level=per_block;k=5"`` -> strategy and options with part objects."""
+    from compsearch.search.rl.allocation import EnsembleAllocation, FixedAllocation
+    from compsearch.search.rl.critic import BudgetCurriculum, RealRewards
     from compsearch.search.rl.ppo import PerBlockLowLevel, SharedLowLevel
     from compsearch.search.rl.reward import RewardWeights
+    from compsearch.search.rl.state import FisherPrior, NoPrior
 
     strategy, _, opts = name.partition(":")
     named = {
         "low_level=per_block": {"low_level": PerBlockLowLevel()}, "low_level=shared_embed": {"low_level": SharedLowLevel(embed=4, bias=False)},
-        "recon=0.2": {"weights": RewardWeights(recon=0.2)},
+        "recon=0.2": {"weights": RewardWeights(recon=0.2)}, "prior=none": {"prior": NoPrior()}, "prior=fisher": {"prior": FisherPrior()},
+        "allocation=fixed": {"allocation": FixedAllocation()}, "allocation=ensemble": {"allocation": EnsembleAllocation()},
+        "curriculum=on": {"curriculum": BudgetCurriculum()}, "rewards=real": {"rewards": RealRewards()},
     }
     options: dict[str, Any] = {}
     for o in filter(None, opts.split(";")):
@@ -162,22 +169,24 @@ def _variant(name: str) -> tuple[str, dict[str, Any]]:
     return strategy, options
 
 
-def proxy_problem(variants: Sequence[str], *, trials: int, seeds: int) -> dict[str, Any]:
+def proxy_problem(
+    variants: Sequence[str], *, trials: int, seeds: int, first_seed: int = 0, model_name: str = "digits_cnn", base_steps: int = 600, **choices: Any
+) -> dict[str, Any]:
     """Final and half-budget hypervolume (mean, std) per variant on the proxy problem (module docstring)."""
     from compsearch.search.registry import get_strategy
     from compsearch.studies.hypervolume import hypervolume_curve
 
-    space, ev = digits_setting(steps=0)
+    space, ev = digits_setting(steps=0, base_steps=base_steps, model_name=model_name, **choices)
     wrapped = _NoProxy(ev)
     worst = space.decode(space.params_from_actions([0] * len(space.dimensions())))  # cheapest choices
     full = space.decode(space.params_from_actions([n - 1 for n in space.action_sizes()]))  # 32 bits, keep 1
     reference = [float(ev.proxy(worst)), float(ev.cost(full)["size_kb"])]
     objectives = (("proxy", "minimize"), ("size_kb", "minimize"))
-    out: dict[str, Any] = {"reference": reference, "trials": trials, "seeds": seeds, "variants": {}}
+    out: dict[str, Any] = {"model": model_name, "choices": {**SPACE_CHOICES, **choices}, "reference": reference, "trials": trials, "seeds": list(range(first_seed, first_seed + seeds)), "variants": {}}
     for name in variants:
         strategy, options = _variant(name)
         finals, halves, seconds = [], [], []
-        for seed in range(seeds):
+        for seed in range(first_seed, first_seed + seeds):
             sampler = get_strategy(strategy, space=space, seed=seed, evaluator=wrapped, objectives=objectives, **options)
             study = optuna.create_study(directions=["minimize", "minimize"], sampler=sampler)
             t0 = time.perf_counter()
@@ -203,6 +212,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--run", help="run folder (compare, origins)")
     p.add_argument("--trials", type=int, default=30)
     p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--first-seed", type=int, default=0, help="first seed (proxy)")
+    p.add_argument("--model", default="digits_cnn", help="model of the proxy problem (a registered or timm name)")
+    p.add_argument("--base-steps", type=int, default=600, help="base-model training steps (proxy)")
+    p.add_argument("--symmetric", action="store_true", help="fix scheme=symmetric in the space (proxy)")
     p.add_argument("--variants", default="hirl,hirl-agents,hirl-flat,hirl-nofisher,sls,random,tpe",
                    help="comma-separated strategies; 'name:opt=value;opt=value' for options (proxy)")
     args = p.parse_args(argv)
@@ -217,7 +230,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     elif args.what == "origins":
         result = origins(args.run)
     else:
-        result = proxy_problem(args.variants.split(","), trials=args.trials, seeds=args.seeds)
+        extra = {"scheme": "symmetric"} if args.symmetric else {}
+        result = proxy_problem(
+            args.variants.split(","), trials=args.trials, seeds=args.seeds, first_seed=args.first_seed, model_name=args.model,
+            base_steps=args.base_steps, **extra,
+        )
     print(json.dumps(result, indent=1))
 
 

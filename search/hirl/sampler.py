@@ -11,7 +11,7 @@ part            default                                            ablation
 ``low_level``   :class:`SharedLowLevel` (one policy, block embed)  :class:`PerBlockLowLevel`
 ``rewards``     :class:`SurrogateRewards`                          :class:`RealRewards`
 ``prior``       :class:`FisherPrior`                               :class:`NoPrior`
-``sources``     agents (64), greedy, mutations (16)                agents + greedy only
+``sources``     agents (64) and greedy                             + mutations (16) of the best trials
 ``curriculum``  :class:`NoCurriculum`                              :class:`BudgetCurriculum`
 =============== ================================================== =================================
 
@@ -39,7 +39,7 @@ from compsearch.search.rl.layout import BlockLayout, LayoutError, block_layout
 from compsearch.search.rl.objective import StrategyObjective
 from compsearch.search.rl.options import route_options
 from compsearch.search.rl.ppo import PPOConfig, SharedLowLevel
-from compsearch.search.rl.proposals import AgentProposals, GreedyProposal, MutationProposals
+from compsearch.search.rl.proposals import AgentProposals, GreedyProposal
 from compsearch.search.rl.state import (
     FisherPrior,
 )
@@ -84,7 +84,7 @@ def default_parts() -> dict[str, Any]:
     """The parts of the default ``hirl`` (see the module docstring)."""
     return {
         "allocation": EnsembleAllocation(), "low_level": SharedLowLevel(), "rewards": SurrogateRewards(), "prior": FisherPrior(),
-        "sources": (AgentProposals(), GreedyProposal(), MutationProposals()), "curriculum": NoCurriculum(),
+        "sources": (AgentProposals(), GreedyProposal()), "curriculum": NoCurriculum(),
     }
 
 

@@ -4,14 +4,16 @@
 name                what differs from ``hirl``
 =================== ======================================================================
 ``hirl``            nothing (the parts of :func:`~compsearch.search.hirl.sampler.default_parts`)
-``hirl-agents``     proposals from the agents only (agents' samples and greedy rollout, no mutations)
+``hirl-mutations``  the pool also holds 16 one-/two-choice mutations of the 4 best trials (as ``sls``)
 ``hirl-flat``       no high level: every block's budget is the global target
 ``hirl-real``       no surrogate: the agents learn from real trials only
 ``hirl-nofisher``   no Fisher prior (no sensitivity features, no allocation prior)
 ``hirl-curriculum`` a curriculum on the compression target (mild targets first)
 =================== ======================================================================
 
-``sls`` (:mod:`compsearch.search.sls`) is ``hirl`` without any agents.
+The default ``hirl`` proposes only what its agents sample (plus their greedy rollout); ``sls``
+(:mod:`compsearch.search.sls`) proposes only random points and mutations, scored by the same
+surrogate: together with ``hirl-mutations`` they separate what the agents contribute.
 """
 
 from __future__ import annotations
@@ -21,12 +23,12 @@ from typing import Any
 from compsearch.errors import UnknownNameError
 from compsearch.search.rl.allocation import FixedAllocation
 from compsearch.search.rl.critic import BudgetCurriculum, RealRewards
-from compsearch.search.rl.proposals import AgentProposals, GreedyProposal
+from compsearch.search.rl.proposals import AgentProposals, GreedyProposal, MutationProposals
 from compsearch.search.rl.state import NoPrior
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "hirl": {},
-    "hirl-agents": {"sources": (AgentProposals(), GreedyProposal())},
+    "hirl-mutations": {"sources": (AgentProposals(), GreedyProposal(), MutationProposals())},
     "hirl-flat": {"allocation": FixedAllocation()},
     "hirl-real": {"rewards": RealRewards()},
     "hirl-nofisher": {"prior": NoPrior()},
