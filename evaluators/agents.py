@@ -40,8 +40,8 @@ from compsearch.errors import ConfigError, ModelError, check_int_at_least
 from compsearch.evaluators.envs import check_spaces_fit, make_env
 from compsearch.evaluators.policy_net import PolicyNet, acting_module, acting_parts, policy_network
 
-__all__ = ["ALGOS", "DEFAULT_HYPER", "Agent", "AgentRecipe", "PolicyNet", "SmallCNN", "acting_module", "acting_parts",
-           "load_agent", "policy_kwargs", "policy_network", "train_agent"]
+__all__ = ["ALGOS", "DEFAULT_HYPER", "Agent", "AgentRecipe", "PolicyNet", "SmallCNN", "acting_module", "acting_parts", "algo_class",
+           "load_agent", "new_policy", "policy_kwargs", "policy_network", "train_agent"]
 
 ALGOS = ("dqn", "ppo", "sac")
 FEATURES = ("flatten", "nature_cnn", "small_cnn")
@@ -179,10 +179,14 @@ def policy_kwargs(recipe: AgentRecipe) -> dict[str, Any]:
     return out
 
 
-def _algo_class(algo: str) -> Any:
+def algo_class(algo: str) -> Any:
+    """The SB3 class of ``algo`` (``DQN``, ``PPO``, ``SAC``)."""
     from stable_baselines3 import DQN, PPO, SAC
 
     return {"dqn": DQN, "ppo": PPO, "sac": SAC}[algo]
+
+
+_algo_class = algo_class
 
 
 # ---- agents: load and train ------------------------------------------------------------------------
@@ -263,6 +267,13 @@ def _check_file_fits(path: Path, data: dict[str, Any], recipe: AgentRecipe, env:
                               f"{shape}, the environment's is {type(space).__name__} {mine}; use the environment the agent was trained on")
 
 
+def new_policy(recipe: AgentRecipe, env: Any) -> Any:
+    """A freshly initialised SB3 policy object of ``recipe`` for ``env``'s spaces (torch's
+    global RNG draws the weights; nothing is trained)."""
+    cls = algo_class(recipe.algo).policy_aliases["MlpPolicy"]
+    return cls(env.observation_space, env.action_space, lambda _: 0.0, **policy_kwargs(recipe))
+
+
 def load_agent(path: str | Path, recipe: AgentRecipe, *, meta: Mapping[str, Any] | None = None) -> Agent:
     """Read an SB3 agent file without unpickling anything (see the module docstring).
 
@@ -282,8 +293,7 @@ def load_agent(path: str | Path, recipe: AgentRecipe, *, meta: Mapping[str, Any]
     try:
         _check_file_fits(path, data, recipe, env)
         check_spaces_fit(recipe.algo, env, key="agent.env")
-        cls = _algo_class(recipe.algo).policy_aliases["MlpPolicy"]
-        policy = cls(env.observation_space, env.action_space, lambda _: 0.0, **policy_kwargs(recipe))
+        policy = new_policy(recipe, env)
     finally:
         env.close()
     try:

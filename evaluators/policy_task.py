@@ -90,9 +90,13 @@ class PolicyTaskConfig:
             check_int_at_least("task", self, {"max_steps": 1})
         val = range(self.val_seed, self.val_seed + self.episodes)
         test = range(self.test_seed, self.test_seed + self.test_episodes)
-        if set(val) & set(test) or self.train_seed + self.teacher_episodes > min(self.val_seed, self.test_seed):
-            raise ConfigError(f"task seeds overlap: train from {self.train_seed}, val {val}, test {test}; "
-                              f"keep train_seed < val_seed and the val and test ranges apart")
+        if max(val.start, test.start) < min(val.stop, test.stop):  # interval arithmetic: no huge sets
+            raise ConfigError(f"task seeds overlap: the validation seeds {val} (task.val_seed, task.episodes) and the test "
+                              f"seeds {test} (task.test_seed, task.test_episodes); keep the two ranges apart")
+        if self.train_seed + self.teacher_episodes > min(self.val_seed, self.test_seed):
+            raise ConfigError(f"task seeds overlap: the training seeds from {self.train_seed} (task.train_seed, "
+                              f"task.teacher_episodes={self.teacher_episodes}) reach the validation/test seeds from "
+                              f"{min(self.val_seed, self.test_seed)}; keep train_seed + teacher_episodes <= val_seed, test_seed")
 
 
 @register_task("policy")
@@ -245,6 +249,29 @@ class PolicyTask(Task):
             half = self._half_range()
             return float((((out - target) / half) ** 2).mean())
         return float(F.cross_entropy(out, target.argmax(dim=1)))
+
+    def random_return(self) -> float:
+        """Mean undiscounted return of uniformly random actions over the validation seeds
+        (a floor any useful policy beats; the default hypervolume reference of ``return``).
+
+        Actions come from ``numpy.random.default_rng(val_seed)``: ``integers(n)`` per running
+        episode for ``n`` discrete actions, ``uniform(low, high)`` per action dimension for
+        continuous ones, so the number is the same on every call.
+        """
+        from compsearch.evaluators.envs import make_env
+
+        probe = make_env(self.env, self.env_kwargs)
+        space = probe.action_space
+        probe.close()
+        rng = np.random.default_rng(self.config.val_seed)
+
+        def act(obs: torch.Tensor) -> torch.Tensor:
+            if hasattr(space, "n"):
+                return torch.as_tensor(rng.integers(int(space.n), size=len(obs)))
+            return torch.as_tensor(rng.uniform(space.low, space.high, size=(len(obs), *space.shape)), dtype=torch.float32)
+
+        seeds = episode_seeds(self.config.val_seed, self.config.episodes)
+        return rollout(act, self.env, seeds, env_kwargs=self.env_kwargs, max_steps=self.config.max_steps).mean
 
     def describe(self) -> str:
         return f"policy on {self.env!r}"
