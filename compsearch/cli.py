@@ -22,6 +22,8 @@ never show a storage password (``--storage`` or ``COMPSEARCH_STORAGE`` gives it 
 from __future__ import annotations
 
 import argparse
+import csv
+import json
 import logging
 import os
 import re
@@ -89,8 +91,42 @@ def build_parser() -> argparse.ArgumentParser:
     spaces.add_argument("--space", help="space name (default: the spec's, else joint)")
     spaces.add_argument("--input-shape", help="sample shape C,H,W for a model name (default: model's own)")
     spaces.add_argument("--num-classes", type=int, default=10)
-    sub.add_parser("list", help="registered spaces, strategies, criteria, datasets and models")
+    listing = sub.add_parser("list", help="registered spaces, strategies, criteria, datasets and models")
+    for command in (show, spaces, listing):
+        command.add_argument("--format", choices=FORMATS, default="table",
+                             help="table (full width, also in a pipe), json, or csv (one table: see the README)")
+    run.add_argument("--no-test", action="store_true",
+                     help="do not evaluate the final Pareto points on the test split (report does it later)")
+    for name, command in sub.choices.items():
+        if name in PLUGIN_COMMANDS:
+            command.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                                 help="import MODULE first: it registers your models, datasets, spaces, ... "
+                                      "(repeatable; see compsearch.plugins)")
+    parser.add_argument("--version", action="version", version=f"compsearch {_version()}")
     return parser
+
+
+#: Commands that build models, data or spaces, and so import plugins (``--plugin``, entry points).
+PLUGIN_COMMANDS = ("check", "run", "gates", "report", "spaces", "list", "export")
+FORMATS = ("table", "json", "csv")
+
+
+def _version() -> str:
+    import compsearch
+
+    return compsearch.__version__
+
+
+def _load_plugins(args: argparse.Namespace) -> None:
+    """Import ``--plugin`` modules (searched on ``sys.path``, then in the spec's folder and the
+    current folder) and the installed entry points before a building command."""
+    if args.command in PLUGIN_COMMANDS:
+        from compsearch.plugins import import_plugins, load_entry_points
+
+        load_entry_points()
+        spec = getattr(args, "spec", None) or getattr(args, "target", None)
+        spec_dir = Path(spec).expanduser().parent if spec and str(spec).endswith(".toml") else None
+        import_plugins(getattr(args, "plugin", []), where="--plugin", spec_dir=spec_dir)
 
 
 # ---- commands -----------------------------------------------------------------------
@@ -106,7 +142,7 @@ def _checked(args: argparse.Namespace) -> tuple[Any, Path]:
     spec = load_spec(args.spec)
     out = Path(args.out) if args.out else Path("runs") / spec.name
     host = get_host(args.backend, workers=args.workers, address=args.address)
-    spec = effective_spec(spec, strategies=args.strategies, trials=args.trials, seeds=args.seeds)
+    spec = effective_spec(spec, strategies=args.strategies, trials=args.trials, seeds=args.seeds, plugins=args.plugin)
     return check_run(spec, out, storage=args.storage, host=host), out
 
 
@@ -127,7 +163,7 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     if not args.quiet:
         console.print(f"[bold]compsearch run[/bold] {spec.name} -> {out}")
     run = run_study(spec, out, quiet=args.quiet, workers=args.workers, backend=args.backend, address=args.address,
-                    storage=args.storage)
+                    storage=args.storage, test=not args.no_test)
     if not args.quiet:
         console.print(_table("Hypervolume (validation)", *summary_rows(summarize(out, storage=run.storage_url))))
         console.print(f"results in {out}; report: compsearch report {out}")
@@ -148,8 +184,9 @@ def cmd_show(args: argparse.Namespace, console: Console) -> int:
 
     summary = summarize(args.dir, storage=args.storage)
     add_test_accuracy(summary, args.dir, compute=False)
-    console.print(_table(f"{summary['name']}: hypervolume", *summary_rows(summary)))
-    console.print(_table("Pareto points (test accuracy after `compsearch report`)", *pareto_rows(summary, policy=False)))
+    emit(console, args.format, [("hypervolume", f"{summary['name']}: hypervolume", *summary_rows(summary)),
+                                ("pareto", "Pareto points (selected on validation; test split measured once at the end "
+                                           "of the run)", *pareto_rows(summary, policy=False))], csv_table="pareto")
     return EXIT_OK
 
 
@@ -157,16 +194,28 @@ def cmd_list(args: argparse.Namespace, console: Console) -> int:
     from compsearch.evaluators.datasets import list_datasets
     from compsearch.evaluators.masks import list_criteria
     from compsearch.evaluators.models import list_models
+    from compsearch.evaluators.tasks import list_tasks
+    from compsearch.metrics import metric_names
+    from compsearch.plugins import loaded_plugins
     from compsearch.search.registry import list_strategies
     from compsearch.spaces import list_spaces
 
-    table = Table(title="registered names", show_lines=True)
-    table.add_column("kind", style="bold")
-    table.add_column("names")
-    for kind, names in (("spaces", list_spaces()), ("strategies", list_strategies()), ("criteria", list_criteria()),
-                        ("datasets", list_datasets()), ("models", [*list_models(), "(any timm model name)"])):
-        table.add_row(kind, ", ".join(names))
-    console.print(table)
+    plugins = loaded_plugins()
+    kinds = (("spaces", list_spaces()), ("strategies", list_strategies()), ("criteria", list_criteria()),
+             ("datasets", list_datasets()), ("models", [*list_models(), "(any timm model name)"]),
+             ("tasks", list_tasks()), ("metrics", metric_names()),
+             ("plugins", [*plugins["modules"], *(f"{k} ({v['dist']})" for k, v in plugins["entry_points"].items())]))
+    if args.format == "table":
+        table = Table(title="registered names", show_lines=True)
+        table.add_column("kind", style="bold")
+        table.add_column("names")
+        for kind, names in kinds:
+            table.add_row(kind, ", ".join(names) or "-")
+        console.print(table)
+    elif args.format == "json":
+        print(json.dumps(dict(kinds), indent=2))
+    else:
+        emit(console, "csv", [("names", "", ["kind", "name"], [[k, n] for k, names in kinds for n in names])])
     return EXIT_OK
 
 
@@ -178,16 +227,18 @@ def cmd_spaces(args: argparse.Namespace, console: Console) -> int:
     units = found.units
     space = get_space(space_name, units, **space_kwargs)
     searched = {u.name for u in space.units} if hasattr(space, "units") else {u.name for u in units}
-    table = _table(f"units of {args.target} ({len(units)}; sample {tuple(example.shape[1:])})",
+    table = (f"units of {args.target} ({len(units)}; sample {tuple(example.shape[1:])})",
                    ["unit", "kind", "use", "block", "weight shape", "params", "MACs", "searched"],
                    [[u.name, u.kind, u.use, u.block, "x".join(map(str, u.weight_shape)), f"{u.params:,}", f"{u.macs:,}",
                      "yes" if u.name in searched else ("no (first)" if u.is_first else "no (head)" if u.is_head else "no")]
                     for u in units])
-    console.print(table)
     blocks = group_blocks(units)
-    console.print(_table(f"blocks ({len(blocks)})", ["block", "units", "params", "MACs"],
-                         [[b, str(len(us)), f"{sum(u.params for u in us):,}", f"{sum(u.macs for u in us):,}"]
-                          for b, us in blocks.items()]))
+    block_table = (f"blocks ({len(blocks)})", ["block", "units", "params", "MACs"],
+                   [[b, str(len(us)), f"{sum(u.params for u in us):,}", f"{sum(u.macs for u in us):,}"]
+                    for b, us in blocks.items()])
+    emit(console, args.format, [("units", *table), ("blocks", *block_table)])  # csv: the units table
+    if args.format != "table":
+        return EXIT_OK
     _print_discovery(found, console)
     console.print(f"space {space_name!r}: {len(space.dimensions())} dimensions over {len(searched)} searched units")
     return EXIT_OK
@@ -294,12 +345,38 @@ def _redact(text: str) -> str:
     return _CREDENTIAL.sub(r"\1***@", text)
 
 
+def _console() -> Console:
+    """Standard output: in a pipe or file (no terminal, no ``COLUMNS``) tables keep their full
+    width instead of rich's 80 columns."""
+    if sys.stdout.isatty() or os.environ.get("COLUMNS"):
+        return Console()
+    return Console(width=100_000, soft_wrap=True)
+
+
+def emit(console: Console, fmt: str, tables: Sequence[tuple[str, str, Sequence[str], Sequence[Sequence[str]]]],
+         csv_table: str | None = None) -> None:
+    """Print ``tables`` (``(key, title, header, rows)``): as rich tables, as one JSON object
+    ``{key: [{column: value}, ...]}``, or the table ``csv_table`` (default: the first) as CSV."""
+    if fmt == "table":
+        for _, title, header, rows in tables:
+            console.print(_table(title, header, rows))
+    elif fmt == "json":
+        data = {key: [dict(zip(header, row, strict=True)) for row in rows] for key, _, header, rows in tables}
+        print(json.dumps(data, indent=2))
+    else:
+        chosen = next((t for t in tables if t[0] == csv_table), tables[0])
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(chosen[2])
+        writer.writerows(chosen[3])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``compsearch`` script; returns the exit code."""
     args = build_parser().parse_args(argv)
     _quiet_third_party()
-    console, errors = Console(), Console(stderr=True)
+    console, errors = _console(), Console(stderr=True)
     try:
+        _load_plugins(args)
         return COMMANDS[args.command](args, console)
     except KeyboardInterrupt:
         errors.print("interrupted; the trial in flight is recorded as failed. Re-run the same command to resume.")

@@ -10,6 +10,11 @@ for an outside reason -- Ctrl-C, a killed process (left RUNNING, marked FAILED
 Optuna's heartbeat) -- do not count and their candidates are re-run. Counted trials are
 ordered by trial number; only the first ``budget`` of them enter the report.
 
+A trial that reused the evaluation of an equivalent policy (``reused_from``, see
+:mod:`compsearch.evaluators.objective`) is COMPLETE and counts like any other: the budget
+is the number of proposals a strategy gets, and a strategy that repeats itself spends
+budget without a new evaluation (the report shows how many per strategy).
+
 **Feasibility.** A COMPLETE trial is feasible when every constraint value it stored with
 the trial record (:mod:`compsearch.record`) is ``<= 0``; only feasible trials add points to fronts and
 hypervolumes (an infeasible or failed evaluation still uses budget).
@@ -60,12 +65,14 @@ def trial_point(trial: FrozenTrial) -> list[float] | None:
 
 
 def state_counts(trials: Sequence[FrozenTrial]) -> dict[str, int]:
-    """Counted trials per outcome: ``complete``, ``feasible``, ``pruned``, ``failed``."""
+    """Counted trials per outcome: ``complete``, ``feasible``, ``pruned``, ``failed``, and
+    ``reused``: COMPLETE trials that reused an equivalent policy's evaluation (``reused_from``)."""
     return {
         "complete": sum(t.state == TrialState.COMPLETE for t in trials),
         "feasible": sum(is_feasible(t) for t in trials),
         "pruned": sum(t.state == TrialState.PRUNED for t in trials),
         "failed": sum(t.state == TrialState.FAIL for t in trials),
+        "reused": sum(t.state == TrialState.COMPLETE and record.read_reused(t) is not None for t in trials),
     }
 
 

@@ -23,6 +23,7 @@ from optuna.trial import FrozenTrial
 
 from compsearch.errors import SpecError
 from compsearch.metrics import UNCOMPRESSED, Constraint, get_metric
+from compsearch.plugins import import_plugins
 from compsearch.record import is_feasible
 from compsearch.studies import runfile
 from compsearch.studies.hypervolume import hypervolume, metric_scales
@@ -215,6 +216,7 @@ def prepare(spec: StudySpec | str | Path | Mapping[str, Any], out_dir: str | Pat
     from compsearch.spaces import get_space
 
     spec = load_spec(spec)
+    import_plugins(spec.plugins, where="plugins")  # a spec read from run.json (stored) has not imported them
     out = Path(out_dir).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
     if spec.evaluator.threads is not None:

@@ -86,7 +86,7 @@ def check_resume(out_dir: str | Path, spec: StudySpec) -> None:
     previous = read(out_dir).get("spec")
     if previous is None:
         return
-    before = load_spec(previous).comparison_key()
+    before = load_spec(previous, stored=True).comparison_key()
     changed = sorted(k for k, v in spec.comparison_key().items() if before.get(k) != v)
     if changed:
         raise SpecError(

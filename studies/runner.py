@@ -30,6 +30,7 @@ the start/end time of every session (:mod:`compsearch.studies.runfile`).
 from __future__ import annotations
 
 import platform
+import re
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -39,18 +40,20 @@ import optuna
 import torch
 
 from compsearch import record
-from compsearch.errors import FineTuneDiverged
+from compsearch.errors import FineTuneDiverged, SpecError
+from compsearch.plugins import loaded_plugins
 from compsearch.studies import runfile
 from compsearch.studies.hosts import get_host
 from compsearch.studies.results import study_name
 from compsearch.studies.run import Run, prepare, resolve_reference_point
 from compsearch.studies.spec import StudySpec, load_spec
 from compsearch.studies.storage import open_storage
+from compsearch.studies.summary import evaluate_final_points
 
 BASELINE_FILE = "baseline.json"
 BUDGET_RULE = (
-    "budget = COMPLETE + PRUNED + FAILED trials whose fail_reason does not start with 'interrupted'; "
-    "interrupted and internal-error trials are re-run"
+    "budget = COMPLETE (including trials that reused an equivalent policy's evaluation) + PRUNED + FAILED "
+    "trials whose fail_reason does not start with 'interrupted'; interrupted and internal-error trials are re-run"
 )
 
 
@@ -83,16 +86,48 @@ def _versions() -> dict[str, str]:
 
 
 def effective_spec(spec: StudySpec, *, strategies: Sequence[str] | None = None, trials: int | None = None,
-                   seeds: int | Sequence[int] | None = None) -> StudySpec:
-    """``spec`` with the command line's overrides (validated like the spec itself)."""
+                   seeds: int | Sequence[int] | None = None, plugins: Sequence[str] | None = None) -> StudySpec:
+    """``spec`` with the command line's overrides (validated like the spec itself; an error
+    about an overridden key names its flag, e.g. ``--strategies``). ``plugins`` (``--plugin``)
+    are added to the spec's, so run.json records them and worker processes import them."""
     data = spec.model_dump(mode="json")
+    if plugins:
+        data["plugins"] = list(dict.fromkeys([*spec.plugins, *plugins]))
     if strategies is not None:
         data["strategies"] = list(strategies)
     if trials is not None:
         data["trials"] = trials
     if seeds is not None:
         data["seeds"] = seeds if isinstance(seeds, int) else list(seeds)
-    return load_spec(data)
+    try:
+        return load_spec(data)
+    except SpecError as e:
+        raise _name_flags(e, [k for k, v in (("strategies", strategies), ("trials", trials), ("seeds", seeds),
+                                             ("plugins", plugins)) if v is not None]) from None
+
+
+#: The command-line flag of each spec key it overrides (errors about them name the flag).
+FLAGS = {"strategies": "--strategies", "trials": "--trials", "seeds": "--seeds", "plugins": "--plugin"}
+
+
+def _name_flags(error: SpecError, overridden: Sequence[str]) -> SpecError:
+    """``error`` with every line about an ``overridden`` key naming its flag instead
+    (``strategies[1]: unknown strategy 'x'`` -> ``--strategies: unknown strategy 'x'``)."""
+    pattern = re.compile(rf"^(\s*)({'|'.join(map(re.escape, overridden))})(\[\d+\])?(\.[^:]*)?:" if overridden else r"$^")
+    lines = str(error).split("\n")
+    renamed = [pattern.sub(lambda m: f"{m[1]}{FLAGS[m[2]]}:", line) for line in lines]
+    if renamed == lines:
+        return error
+    return SpecError("\n".join(renamed).replace("invalid study spec:", "invalid study spec or command-line flag:", 1))
+
+
+def unit_table(space: Any) -> list[dict[str, Any]]:
+    """The model's units in network order (execution order of the traced forward), for
+    run.json: ``name``, ``block``, ``params``, ``out_channels`` and whether the space
+    searches it; the report draws per-layer policies in this order without the model."""
+    searched = {u.name for u in getattr(space, "units", space.all_units)}
+    return [{"name": u.name, "block": u.block, "params": u.params, "out_channels": u.out_channels,
+             "searched": u.name in searched} for u in sorted(space.all_units, key=lambda u: u.depth)]
 
 
 def _write_session(run: Run, session: dict[str, Any]) -> None:
@@ -105,6 +140,7 @@ def _write_session(run: Run, session: dict[str, Any]) -> None:
         run.out_dir, name=run.spec.name, spec=spec, storage=runfile.storage_record(run.storage_url, run.out_dir),
         run_id=run.run_id, reference_point=dict(run.reference_point), objectives=[list(o) for o in run.objectives],
         scales=run.scales, budget_rule=BUDGET_RULE, base=dict(run.base_info), versions=_versions(),
+        plugins=loaded_plugins(), units=unit_table(run.space),
         sessions=[*sessions, session],
     )
 
@@ -121,6 +157,7 @@ def run_study(
     backend: str = "optuna",
     address: str | None = None,
     storage: str | None = None,
+    test: bool = True,
 ) -> Run:
     """Run (or resume) every strategy x seed study of ``spec`` in ``out_dir``.
 
@@ -136,6 +173,10 @@ def run_study(
             Default: the one run.json records, else the spec's choice inside the run folder
             (SQLite for one process, a journal file for several; see
             :mod:`compsearch.studies.storage`).
+        test: when every study is done, evaluate each strategy's Pareto points (and the
+            baseline) once on the test split into ``test_eval.json``
+            (:func:`~compsearch.studies.summary.evaluate_final_points`), so the report
+            reads a finished run without building the model.
 
     Returns:
         The run (its ``storage`` holds the studies).
@@ -167,6 +208,8 @@ def run_study(
         for seed in effective.seeds:
             evaluate_baseline(run, seed)
         host.run(run, jobs, quiet=quiet)
+        if test:
+            evaluate_final_points(run)  # the only use of the test split; report and show then only read
     except KeyboardInterrupt:
         _write_session(run, {**session, "end": _now(), "status": "interrupted"})
         raise

@@ -39,6 +39,7 @@ import re
 import sys
 import typing
 from collections.abc import Callable, Mapping
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -62,6 +63,7 @@ from compsearch.metrics import (
     parse_constraint,
     parse_constraints,
 )
+from compsearch.plugins import PluginError, check_module_name, import_plugins, load_entry_points
 from compsearch.studies.storage import check_spec_storage
 
 if sys.version_info >= (3, 11):
@@ -71,6 +73,10 @@ else:  # pragma: no cover
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 MAX_SEED = 2**31 - 1
+#: True while :func:`load_spec` reads a stored spec (``stored=True``, a finished run's
+#: run.json): registry names, metric names and evaluator settings were checked when it ran,
+#: and a reader must not need the plugins that registered them.
+_READING: ContextVar[bool] = ContextVar("compsearch_reading_stored_spec", default=False)
 #: Upper bounds of budgets and sizes; ``allow_large = true`` in a spec lifts them (values
 #: must still be finite). Key path -> largest accepted value.
 LIMITS: dict[str, int] = {
@@ -119,6 +125,8 @@ def _registered(kind: str, module: str, lister: str) -> Callable[[str], str]:
     ``unknown <kind> 'name'; registered: [...]``."""
 
     def check(name: str) -> str:
+        if _READING.get():
+            return name
         known = getattr(importlib.import_module(module), lister)()
         if name not in known:
             raise ValueError(f"unknown {kind} {name!r}; registered: {known}")
@@ -136,6 +144,8 @@ _check_criterion = _registered("criterion", "compsearch.evaluators.masks", "list
 def _check_model(name: str) -> str:
     from compsearch.evaluators.models import list_models
 
+    if _READING.get():
+        return name
     if name in list_models():
         return name
     import timm
@@ -256,7 +266,8 @@ class FineTuneSpec(_Model):
 
     @model_validator(mode="after")
     def _valid_config(self) -> FineTuneSpec:
-        self.config(seed=0)  # FineTuneConfig's own checks (optimizer, schedule names)
+        if not _READING.get():
+            self.config(seed=0)  # FineTuneConfig's own checks (optimizer, schedule names)
         return self
 
     def config(self, *, seed: int) -> Any:
@@ -296,7 +307,8 @@ class EvaluatorSpec(_Model):
 
     @model_validator(mode="after")
     def _valid_config(self) -> EvaluatorSpec:
-        self.config(seed=0)  # EvaluatorConfig's own checks
+        if not _READING.get():
+            self.config(seed=0)  # EvaluatorConfig's own checks
         return self
 
     def config(self, *, seed: int) -> Any:
@@ -317,6 +329,8 @@ class ObjectiveSpec(_Model):
     @model_validator(mode="after")
     def _known(self) -> ObjectiveSpec:
         known = metric_directions()
+        if _READING.get() and self.direction is not None:
+            return self
         if self.metric not in known:
             raise ValueError(f"unknown metric {self.metric!r}; allowed: {sorted(known)}")
         if self.direction is None:
@@ -350,6 +364,9 @@ class StudySpec(_Model):
             given on the command line (``--storage URL``), never by a spec.
         allow_large: lift the upper bounds of budgets and sizes (:data:`LIMITS`), e.g. for
             a million fine-tune steps on purpose. Values must still be finite.
+        plugins: dotted module names imported before the spec is checked, which register
+            the user's models, datasets, spaces, ... (:mod:`compsearch.plugins`); the only
+            code a spec makes compsearch import.
     """
 
     name: str
@@ -368,6 +385,7 @@ class StudySpec(_Model):
     trials: int = Field(ge=1)
     seeds: list[Annotated[int, Field(ge=0, le=MAX_SEED)]] = Field(default_factory=lambda: [0], min_length=1)
     storage: str | None = None
+    plugins: list[str] = Field(default_factory=list)
 
     @field_validator("name")
     @classmethod
@@ -376,9 +394,18 @@ class StudySpec(_Model):
             raise ValueError(f"{v!r} must be folder-safe: letters, digits, '_', '.', '-'")
         return v
 
+    @field_validator("plugins")
+    @classmethod
+    def _module_names(cls, v: list[str]) -> list[str]:
+        for i, name in enumerate(v):
+            check_module_name(name, f"[{i}]")  # a PluginError is a ValueError: "plugins: [0]='x' is not ..."
+        return v
+
     @field_validator("constraints")
     @classmethod
     def _constraints(cls, v: dict[str, float]) -> dict[str, float]:
+        if _READING.get():
+            return v
         for key, bound in v.items():
             try:
                 parse_constraint(key, bound, where="value")
@@ -436,7 +463,7 @@ class StudySpec(_Model):
             raise ValueError("model.checkpoint: give either model.checkpoint (trained weights) or [base] (train them), not both")
         if self.model.checkpoint is None and self.base is None:
             object.__setattr__(self, "base", BaseSpec())
-        for metric, value in self.reference_point.items():
+        for metric, value in ({} if _READING.get() else self.reference_point).items():
             try:
                 get_metric(metric).check(value, "value")
             except ConfigError as e:
@@ -557,11 +584,28 @@ def _resolve_paths(data: dict[str, Any], base_dir: Path) -> dict[str, Any]:
     return data
 
 
-def load_spec(source: str | Path | Mapping[str, Any] | StudySpec) -> StudySpec:
+def _load_plugins(data: Mapping[str, Any], spec_dir: Path | None, where: str) -> None:
+    """Load the installed ``compsearch.plugins`` entry points and import the spec's
+    ``plugins`` (:mod:`compsearch.plugins`) before validation, which checks the names of
+    models, datasets, spaces, ... they register."""
+    plugins = data.get("plugins", [])
+    try:
+        load_entry_points()
+        if isinstance(plugins, list) and all(isinstance(p, str) for p in plugins):
+            import_plugins(plugins, where="plugins", spec_dir=spec_dir)
+    except PluginError as e:
+        raise SpecError(f"{where}: {e}") from None
+
+
+def load_spec(source: str | Path | Mapping[str, Any] | StudySpec, *, stored: bool = False) -> StudySpec:
     """Read and validate a study spec.
 
     Args:
         source: a TOML file path, an already-parsed mapping, or a :class:`StudySpec`.
+        stored: ``source`` is a finished run's spec (run.json): import no plugin and leave
+            registry names, metric names and evaluator settings unchecked (they were checked
+            when the run started), so a run can be read without the code that made it.
+            Otherwise the spec's ``plugins`` and the installed entry points are imported first.
 
     Returns:
         The validated spec (frozen).
@@ -572,7 +616,7 @@ def load_spec(source: str | Path | Mapping[str, Any] | StudySpec) -> StudySpec:
     """
     if isinstance(source, StudySpec):
         return source
-    where = "spec"
+    where, spec_dir = "spec", None
     if isinstance(source, Mapping):
         data = dict(source)
     else:
@@ -584,7 +628,10 @@ def load_spec(source: str | Path | Mapping[str, Any] | StudySpec) -> StudySpec:
             data = tomllib.loads(path.read_text(encoding="utf-8"))
         except tomllib.TOMLDecodeError as e:
             raise SpecError(f"{where}: not valid TOML: {e}") from None
-        data = _resolve_paths(data, path.parent)
+        data, spec_dir = _resolve_paths(data, path.parent), path.parent
+    if not stored:
+        _load_plugins(data, spec_dir, where)
+    token = _READING.set(stored)
     try:
         return StudySpec.model_validate(data)
     except ValidationError as e:
@@ -592,6 +639,8 @@ def load_spec(source: str | Path | Mapping[str, Any] | StudySpec) -> StudySpec:
         raise SpecError(f"{where}: invalid study spec:\n  " + "\n  ".join(lines)) from None
     except ConfigError as e:  # raised outside pydantic's wrapping (should not happen)
         raise SpecError(f"{where}: {e}") from None
+    finally:
+        _READING.reset(token)
 
 
 __all__ = [

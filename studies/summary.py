@@ -23,8 +23,9 @@ study (budget rule in :mod:`compsearch.studies.results`):
 from __future__ import annotations
 
 import json
+import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,8 @@ import numpy as np
 from optuna.trial import FrozenTrial, TrialState
 
 from compsearch.errors import ConfigError, FineTuneDiverged
-from compsearch.record import read_policy
+from compsearch.metrics import Constraint
+from compsearch.record import canonical_digest, read_canonical, read_policy
 from compsearch.studies.hypervolume import hypervolume_curve, pareto_indices
 from compsearch.studies.results import (
     counted_trials,
@@ -50,13 +52,52 @@ TARGET_FRACTION = 0.9
 
 
 def spread(values: Sequence[float | None]) -> dict[str, Any]:
-    """``mean``, ``std`` (sample, 0 for one value), ``min``, ``max``, ``n`` of the non-None values."""
+    """``mean``, ``std`` (sample, 0 for one value), ``min``, ``max``, ``n`` of the non-None
+    values, and ``ci``: the half-width of the two-sided 95 % Student-t interval of the mean,
+    ``t(0.975, n - 1) x std / sqrt(n)`` (None for fewer than 2 values: one seed has no interval)."""
     vals = [float(v) for v in values if v is not None]
     if not vals:
-        return {"mean": None, "std": None, "min": None, "max": None, "n": 0}
+        return {"mean": None, "std": None, "min": None, "max": None, "n": 0, "ci": None}
     arr = np.asarray(vals)
-    return {"mean": float(arr.mean()), "std": float(arr.std(ddof=1)) if len(arr) > 1 else 0.0,
-            "min": float(arr.min()), "max": float(arr.max()), "n": len(vals)}
+    std = float(arr.std(ddof=1)) if len(arr) > 1 else 0.0
+    return {"mean": float(arr.mean()), "std": std, "min": float(arr.min()), "max": float(arr.max()), "n": len(vals),
+            "ci": t_halfwidth(std, len(vals))}
+
+
+CI_LEVEL = 0.95
+CI_METHOD = "95% Student-t interval of the mean over seeds"
+
+
+def t_halfwidth(std: float, n: int, level: float = CI_LEVEL) -> float | None:
+    """``t((1 + level) / 2, n - 1) * std / sqrt(n)``; None for ``n < 2``."""
+    if n < 2:
+        return None
+    from scipy.stats import t as student_t
+
+    return float(student_t.ppf(0.5 + level / 2, n - 1) * std / math.sqrt(n))
+
+
+def stored_constraints(constraints: Mapping[str, float]) -> tuple[Constraint, ...]:
+    """The constraints of a stored spec, read without the metrics registry (a plugin's
+    metric need not be registered to read a finished run): ``max_<m>`` / ``min_<m>``."""
+    out = []
+    for key, bound in constraints.items():
+        kind, _, metric = key.partition("_")
+        out.append(Constraint(key=key, metric=metric, bound=float(bound), upper=kind == "max"))
+    return tuple(out)
+
+
+def canonical_key(trial: FrozenTrial) -> str:
+    """The trial's canonical policy digest (``record.read_canonical``); a trial recorded
+    without one gets the digest of its stored policy's canonical form without the unit
+    shapes (rules 1-5 of :mod:`compsearch.spaces.policy`)."""
+    digest = read_canonical(trial)
+    if digest is not None:
+        return digest
+    from compsearch.spaces import Policy
+
+    policy = read_policy(trial)
+    return canonical_digest(Policy.from_dict(policy).canonical() if policy else Policy())
 
 
 def read_run(out_dir: str | Path) -> tuple[dict[str, Any], StudySpec]:
@@ -65,7 +106,7 @@ def read_run(out_dir: str | Path) -> tuple[dict[str, Any], StudySpec]:
     if not path.is_file() or "spec" not in json.loads(path.read_text()):
         raise ConfigError(f"{str(out_dir)!r} is not a run folder (no run.json); run `compsearch run SPEC --out DIR` first")
     run = json.loads(path.read_text())
-    return run, load_spec(run["spec"])
+    return run, load_spec(run["spec"], stored=True)  # no plugin import, no registry: a reader
 
 
 def run_storage(run: dict[str, Any], out_dir: str | Path, storage: str | None = None) -> str:
@@ -93,7 +134,7 @@ def _best_under(trials: list[FrozenTrial], spec: StudySpec) -> dict[str, tuple[s
     others = [m for m, _ in spec.objective_pairs if m != "accuracy"]
     directions = dict(spec.objective_pairs)
     out: dict[str, tuple[str, float | None]] = {}
-    rules = [(c.label, [c]) for c in spec.parsed_constraints()]
+    rules = [(c.label, [c]) for c in stored_constraints(spec.constraints)]
     if len(rules) > 1:
         rules.append(("all constraints", [r[0] for _, r in rules]))
     for label, conds in rules:
@@ -120,14 +161,20 @@ def _pareto_rows(records: dict[int, dict[str, Any]], spec: StudySpec) -> list[di
     directions = [d for _, d in spec.objective_pairs]
     idx = pareto_indices([trial_point(t) for _, t in pool], directions)
     rows, seen = [], set()
+    keys: list[str] = []
+    merged: dict[str, list[list[int]]] = {}
     for seed, t in sorted((pool[i] for i in idx), key=lambda st: list(st[1].values)):
         policy = read_policy(t)
-        key = json.dumps(policy, sort_keys=True)
-        if key in seen:
+        key = canonical_key(t)
+        if key in seen:  # an equivalent policy (its own seed's evaluation, or a reused one): one row
+            merged.setdefault(key, []).append([seed, t.number])
             continue
         seen.add(key)
+        keys.append(key)
         rows.append({"seed": seed, "trial": t.number, "policy": policy, "metrics": trial_metrics(t),
                      "values": list(t.values), "test_accuracy": None})
+    for row, key in zip(rows, keys, strict=True):
+        row["equivalent"] = merged.get(key, [])  # [seed, trial] of the merged equivalent points
     return rows
 
 
@@ -155,7 +202,8 @@ def summarize(out_dir: str | Path, *, storage: str | None = None) -> dict[str, A
         "constraints": spec.constraints, "hv_target": target, "target_fraction": TARGET_FRACTION,
         "baseline": json.loads(baseline_path.read_text()) if baseline_path.is_file() else {},
         "base": run.get("base", {}), "budget_rule": run.get("budget_rule"), "versions": run.get("versions", {}),
-        "strategies": strategies,
+        "strategies": strategies, "units": run.get("units", []), "plugins": run.get("spec", {}).get("plugins", []),
+        "ci_method": CI_METHOD,
     }
 
 
@@ -166,7 +214,7 @@ def _strategy_summary(recs: dict[int, dict[str, Any]], spec: StudySpec, budget: 
     for seed_best in (_best_under(r["trials"], spec) for r in recs.values()):
         for label, (metric, value) in seed_best.items():
             best.setdefault(label, {"metric": metric, "values": []})["values"].append(value)
-    states = {k: sum(r["states"][k] for r in recs.values()) for k in ("complete", "feasible", "pruned", "failed")}
+    states = {k: sum(r["states"][k] for r in recs.values()) for k in ("complete", "feasible", "pruned", "failed", "reused")}
     return {
         "hypervolume": hv,
         "evals_to_target": {**spread(reach), "reached": sum(v is not None for v in reach), "seeds": len(reach)},
@@ -184,7 +232,7 @@ def _cache_key(policy: Any, seed: int) -> str:
 
 
 def add_test_accuracy(summary: dict[str, Any], out_dir: str | Path, *, compute: bool = True,
-                      storage: str | None = None) -> int:
+                      storage: str | None = None, prepared: Any = None) -> int:
     """Fill ``test_accuracy`` of every Pareto row and of the baseline from ``test_eval.json``;
     with ``compute``, evaluate the missing ones (``evaluate(policy, test=True)`` under the
     row's seed) and cache them. Returns the number of new evaluations."""
@@ -194,7 +242,7 @@ def add_test_accuracy(summary: dict[str, Any], out_dir: str | Path, *, compute: 
     rows += [({}, int(seed), m) for seed, m in summary["baseline"].items() if isinstance(m, dict)]
     missing = [(p, seed) for p, seed, _ in rows if _cache_key(p, seed) not in cache]
     if missing and compute:
-        _evaluate_on_test(missing, cache, out_dir, storage)
+        _evaluate_on_test(missing, cache, out_dir, storage, prepared)
         path.write_text(json.dumps(cache, indent=2))
     for policy, seed, row in rows:
         row["test_accuracy"] = cache.get(_cache_key(policy, seed), {}).get("test_accuracy")
@@ -202,12 +250,19 @@ def add_test_accuracy(summary: dict[str, Any], out_dir: str | Path, *, compute: 
 
 
 def _evaluate_on_test(missing: list[tuple[Any, int]], cache: dict[str, Any], out_dir: str | Path,
-                      storage: str | None) -> None:
+                      storage: str | None, prepared: Any = None) -> None:
+    """Evaluate ``missing`` on the test split with ``prepared`` (the running Run), else by
+    preparing the run folder again: that builds the model, importing the run's plugins, and
+    says so (a warning on stderr)."""
     from compsearch.spaces import Policy
     from compsearch.studies.run import prepare
 
     run, spec = read_run(out_dir)
-    ctx = prepare(spec, out_dir, storage=run_storage(run, out_dir, storage))
+    if prepared is None:
+        logging.getLogger(__name__).warning(
+            "evaluating %d point(s) on the test split that the run did not: building the model%s",
+            len(missing), f" (importing plugins {spec.plugins})" if spec.plugins else "")
+    ctx = prepared if prepared is not None else prepare(spec, out_dir, storage=run_storage(run, out_dir, storage))
     for policy, seed in missing:
         try:
             result = ctx.evaluator(seed).evaluate(Policy.from_dict(policy) if policy else Policy(), test=True)
@@ -217,4 +272,14 @@ def _evaluate_on_test(missing: list[tuple[Any, int]], cache: dict[str, Any], out
         cache[_cache_key(policy, seed)] = {"test_accuracy": result.test_accuracy, "val_accuracy": result.accuracy}
 
 
-__all__ = ["add_test_accuracy", "budget_index", "read_run", "run_storage", "spread", "summarize"]
+def evaluate_final_points(run: Any) -> int:
+    """At the end of ``compsearch run``: evaluate the Pareto points of every strategy and the
+    baseline on the test split with the running ``run``'s evaluators and cache them in
+    ``test_eval.json``, so ``compsearch report`` and ``show`` only read (no model, no
+    plugin). Returns the number of new evaluations."""
+    summary = summarize(run.out_dir, storage=run.storage_url)
+    return add_test_accuracy(summary, run.out_dir, compute=True, storage=run.storage_url, prepared=run)
+
+
+__all__ = ["CI_METHOD", "add_test_accuracy", "budget_index", "canonical_key", "evaluate_final_points", "read_run",
+           "run_storage", "spread", "stored_constraints", "summarize", "t_halfwidth"]
