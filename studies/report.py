@@ -8,15 +8,22 @@
   objectives), with the uncompressed baseline and the reference point;
 * ``hypervolume.png``: normalised hypervolume against evaluations (mean over seeds,
   min-max band);
+* ``policies.png``: per-layer heatmaps of the Pareto policies (weight bits, input bits, kept
+  fraction per unit in network order; :mod:`compsearch.studies.figures`);
+* ``pareto.html``: the interactive Pareto page (plotly, self-contained): hovering a Pareto
+  point shows its policy;
 * ``report.html``: one self-contained page (PNGs inlined as base64 data URIs, no
   script, no external resource), so it opens offline.
+
+Spreads over seeds are the mean and the half-width of its 95 % Student-t interval
+(``t(0.975, n - 1) x std / sqrt(n)``); with one seed the report says "one seed: no
+interval". Equivalent policies (one canonical form) are one Pareto row.
 """
 
 from __future__ import annotations
 
 import base64
 import html
-import io
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,9 +31,16 @@ from typing import Any
 
 import numpy as np
 
+from compsearch.studies.figures import (
+    constraint_lines,
+    pareto_page,
+    plot_policy_heatmaps,
+    png_bytes,
+    pyplot,
+)
 from compsearch.studies.summary import add_test_accuracy, summarize
 
-REPORT_FILES = ("report.html", "pareto.png", "hypervolume.png", "summary.json", "summary.md")
+REPORT_FILES = ("report.html", "pareto.png", "hypervolume.png", "policies.png", "pareto.html", "summary.json", "summary.md")
 
 
 # ---- formatting -----------------------------------------------------------------------
@@ -39,11 +53,18 @@ def fmt(value: float | None, digits: int = 4) -> str:
 
 
 def fmt_spread(s: dict[str, Any], digits: int = 4) -> str:
-    """``mean ± std`` over seeds (just the value for one seed, ``-`` for none)."""
+    """``mean ± h`` over seeds, ``h`` the half-width of the 95 % t-interval (``ci``, see
+    :func:`~compsearch.studies.summary.spread`); just the value for one seed, ``-`` for none."""
     if not s or s.get("mean") is None:
         return "-"
     text = fmt(s["mean"], digits)
-    return text + (f" ± {fmt(s['std'], digits)}" if s.get("n", 0) > 1 else "")
+    return text + (f" ± {fmt(s.get('ci', s['std']), digits)}" if s.get("n", 0) > 1 else "")
+
+
+def spread_wording(summary: dict[str, Any]) -> str:
+    """What ``±`` means in the tables: the interval over the seeds, or that one seed has none."""
+    n = len(summary.get("seeds", []))
+    return f"mean ± 95% t-interval half-width over {n} seeds" if n > 1 else "one seed: no interval"
 
 
 def _policy_text(policy: dict[str, Any] | None) -> str:
@@ -59,14 +80,15 @@ def _policy_text(policy: dict[str, Any] | None) -> str:
 def summary_rows(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     """Header and rows of the main table, one row per strategy."""
     header = ["strategy", "HV @25%", "HV @50%", "HV @100%", f"evals to {int(summary['target_fraction'] * 100)}%",
-              "complete", "feasible", "failed"]
+              "complete", "feasible", "failed", "reused"]
     rows = []
     for name, s in summary["strategies"].items():
         reach = s["evals_to_target"]
         reached = f"{fmt(reach['mean'], 3)} ({reach['reached']}/{reach['seeds']})" if reach["reached"] else f"- (0/{reach['seeds']})"
         hv = s["hypervolume"]
         rows.append([name, fmt_spread(hv["25%"]), fmt_spread(hv["50%"]), fmt_spread(hv["100%"]), reached,
-                     str(s["states"]["complete"]), str(s["states"]["feasible"]), str(s["states"]["failed"])])
+                     str(s["states"]["complete"]), str(s["states"]["feasible"]), str(s["states"]["failed"]),
+                     str(s["states"].get("reused", 0))])
     return header, rows
 
 
@@ -119,13 +141,7 @@ def html_table(table_id: str, header: Sequence[str], rows: Sequence[Sequence[str
 # ---- plots ----------------------------------------------------------------------------
 
 
-def _figure() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    return plt
+_figure = pyplot  # matplotlib's pyplot on the Agg backend (compsearch.studies.figures)
 
 
 def plot_pareto(summary: dict[str, Any]) -> bytes:
@@ -148,6 +164,7 @@ def plot_pareto(summary: dict[str, Any]) -> bytes:
     for seed, m in summary["baseline"].items():
         if isinstance(m, dict) and ym in m and xm in m:
             ax.scatter([m[xm]], [m[ym]], marker="*", s=160, color="black", label="uncompressed" if seed == next(iter(summary["baseline"])) else None)
+    constraint_lines(ax, summary.get("constraints", {}), xm, ym)
     _reference_lines(ax, summary["reference_point"], xm, ym)
     ax.set_xlabel(f"{xm} ({xd})")
     ax.set_ylabel(f"{ym} ({yd})")
@@ -196,19 +213,14 @@ def plot_hypervolume(summary: dict[str, Any]) -> bytes:
     return _png(fig)
 
 
-def _png(fig: Any) -> bytes:
-    buf = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buf, format="png")
-    _figure().close(fig)
-    return buf.getvalue()
+_png = png_bytes  # a figure as PNG bytes, closed
 
 
 # ---- documents ------------------------------------------------------------------------
 
 
 def _tables(summary: dict[str, Any]) -> list[tuple[str, str, tuple[list[str], list[list[str]]]]]:
-    out = [("summary", "Hypervolume and budget (mean ± std over seeds)", summary_rows(summary))]
+    out = [("summary", f"Hypervolume and budget ({spread_wording(summary)})", summary_rows(summary))]
     if summary["constraints"]:
         out.append(("constraints", "Best under each constraint", constraint_rows(summary)))
     out.append(("pareto-points", "Pareto points (selected on validation; test accuracy reported only)", pareto_rows(summary)))
@@ -220,6 +232,10 @@ def _notes(summary: dict[str, Any]) -> list[str]:
     base = summary.get("base", {})
     return [
         f"Budget: {summary['budget']} full evaluations per strategy and seed; seeds {summary['seeds']}.",
+        f"Spread over seeds: {spread_wording(summary)}"
+        + (" (Student-t, n - 1 degrees of freedom)." if len(summary.get("seeds", [])) > 1 else "."),
+        "Equivalent policies (the same canonical form: same compressed model and costs) are one Pareto row; "
+        "'reused' counts trials that reused an equivalent policy's evaluation (they use budget, not compute).",
         f"Reference point (fixed before the run): {ref}; normalisation scales {[fmt(s) for s in summary['scales']]}.",
         f"Budget rule: {summary.get('budget_rule')}.",
         f"Uncompressed base model: val accuracy {fmt(base.get('val_accuracy'))} (hash {str(base.get('hash', ''))[:12]}).",
@@ -249,8 +265,12 @@ def render_html(summary: dict[str, Any], pngs: dict[str, bytes]) -> str:
     for table_id, title, (header, rows) in _tables(summary):
         parts.append(f"<h2>{html.escape(title)}</h2>{html_table(table_id, header, rows)}")
         if table_id == "summary":
-            for key, alt in (("pareto", "Pareto fronts"), ("hypervolume", "Hypervolume vs budget")):
-                parts.append(f'<h2>{alt}</h2><img id="{key}" alt="{alt}" src="data:image/png;base64,{imgs[key]}">')
+            for key, alt in (("pareto", "Pareto fronts"), ("hypervolume", "Hypervolume vs budget"),
+                             ("policies", "Pareto policies per unit")):
+                if key in imgs:
+                    parts.append(f'<h2>{alt}</h2><img id="{key}" alt="{alt}" src="data:image/png;base64,{imgs[key]}">')
+            parts.append('<p><a id="interactive" href="pareto.html">Interactive Pareto page</a> '
+                         "(hover a point for its policy)</p>")
     parts.append('<h2>Notes</h2><ul class="notes">' + "".join(f"<li>{html.escape(n)}</li>" for n in _notes(summary)) + "</ul>")
     body = "\n".join(parts)
     return (f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><title>compsearch: {html.escape(summary["name"])}'
@@ -258,8 +278,11 @@ def render_html(summary: dict[str, Any], pngs: dict[str, bytes]) -> str:
 
 
 def build_report(out_dir: str | Path, *, test: bool = True, storage: str | None = None) -> dict[str, Any]:
-    """Write ``report.html``, ``pareto.png``, ``hypervolume.png``, ``summary.json`` and
-    ``summary.md`` into the run folder ``out_dir``.
+    """Write ``report.html``, ``pareto.png``, ``hypervolume.png``, ``policies.png``,
+    ``pareto.html``, ``summary.json`` and ``summary.md`` into the run folder ``out_dir``.
+    It reads the storage and the run folder only: the test split of the final points was
+    measured at the end of the run; a point without that measurement is evaluated now,
+    which builds the model (importing the run's plugins) and says so.
 
     Args:
         out_dir: a folder written by ``run_study``.
@@ -275,11 +298,15 @@ def build_report(out_dir: str | Path, *, test: bool = True, storage: str | None 
     summary = summarize(out, storage=storage)
     add_test_accuracy(summary, out, compute=test, storage=storage)
     pngs = {"pareto": plot_pareto(summary), "hypervolume": plot_hypervolume(summary)}
+    heatmaps = plot_policy_heatmaps(summary)
+    if heatmaps is not None:
+        pngs["policies"] = heatmaps
     for key, data in pngs.items():
         (out / f"{key}.png").write_bytes(data)
+    (out / "pareto.html").write_text(pareto_page(summary), encoding="utf-8")
     (out / "summary.md").write_text(render_markdown(summary))
     (out / "report.html").write_text(render_html(summary, pngs))
-    summary["files"] = {name: str(out / name) for name in REPORT_FILES}
+    summary["files"] = {name: str(out / name) for name in REPORT_FILES if (out / name).is_file() or name == "summary.json"}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 

@@ -103,10 +103,12 @@ def test_summary_matches_hand_computation(synthetic_run: Path) -> None:
     best = t["best_under_constraints"]["max_size_kb<=9"]
     assert (best["metric"], best["mean"], best["n"]) == ("accuracy", 0.85, 1)
     assert r["best_under_constraints"]["max_size_kb<=9"]["mean"] == pytest.approx(0.9)
-    assert r["states"] == {"complete": 5, "feasible": 5, "pruned": 0, "failed": 3}
+    assert r["states"] == {"complete": 5, "feasible": 5, "pruned": 0, "failed": 3, "reused": 0}
     # Pareto rows: seeds pooled, one per policy, sorted by accuracy
     assert [(p["seed"], p["trial"], p["values"]) for p in r["pareto"]] == [
         (0, 4, [0.6, 2.0]), (0, 0, [0.8, 4.0]), (0, 3, [0.9, 8.0])]
+    # seed 1's trials 1 (tag 2) and 0 (tag 3) hold the policies of seed 0's trials 0 and 3: merged
+    assert [p["equivalent"] for p in r["pareto"]] == [[], [[1, 1]], [[1, 0]]]
     assert [p["values"] for p in t["pareto"]] == [[0.7, 5.0], [0.85, 8.0]]
 
 
@@ -117,7 +119,10 @@ def test_cached_test_accuracy_is_reported_not_recomputed(synthetic_run: Path) ->
     assert add_test_accuracy(summary, synthetic_run, compute=False) == 0
     assert [p["test_accuracy"] for p in summary["strategies"]["tpe"]["pareto"]] == [None, 0.81]
     md = render_markdown(summary)
-    assert "| tpe | 0 ± 0 | 0.05 ± 0.0707 | 0.065 ± 0.0919 | - (0/2) | 3 | 2 | 4 |" in md
+    # two seeds: mean ± 95% t half-width = t(0.975, 1) * s / sqrt(2) = 12.706 * |a - b| / 2:
+    # HV@50% (0.10, 0) -> 0.05 ± 0.6353, HV@100% (0.13, 0) -> 0.065 ± 0.8259
+    assert "| tpe | 0 ± 0 | 0.05 ± 0.6353 | 0.065 ± 0.8259 | - (0/2) | 3 | 2 | 4 | 0 |" in md
+    assert "## Hypervolume and budget (mean ± 95% t-interval half-width over 2 seeds)" in md
 
 
 # ---- the report of a real tiny run ----------------------------------------------------------
@@ -131,8 +136,12 @@ def report(tiny_run) -> dict[str, Any]:
 
 def test_report_files_and_numbers(tiny_run, report: dict[str, Any]) -> None:
     out, ctx = tiny_run
-    for name in ("report.html", "pareto.png", "hypervolume.png", "summary.json", "summary.md"):
+    for name in ("report.html", "pareto.png", "hypervolume.png", "policies.png", "pareto.html", "summary.json",
+                 "summary.md"):
         assert (out / name).is_file() and (out / name).stat().st_size > 0
+    assert "## Hypervolume and budget (one seed: no interval)" in (out / "summary.md").read_text()
+    page = (out / "pareto.html").read_text()
+    assert "<script src" not in page and "<link" not in page and "Plotly.newPlot" in page  # plotly.js inline
     assert (out / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     studies = load_studies(ctx.storage)
     for strategy in ("random", "nsga2"):
@@ -212,3 +221,29 @@ def test_report_renders_in_headless_chromium(tiny_run, report: dict[str, Any], t
     pixels = np.asarray(Image.open(shot).convert("L"), dtype=float)
     assert pixels.shape == (1600, 1200)
     assert pixels.std() > 10 and (pixels < 128).mean() > 0.005  # text, tables and plots, not a blank page
+    width, height = _png_size(base64.b64decode(parsed.imgs["policies"].split(",", 1)[1]))
+    assert width >= 300 and height >= 150  # the per-unit heatmaps of the Pareto policies
+
+
+def test_interactive_page_shows_the_policy_of_a_hovered_point_in_chromium(tiny_run, report: dict[str, Any],
+                                                                          tmp_path: Path) -> None:
+    """pareto.html#hover=<strategy>/<trial> hovers that point on load (Plotly.Fx.hover, what a
+    mouse does); the hover label Chromium renders lists the trial's policy unit by unit."""
+    from compsearch.studies.figures import policy_text, unit_order
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("chromium is not installed (Debian: apt-get install -y chromium); .ci/run installs it")
+    out, _ = tiny_run
+    strategy, row = next((name, s["pareto"][0]) for name, s in report["strategies"].items() if s["pareto"])
+    url = f"{(out / 'pareto.html').resolve().as_uri()}#hover={strategy}/{row['trial']}"
+    flags = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1200,900", "--virtual-time-budget=10000"]
+    dom = subprocess.run([*flags, "--dump-dom", url], capture_output=True, text=True, timeout=180, check=True).stdout
+    assert 'class="main-svg"' in dom  # plotly drew the figure from the inline plotly.js
+    label = dom.split('class="hovertext"', 1)[1].split("</g>", 1)[0]
+    expected = policy_text(row["policy"], unit_order(report, [row]))
+    assert f"trial {row['trial']}" in label
+    for line in expected.split("<br>"):  # every unit line of the policy ("features.3: w4 keep 0.5 ...")
+        assert line in label
