@@ -13,6 +13,8 @@ Built in:
 - ``synthetic``: class prototypes plus Gaussian noise, any input shape.
 - ``cifar10``: the python-version CIFAR-10 batches from a local folder
   (downloaded only when ``download=True``).
+- ``imagefolder``: images in class folders under a user-given ``root`` (torchvision's
+  ``ImageFolder``), read a batch at a time (:mod:`compsearch.evaluators.streaming`).
 """
 
 from __future__ import annotations
@@ -448,3 +450,63 @@ def load_cifar10(
         x_test=_normalize_cifar(test_x), y_test=torch.as_tensor(test_y),
         num_classes=10, name="cifar10",
     )
+
+
+# ---- image folders -------------------------------------------------------------------------
+
+
+@register_dataset("imagefolder")
+def load_imagefolder(
+    *,
+    root: str | Path,
+    seed: int = 0,
+    size: int | None = None,
+    channels: int = 3,
+    val_fraction: float = 0.2,
+    test_fraction: float = 0.2,
+    limit: int | None = None,
+) -> DataSplits:
+    """Images in class folders, ``root/<class>/<image>`` (torchvision ``ImageFolder``: the
+    classes are the sub-folders in sorted order), read a batch at a time: the inputs are
+    :class:`~compsearch.evaluators.streaming.DatasetInputs`, only the labels are in memory.
+
+    Split as ``digits``: stratified by class, fixed by ``seed``, ``test_fraction`` and
+    ``val_fraction`` of all images (rounded) carved off in that order, the rest trains.
+    Preprocessing: RGB (``channels=3``) or grey (``1``), resized bilinearly to
+    ``size x size`` when given, scaled to [0, 1], then standardised per channel with the
+    mean and standard deviation of up to 512 train images drawn by ``seed``.
+
+    Args:
+        root: the folder (a spec's ``data.options.root``).
+        seed: fixes the split, the ``limit`` subset and the statistics sample.
+        size: output side length (None = the images' own, which must then agree).
+        channels: 3 (RGB) or 1 (grey).
+        val_fraction, test_fraction: fractions of all images in val and test.
+        limit: keep a stratified subset of at most ``limit`` images first.
+
+    Returns:
+        Splits with inputs of shape ``channels x size x size`` and one class per sub-folder.
+
+    Raises:
+        DataError: not a folder, no images, too few images of a class to stratify, or
+            images of different sizes without ``size``.
+    """
+    from compsearch.evaluators.streaming import image_folder, standardized_splits
+
+    _check_fractions(val_fraction, test_fraction)
+    _check_channels(channels)
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or not 4 <= size <= 4096):
+        raise ConfigError(f"size={size!r} must be an integer in [4, 4096] (e.g. 32 or 224) or None")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 10):
+        raise ConfigError(f"limit={limit!r} must be an integer >= 10 or None (all images)")
+    folder = image_folder(root, size=size, channels=channels)
+    y = np.asarray(folder.targets, dtype=np.int64)
+    keep = _seeded_subset(y, limit, seed)
+    try:
+        train, test, val = stratified_split(y[keep], sizes=_split_sizes(len(keep), val_fraction, test_fraction), seed=seed)
+    except ValueError as e:
+        raise DataError(f"data.options.root={str(root)!r}: {len(keep)} images in {len(folder.classes)} classes cannot "
+                        f"be split stratified ({e}); give every class more images or lower val/test_fraction") from None
+    parts = {"train": keep[train], "val": keep[val], "test": keep[test]}
+    return standardized_splits(DataSplits, folder, parts=parts, seed=seed, num_classes=len(folder.classes),
+                               name=f"imagefolder:{Path(root).expanduser().name}")

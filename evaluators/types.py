@@ -125,7 +125,9 @@ class EvaluatorConfig:
 
 @dataclass(frozen=True)
 class DataSplits:
-    """A classification dataset held as tensors (small enough for memory).
+    """A classification dataset: tensors in memory, or datasets read a batch at a time
+    (:meth:`from_datasets`: the inputs are then :class:`~compsearch.evaluators.streaming.DatasetInputs`,
+    which index, slice and split like tensors).
 
     Attributes:
         x_train, y_train: ``n x C x H x W`` (or ``n x d``) float inputs, ``n`` int64 labels.
@@ -153,6 +155,17 @@ class DataSplits:
         if name not in ("train", "val", "test"):
             raise ConfigError(f"split={name!r} is unknown; allowed: ['train', 'val', 'test']")
         return getattr(self, f"x_{name}"), getattr(self, f"y_{name}")
+
+    @classmethod
+    def from_datasets(cls, train: Any, val: Any, test: Any, *, num_classes: int | None = None,
+                      name: str = "datasets") -> DataSplits:
+        """Splits over three map-style torch Datasets (or DataLoaders) of ``(input, label)``
+        items, read a batch at a time: a dataset larger than memory works (see
+        :mod:`compsearch.evaluators.streaming`; ``num_classes`` defaults to the train set's
+        ``classes``, else 1 + the largest label)."""
+        from compsearch.evaluators.streaming import splits_from_datasets
+
+        return splits_from_datasets(cls, train, val, test, num_classes=num_classes, name=name)  # type: ignore[no-any-return]
 
 
 @dataclass(frozen=True)

@@ -205,7 +205,8 @@ class DataSpec(_Model):
     Attributes:
         name: a registered dataset (``digits``, ``synthetic``, ``cifar10``, ...).
         seed: split seed (the same for every strategy and study seed).
-        options: loader options (e.g. ``root``, ``size``, ``val_fraction``).
+        options: loader options (e.g. ``root``, ``size``, ``val_fraction``); a relative
+            ``root`` is relative to the spec file's folder.
     """
 
     name: Annotated[str, AfterValidator(_check_dataset)] = "digits"
@@ -584,6 +585,17 @@ def _resolve_paths(data: dict[str, Any], base_dir: Path) -> dict[str, Any]:
     return data
 
 
+def _resolve_data_root(data: dict[str, Any], base_dir: Path) -> dict[str, Any]:
+    """``data.options.root`` relative to the spec's folder (e.g. an ``imagefolder`` root)."""
+    table = data.get("data")
+    options = table.get("options") if isinstance(table, dict) else None
+    if isinstance(table, dict) and isinstance(options, dict) and isinstance(options.get("root"), str):
+        root = Path(options["root"]).expanduser()
+        if not root.is_absolute():
+            data = {**data, "data": {**table, "options": {**options, "root": str((base_dir / root).resolve())}}}
+    return data
+
+
 def _load_plugins(data: Mapping[str, Any], spec_dir: Path | None, where: str) -> None:
     """Load the installed ``compsearch.plugins`` entry points and import the spec's
     ``plugins`` (:mod:`compsearch.plugins`) before validation, which checks the names of
@@ -628,7 +640,7 @@ def load_spec(source: str | Path | Mapping[str, Any] | StudySpec, *, stored: boo
             data = tomllib.loads(path.read_text(encoding="utf-8"))
         except tomllib.TOMLDecodeError as e:
             raise SpecError(f"{where}: not valid TOML: {e}") from None
-        data, spec_dir = _resolve_paths(data, path.parent), path.parent
+        data, spec_dir = _resolve_data_root(_resolve_paths(data, path.parent), path.parent), path.parent
     if not stored:
         _load_plugins(data, spec_dir, where)
     token = _READING.set(stored)
