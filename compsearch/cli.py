@@ -6,6 +6,7 @@ Commands::
                           [--workers N] [--backend optuna|ray|nni] [--storage URL]
     compsearch run SPEC [--out DIR] [--strategies a,b] [--trials N] [--seeds K] [--quiet]
                         [--workers N] [--backend optuna|ray|nni] [--address ADDR] [--storage URL]
+    compsearch gates SPEC [--out DIR] [--seeds K] [--strengths a,b] [--online] [--quiet] [--storage URL]
     compsearch report DIR [--no-test] [--storage URL]
     compsearch show DIR [--storage URL]
     compsearch spaces MODEL_OR_SPEC [--space NAME] [--input-shape C,H,W] [--num-classes N]
@@ -54,6 +55,14 @@ def _seeds(text: str) -> int | list[int]:
     return parts[0] if "," not in text else parts
 
 
+def _strengths(text: str) -> list[float]:
+    """``"0.1,1"`` -> [0.1, 1.0]."""
+    try:
+        return [float(p) for p in text.split(",") if p.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--strengths {text!r}: give comma-separated numbers (0.1,0.5,2)") from None
+
+
 def _names(text: str) -> list[str]:
     return [p.strip() for p in text.split(",") if p.strip()]
 
@@ -79,6 +88,16 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run (or resume) a study spec")
     _run_arguments(run)
     run.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    gates = sub.add_parser("gates", help="run the gates method (channel gates trained with the network, one point "
+                                         "per penalty strength) into a run folder, beside the strategies")
+    gates.add_argument("spec", help="study spec (.toml)")
+    gates.add_argument("--out", help="run folder (default: runs/<spec name>)")
+    gates.add_argument("--seeds", type=_seeds, help="seed count (3) or list (0,7)")
+    gates.add_argument("--strengths", type=_strengths, help="comma-separated penalty strengths (default: the spec's [gates])")
+    gates.add_argument("--online", action="store_true", default=None,
+                       help="also train an agent from scratch with gates per strength (agent specs)")
+    gates.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    gates.add_argument("--storage", help="an Optuna storage outside the run folder (as for run)")
     report = sub.add_parser("report", help="write report.html, PNGs and summaries of a run folder")
     report.add_argument("dir")
     report.add_argument("--no-test", action="store_true", help="do not evaluate Pareto points on the test split")
@@ -167,6 +186,19 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     if not args.quiet:
         console.print(_table("Hypervolume (validation)", *summary_rows(summarize(out, storage=run.storage_url))))
         console.print(f"results in {out}; report: compsearch report {out}")
+    return EXIT_OK
+
+
+def cmd_gates(args: argparse.Namespace, console: Console) -> int:
+    from compsearch.studies.gates import run_gates
+    from compsearch.studies.spec import load_spec
+
+    spec = load_spec(args.spec)
+    out = Path(args.out) if args.out else Path("runs") / spec.name
+    run_gates(spec, out, seeds=args.seeds, strengths=args.strengths, online=args.online, quiet=args.quiet,
+              storage=args.storage)
+    if not args.quiet:
+        console.print(f"gates points in {out}; report: compsearch report {out}")
     return EXIT_OK
 
 
@@ -268,6 +300,10 @@ def _model_for_spaces(args: argparse.Namespace) -> tuple[Any, Any, str, dict[str
         from compsearch.studies.spec import load_spec
 
         spec = load_spec(args.target)
+        if spec.agent is not None:
+            from compsearch.studies.agent_run import check_agent
+
+            return (*check_agent(spec), args.space or spec.space.name, spec.space.space_kwargs())
         data = load_dataset(spec.data.name, seed=spec.data.seed, **spec.data.options)
         return _build_model(spec, data), data.x_train[:2], args.space or spec.space.name, spec.space.space_kwargs()
     model = _spaces_model(args)
@@ -325,7 +361,7 @@ def _table(title: str, header: Sequence[str], rows: Sequence[Sequence[str]]) -> 
     return table
 
 
-COMMANDS = {"check": cmd_check, "run": cmd_run, "report": cmd_report, "show": cmd_show, "list": cmd_list,
+COMMANDS = {"check": cmd_check, "run": cmd_run, "gates": cmd_gates, "report": cmd_report, "show": cmd_show, "list": cmd_list,
             "spaces": cmd_spaces}
 
 

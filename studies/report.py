@@ -105,20 +105,21 @@ def constraint_rows(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]
 
 
 def pareto_rows(summary: dict[str, Any], *, policy: bool = True) -> tuple[list[str], list[list[str]]]:
-    """Every strategy's Pareto points with validation and test accuracy, plus the baseline
-    (``policy``: add a column summarising each policy)."""
+    """Every strategy's Pareto points with validation and test quality (``test_accuracy`` or
+    ``test_return``), plus the baseline (``policy``: add a column summarising each policy)."""
     metrics = [m for m, _ in summary["objectives"]]
+    quality = summary.get("quality", "accuracy")
     extra = [m for m in ("compression_ratio", "bops") if m not in metrics]
-    header = ["strategy", "seed", "trial", *metrics, "test_accuracy", *extra, *(["policy"] if policy else [])]
+    header = ["strategy", "seed", "trial", *metrics, f"test_{quality}", *extra, *(["policy"] if policy else [])]
     rows = []
     for seed, m in summary["baseline"].items():
-        if isinstance(m, dict) and "accuracy" in m:
+        if isinstance(m, dict) and quality in m:
             rows.append(["uncompressed", seed, "-", *[fmt(m.get(k)) for k in metrics],
-                         fmt(m.get("test_accuracy")), *[fmt(m.get(k)) for k in extra], *(["uncompressed"] if policy else [])])
+                         fmt(m.get(f"test_{quality}")), *[fmt(m.get(k)) for k in extra], *(["uncompressed"] if policy else [])])
     for name, s in summary["strategies"].items():
         for r in s["pareto"]:
             rows.append([name, str(r["seed"]), str(r["trial"]), *[fmt(r["metrics"].get(k)) for k in metrics],
-                         fmt(r["test_accuracy"]), *[fmt(r["metrics"].get(k)) for k in extra],
+                         fmt(r.get(f"test_{quality}")), *[fmt(r["metrics"].get(k)) for k in extra],
                          *([_policy_text(r["policy"])] if policy else [])])
     return header, rows
 
@@ -223,7 +224,8 @@ def _tables(summary: dict[str, Any]) -> list[tuple[str, str, tuple[list[str], li
     out = [("summary", f"Hypervolume and budget ({spread_wording(summary)})", summary_rows(summary))]
     if summary["constraints"]:
         out.append(("constraints", "Best under each constraint", constraint_rows(summary)))
-    out.append(("pareto-points", "Pareto points (selected on validation; test accuracy reported only)", pareto_rows(summary)))
+    out.append(("pareto-points", f"Pareto points (selected on validation; test {summary.get('quality', 'accuracy')} reported only)",
+                pareto_rows(summary)))
     return out
 
 
@@ -238,7 +240,8 @@ def _notes(summary: dict[str, Any]) -> list[str]:
         "'reused' counts trials that reused an equivalent policy's evaluation (they use budget, not compute).",
         f"Reference point (fixed before the run): {ref}; normalisation scales {[fmt(s) for s in summary['scales']]}.",
         f"Budget rule: {summary.get('budget_rule')}.",
-        f"Uncompressed base model: val accuracy {fmt(base.get('val_accuracy'))} (hash {str(base.get('hash', ''))[:12]}).",
+        f"Uncompressed base model: val {summary.get('quality', 'accuracy')} "
+        f"{fmt(base.get('val_' + summary.get('quality', 'accuracy')))} (hash {str(base.get('hash', ''))[:12]}).",
         f"Versions: {', '.join(f'{k} {v}' for k, v in summary.get('versions', {}).items())}.",
     ]
 

@@ -67,12 +67,14 @@ class Run:
     Attributes:
         spec: the effective spec.
         out_dir: the run folder (absolute).
-        data: the splits (fixed by ``spec.data.seed``).
-        model: the trained uncompressed model (CPU, eval mode).
+        data: the splits (fixed by ``spec.data.seed``); None for an agent study.
+        model: the trained uncompressed model (CPU, eval mode); an agent's acting network.
         base_info: how the base model was obtained (``hash``, ``path`` relative to the run
             folder, ``val_accuracy``, ...).
         space: the compression space over the model's units.
         reference_point: metric -> worst acceptable value, fixed before the run.
+        scale_overrides: metric -> hypervolume normalisation scale replacing the default of
+            :func:`metric_scales` (``return``: see :mod:`compsearch.studies.agent_run`).
         storage_url: the Optuna storage URL (may hold a password: never written anywhere).
         run_id: the run folder's identity, stamped on every study it creates.
         cache: the lazily built evaluators and storage.
@@ -88,6 +90,7 @@ class Run:
     storage_url: str = field(repr=False)
     run_id: str
     cache: RunCache = field(repr=False, compare=False)
+    scale_overrides: Mapping[str, float] = field(default_factory=dict)
 
     @property
     def objectives(self) -> tuple[tuple[str, str], ...]:
@@ -111,8 +114,8 @@ class Run:
 
     @property
     def scales(self) -> list[float]:
-        """Hypervolume normalisation per objective (see :func:`metric_scales`)."""
-        return metric_scales(self.metrics, self.reference)
+        """Hypervolume normalisation per objective (see :func:`metric_scales`; ``scale_overrides`` first)."""
+        return [self.scale_overrides.get(m, s) for m, s in zip(self.metrics, metric_scales(self.metrics, self.reference), strict=True)]
 
     @property
     def storage(self) -> optuna.storages.BaseStorage:
@@ -139,10 +142,11 @@ def build_model(spec: StudySpec, data: Any) -> torch.nn.Module:
     """The spec's model for ``data`` (random init, or the checkpoint's weights)."""
     from compsearch.evaluators.models import build_model as build
 
-    kwargs = dict(spec.model.kwargs)
+    table = spec.require_model()
+    kwargs = dict(table.kwargs)
     kwargs.setdefault("num_classes", data.num_classes)
     kwargs.setdefault("in_chans", data.input_shape[0] if len(data.input_shape) > 1 else 1)
-    return build(spec.model.name, checkpoint=spec.model.checkpoint, **kwargs)
+    return build(table.name, checkpoint=table.checkpoint, **kwargs)
 
 
 def base_model(spec: StudySpec, data: Any, out_dir: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
@@ -153,8 +157,8 @@ def base_model(spec: StudySpec, data: Any, out_dir: Path) -> tuple[torch.nn.Modu
         torch.manual_seed(spec.base.seed if spec.base is not None else 0)
         model = build_model(spec, data)
     if spec.base is None:
-        return model, {"source": "checkpoint", "path": spec.model.checkpoint, "hash": model_hash(model)}
-    key = _digest({"model": spec.model.model_dump(mode="json"), "base": spec.base.model_dump(mode="json"),
+        return model, {"source": "checkpoint", "path": spec.require_model().checkpoint, "hash": model_hash(model)}
+    key = _digest({"model": spec.require_model().model_dump(mode="json"), "base": spec.base.model_dump(mode="json"),
                    "data": spec.data.model_dump(mode="json"), "torch": torch.__version__})[:16]
     rel = Path(BASE_DIR) / f"{key}.pt"
     path, meta_path = out_dir / rel, out_dir / BASE_DIR / f"{key}.json"
@@ -170,13 +174,15 @@ def base_model(spec: StudySpec, data: Any, out_dir: Path) -> tuple[torch.nn.Modu
     return model, meta
 
 
-def resolve_reference_point(spec: StudySpec, uncompressed: Mapping[str, float]) -> dict[str, float]:
+def resolve_reference_point(spec: StudySpec, uncompressed: Mapping[str, float],
+                            defaults: Mapping[str, float] | None = None) -> dict[str, float]:
     """The hypervolume reference point: the spec's entries, else the metrics table's defaults.
 
     Defaults (``Metric.reference``): ``accuracy`` -> ``constraints.min_accuracy`` if given,
     else 0 (the accuracy floor); ``size_bits`` / ``size_kb`` / ``bops`` -> the uncompressed
-    model's value; ``compression_ratio`` -> 1; ``sparsity`` -> 0. ``loss``, ``proxy``,
-    ``return`` and ``latency_ms`` have no default.
+    model's value; ``compression_ratio`` -> 1; ``sparsity`` -> 0. ``defaults`` gives the
+    task's own (an agent study: ``return`` -> the return of random actions, see
+    :mod:`compsearch.studies.agent_run`). ``loss``, ``proxy`` and ``latency_ms`` have no default.
 
     Raises:
         SpecError: an objective without a default is missing from ``[reference_point]``.
@@ -188,6 +194,8 @@ def resolve_reference_point(spec: StudySpec, uncompressed: Mapping[str, float]) 
             out[metric] = float(spec.reference_point[metric])
         elif f"min_{metric}" in spec.constraints and get_metric(metric).direction == "maximize":
             out[metric] = float(spec.constraints[f"min_{metric}"])
+        elif defaults is not None and metric in defaults:
+            out[metric] = float(defaults[metric])
         elif default == UNCOMPRESSED:
             out[metric] = float(uncompressed[metric])
         elif isinstance(default, (int, float)):
@@ -221,19 +229,26 @@ def prepare(spec: StudySpec | str | Path | Mapping[str, Any], out_dir: str | Pat
     out.mkdir(parents=True, exist_ok=True)
     if spec.evaluator.threads is not None:
         torch.set_num_threads(spec.evaluator.threads)
-    data = load_dataset(spec.data.name, seed=spec.data.seed, **spec.data.options)
-    model, base_info = base_model(spec, data, out)
+    data: Any = None
+    if spec.agent is not None:  # the policy task: the agent's acting network on its environment
+        from compsearch.studies.agent_run import prepare_agent
+
+        model, source, base_info, defaults, scales = prepare_agent(spec, out)
+    else:
+        data = load_dataset(spec.data.name, seed=spec.data.seed, **spec.data.options)
+        model, base_info = base_model(spec, data, out)
+        source, defaults, scales = data, {}, {}
     url = storage or runfile.resolve_storage(out, spec, None, several_processes=False)
 
     def build_evaluator(seed: int) -> Any:
-        return CompressionEvaluator(model, data, config=spec.evaluator.config(seed=seed), device=spec.evaluator.device)
+        return CompressionEvaluator(model, source, config=spec.evaluator.config(seed=seed), device=spec.evaluator.device)
 
     cache = RunCache(build_evaluator, url, out)
     ev = cache.evaluator(spec.seeds[0])
     space = get_space(spec.space.name, ev.units, **spec.space.space_kwargs())
     return Run(spec=spec, out_dir=out, data=data, model=model, base_info=base_info, space=space,
-               reference_point=resolve_reference_point(spec, ev.cost({})), storage_url=url,
-               run_id=runfile.run_id(out), cache=cache)
+               reference_point=resolve_reference_point(spec, ev.cost({}), defaults), storage_url=url,
+               run_id=runfile.run_id(out), cache=cache, scale_overrides=scales)
 
 
 __all__ = ["BASE_DIR", "Run", "RunCache", "base_model", "build_model", "prepare", "resolve_reference_point"]

@@ -64,6 +64,13 @@ from compsearch.metrics import (
     parse_constraints,
 )
 from compsearch.plugins import PluginError, check_module_name, import_plugins, load_entry_points
+from compsearch.studies.agent_spec import (
+    AgentSpec,
+    GatesSpec,
+    TaskSpec,
+    check_task_metrics,
+    task_of,
+)
 from compsearch.studies.storage import check_spec_storage
 
 if sys.version_info >= (3, 11):
@@ -95,6 +102,14 @@ LIMITS: dict[str, int] = {
     "evaluator.eval_batch_size": 65_536,
     "evaluator.proxy_samples": 1_000_000,
     "evaluator.sensitivity_batches": 10_000,
+    "agent.steps": 100_000_000,
+    "agent.n_envs": 1024,
+    "agent.features_dim": 65_536,
+    "task.episodes": 10_000,
+    "task.test_episodes": 10_000,
+    "task.teacher_episodes": 10_000,
+    "task.max_steps": 10_000_000,
+    "task.buffer_size": 100_000_000,
 }
 
 
@@ -138,7 +153,15 @@ def _registered(kind: str, module: str, lister: str) -> Callable[[str], str]:
 _check_strategy = _registered("strategy", "compsearch.search.registry", "list_strategies")
 _check_space = _registered("space", "compsearch.spaces", "list_spaces")
 _check_dataset = _registered("dataset", "compsearch.evaluators.datasets", "list_datasets")
-_check_criterion = _registered("criterion", "compsearch.evaluators.masks", "list_criteria")
+_check_registered_criterion = _registered("criterion", "compsearch.evaluators.masks", "list_criteria")
+#: modules whose import registers model-level criteria (until the criterion registry loads them itself)
+CRITERION_MODULES = ("compsearch.evaluators.lrp", "compsearch.evaluators.gates")
+
+
+def _check_criterion(name: str) -> str:
+    for module in CRITERION_MODULES:
+        importlib.import_module(module)
+    return _check_registered_criterion(name)
 
 
 def _check_model(name: str) -> str:
@@ -350,10 +373,18 @@ class StudySpec(_Model):
         name: run name (folder-safe); the default run folder is ``runs/<name>``.
         description: free text shown in the report.
         model, base, data, space, evaluator: see their sections.
-        objectives: ``(metric, direction)`` list, in the order of the Optuna study's values.
+        agent, task: an RL agent to compress instead of ``[model]`` (the policy task; see
+            :mod:`compsearch.studies.agent_spec`); ``[model]``, ``[base]`` and ``[data]``
+            are then refused.
+        gates: settings of the gates method (``compsearch gates SPEC``).
+        objectives: ``(metric, direction)`` list, in the order of the Optuna study's values;
+            default ``["accuracy", "size_kb"]``, or ``["return", "size_kb"]`` with ``[agent]``.
+            A metric of the other task (``return`` without ``[agent]``, ``accuracy`` with
+            it) is refused, in constraints and reference points too.
         reference_point: metric -> worst acceptable value for the hypervolume; missing
-            entries default to the accuracy floor (``constraints.min_accuracy`` or 0) and
-            the uncompressed model's cost (see ``runner.resolve_reference_point``).
+            entries default to the quality floor (``constraints.min_<quality>``, else 0 for
+            accuracy and the return of uniformly random actions for ``return``) and the
+            uncompressed model's cost (see ``run.resolve_reference_point``).
         constraints: ``max_<metric>`` / ``min_<metric>`` -> bound (recorded as Optuna constraints).
         strategies: registered strategy names to compare.
         strategy_options: strategy name -> options for its factory.
@@ -373,7 +404,10 @@ class StudySpec(_Model):
     name: str
     allow_large: bool = False
     description: str = ""
-    model: ModelSpec
+    model: ModelSpec | None = None
+    agent: AgentSpec | None = None
+    task: TaskSpec | None = None
+    gates: GatesSpec = Field(default_factory=GatesSpec)
     base: BaseSpec | None = None
     data: DataSpec = Field(default_factory=DataSpec)
     space: SpaceSpec = Field(default_factory=SpaceSpec)
@@ -454,16 +488,20 @@ class StudySpec(_Model):
 
     @model_validator(mode="after")
     def _consistent(self) -> StudySpec:
+        self._one_network()
         metrics = [o.metric for o in self.objectives]
         if len(set(metrics)) != len(metrics):
             raise ValueError(f"objectives: {metrics} list a metric twice")
         extra = sorted(set(self.reference_point) - set(metrics))
         if extra:
             raise ValueError(f"reference_point: {extra} are not objectives; objectives: {metrics}")
-        if self.model.checkpoint is not None and self.base is not None:
+        if self.model is not None and self.model.checkpoint is not None and self.base is not None:
             raise ValueError("model.checkpoint: give either model.checkpoint (trained weights) or [base] (train them), not both")
-        if self.model.checkpoint is None and self.base is None:
+        if self.model is not None and self.model.checkpoint is None and self.base is None:
             object.__setattr__(self, "base", BaseSpec())
+        for key, message in check_task_metrics(self.task_name, metrics, self.constraints, self.reference_point):
+            raise AtKey(key, message)
+        self._gates_fit()
         for metric, value in ({} if _READING.get() else self.reference_point).items():
             try:
                 get_metric(metric).check(value, "value")
@@ -477,7 +515,54 @@ class StudySpec(_Model):
                                       f"allow_large = true if you mean it")
         return self
 
+    def _one_network(self) -> None:
+        """Exactly one of ``[model]`` (a classifier) and ``[agent]`` (an RL agent); an agent
+        study gets ``[task]`` and the objectives ``["return", "size_kb"]`` by default."""
+        if self.agent is None:
+            if self.model is None:
+                raise AtKey("model", "required key is missing: give [model] (a classifier) or [agent] (an RL agent)")
+            if self.task is not None:
+                raise AtKey("task", "[task] configures the policy task of an [agent] study; add [agent] or remove [task]")
+            return
+        given = [k for k in ("model", "base") if getattr(self, k) is not None] + (["data"] if self.data != DataSpec() else [])
+        if given:
+            raise AtKey(given[0], f"an [agent] study compresses the agent's acting network on its environment; remove "
+                                  f"[{given[0]}] (the agent replaces [model], [base] and [data])")
+        if self.task is None:
+            object.__setattr__(self, "task", TaskSpec())
+        if "objectives" not in self.model_fields_set:
+            object.__setattr__(self, "objectives", [ObjectiveSpec(metric="return"), ObjectiveSpec(metric="size_kb")])
+
+    def _gates_fit(self) -> None:
+        if self.gates.strengths is not None and len(self.gates.strengths) > self.trials:
+            raise AtKey("gates.strengths", f"{len(self.gates.strengths)} strengths are more than trials={self.trials}: "
+                                           f"each strength is one point of the gates method and every method gets the "
+                                           f"same budget; give at most {self.trials}")
+        if self.gates.online and self.agent is None:
+            raise AtKey("gates.online", "online training with gates trains an agent from scratch; it needs an [agent] table")
+        if self.agent is not None and self.task is not None and self.evaluator.finetune.epochs is None:
+            try:
+                self.task.dagger_seeds_fit(self.evaluator.finetune.steps)
+            except ConfigError as e:
+                raise AtKey("task", str(e)) from None
+
     # ---- derived ------------------------------------------------------------------
+    @property
+    def task_name(self) -> str:
+        """``"policy"`` (an ``[agent]`` study) or ``"classification"``."""
+        return task_of(self.agent)
+
+    @property
+    def quality(self) -> str:
+        """The task's quality metric: ``"return"`` (agent study) or ``"accuracy"``."""
+        return "return" if self.agent is not None else "accuracy"
+
+    def require_model(self) -> ModelSpec:
+        """``[model]``; an agent study raises :class:`SpecError` (it has no classifier)."""
+        if self.model is None:
+            raise SpecError("model: this spec compresses an agent ([agent]); it has no [model] classifier")
+        return self.model
+
     @property
     def objective_pairs(self) -> tuple[tuple[str, str], ...]:
         """``((metric, direction), ...)`` in study-value order."""
@@ -489,7 +574,8 @@ class StudySpec(_Model):
 
     def comparison_key(self) -> dict[str, Any]:
         """The parts of the spec that results depend on (a resumed run must not change them)."""
-        return self.model_dump(mode="json", include={"model", "base", "data", "space", "evaluator", "objectives", "reference_point", "constraints"})
+        return self.model_dump(mode="json", include={"model", "base", "data", "space", "evaluator", "objectives", "reference_point",
+                                                     "constraints", "agent", "task"})
 
 
 def _value_at(spec: BaseModel, path: str) -> Any:
@@ -577,11 +663,11 @@ def _message(err: Mapping[str, Any]) -> str:
 
 
 def _resolve_paths(data: dict[str, Any], base_dir: Path) -> dict[str, Any]:
-    model = data.get("model")
-    if isinstance(model, dict) and isinstance(model.get("checkpoint"), str):
-        ckpt = Path(model["checkpoint"]).expanduser()
-        model = {**model, "checkpoint": str(ckpt if ckpt.is_absolute() else (base_dir / ckpt).resolve())}
-        data = {**data, "model": model}
+    for section, key in (("model", "checkpoint"), ("agent", "path")):
+        table = data.get(section)
+        if isinstance(table, dict) and isinstance(table.get(key), str):
+            path = Path(table[key]).expanduser()
+            data = {**data, section: {**table, key: str(path if path.is_absolute() else (base_dir / path).resolve())}}
     return data
 
 

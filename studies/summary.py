@@ -11,13 +11,21 @@ study (budget rule in :mod:`compsearch.studies.results`):
   ``0.9 x`` the best final hypervolume of any strategy and seed; mean over the seeds
   that reach it, and how many did.
 * **best under each constraint**: for a ``max_<metric>`` / ``min_<metric>`` constraint
-  alone, the best validation accuracy of the COMPLETE trials that satisfy it (for a
-  constraint on accuracy itself: the best value of the first other objective); plus
-  ``all constraints``: the trials satisfying every constraint.
+  alone, the best validation quality (``accuracy``, or ``return`` of an agent study) of
+  the COMPLETE trials that satisfy it (for a constraint on the quality itself: the best
+  value of the first other objective); plus ``all constraints``: the trials satisfying
+  every constraint.
 * **Pareto points**: the non-dominated feasible trials of the strategy (all seeds
   pooled, one per policy), each re-evaluated once with ``evaluate(policy, test=True)``
   under its study seed -- the only use of the test split -- and cached in
-  ``test_eval.json`` so a second report does not redo it.
+  ``test_eval.json`` so a second report does not redo it. Its value is ``test_<quality>``
+  of the row. A trial that already holds its ``test_<quality>`` (the gates method's points,
+  whose channels come from their own gates, not from the spec's criterion: see
+  :mod:`compsearch.studies.gates`) is reported with it, not re-evaluated.
+
+Besides the spec's strategies, the report covers the **methods** run.json lists under
+``methods`` (``compsearch gates`` adds ``gates``): their studies ``<method>-s<seed>`` are
+summarised the same way, on the same budget.
 """
 
 from __future__ import annotations
@@ -131,14 +139,15 @@ def first_reaching(curve: Sequence[float], target: float) -> int | None:
 def _best_under(trials: list[FrozenTrial], spec: StudySpec) -> dict[str, tuple[str, float | None]]:
     """Constraint label -> (metric reported, best value) over COMPLETE trials satisfying it."""
     metrics = [trial_metrics(t) for t in trials if t.state == TrialState.COMPLETE]
-    others = [m for m, _ in spec.objective_pairs if m != "accuracy"]
+    quality = spec.quality
+    others = [m for m, _ in spec.objective_pairs if m != quality]
     directions = dict(spec.objective_pairs)
     out: dict[str, tuple[str, float | None]] = {}
     rules = [(c.label, [c]) for c in stored_constraints(spec.constraints)]
     if len(rules) > 1:
         rules.append(("all constraints", [r[0] for _, r in rules]))
     for label, conds in rules:
-        target = "accuracy" if all(c.metric != "accuracy" for c in conds) or not others else others[0]
+        target = quality if all(c.metric != quality for c in conds) or not others else others[0]
         ok = [m[target] for m in metrics if target in m and all(c.satisfied(m) for c in conds)]
         best = (max(ok) if directions.get(target, "maximize") == "maximize" else min(ok)) if ok else None
         out[label] = (target, best)
@@ -172,7 +181,7 @@ def _pareto_rows(records: dict[int, dict[str, Any]], spec: StudySpec) -> list[di
         seen.add(key)
         keys.append(key)
         rows.append({"seed": seed, "trial": t.number, "policy": policy, "metrics": trial_metrics(t),
-                     "values": list(t.values), "test_accuracy": None})
+                     "values": list(t.values), f"test_{spec.quality}": None})
     for row, key in zip(rows, keys, strict=True):
         row["equivalent"] = merged.get(key, [])  # [seed, trial] of the merged equivalent points
     return rows
@@ -189,15 +198,16 @@ def summarize(out_dir: str | Path, *, storage: str | None = None) -> dict[str, A
     run, spec = read_run(out_dir)
     studies = load_studies(open_storage(run_storage(run, out_dir, storage), out_dir=out_dir))
     budget = spec.trials
+    names = [*spec.strategies, *(m for m in run.get("methods", []) if m not in spec.strategies)]
     per: dict[str, dict[int, dict[str, Any]]] = {
-        s: {seed: _seed_record(studies.get((s, seed), []), run, budget) for seed in spec.seeds} for s in spec.strategies
+        s: {seed: _seed_record(studies.get((s, seed), []), run, budget) for seed in spec.seeds} for s in names
     }
     finals = [rec["curve"][-1] for recs in per.values() for rec in recs.values() if rec["curve"]]
     target = TARGET_FRACTION * max(finals, default=0.0)
     strategies = {s: _strategy_summary(recs, spec, budget, target) for s, recs in per.items()}
     baseline_path = Path(out_dir) / "baseline.json"
     return {
-        "name": spec.name, "description": spec.description, "budget": budget, "seeds": spec.seeds,
+        "name": spec.name, "description": spec.description, "budget": budget, "seeds": spec.seeds, "quality": spec.quality,
         "objectives": run["objectives"], "reference_point": run["reference_point"], "scales": run["scales"],
         "constraints": spec.constraints, "hv_target": target, "target_fraction": TARGET_FRACTION,
         "baseline": json.loads(baseline_path.read_text()) if baseline_path.is_file() else {},
@@ -233,19 +243,25 @@ def _cache_key(policy: Any, seed: int) -> str:
 
 def add_test_accuracy(summary: dict[str, Any], out_dir: str | Path, *, compute: bool = True,
                       storage: str | None = None, prepared: Any = None) -> int:
-    """Fill ``test_accuracy`` of every Pareto row and of the baseline from ``test_eval.json``;
-    with ``compute``, evaluate the missing ones (``evaluate(policy, test=True)`` under the
-    row's seed) and cache them. Returns the number of new evaluations."""
+    """Fill ``test_<quality>`` (``test_accuracy``, ``test_return``) of every Pareto row and of
+    the baseline from ``test_eval.json``; with ``compute``, evaluate the missing ones
+    (``evaluate(policy, test=True)`` under the row's seed) and cache them. A row whose trial
+    already holds the value (gates points) keeps it. Returns the number of new evaluations."""
+    key = f"test_{summary.get('quality', 'accuracy')}"
     path = Path(out_dir) / TEST_CACHE
     cache: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {}
-    rows = [(row["policy"], row["seed"], row) for s in summary["strategies"].values() for row in s["pareto"]]
+    rows = [(row["policy"], row["seed"], row) for s in summary["strategies"].values() for row in s["pareto"]
+            if row.get("metrics", {}).get(key) is None]
+    for s in summary["strategies"].values():
+        for row in s["pareto"]:
+            row[key] = row.get("metrics", {}).get(key)
     rows += [({}, int(seed), m) for seed, m in summary["baseline"].items() if isinstance(m, dict)]
     missing = [(p, seed) for p, seed, _ in rows if _cache_key(p, seed) not in cache]
     if missing and compute:
         _evaluate_on_test(missing, cache, out_dir, storage, prepared)
         path.write_text(json.dumps(cache, indent=2))
     for policy, seed, row in rows:
-        row["test_accuracy"] = cache.get(_cache_key(policy, seed), {}).get("test_accuracy")
+        row[key] = cache.get(_cache_key(policy, seed), {}).get(key)
     return len(missing) if compute else 0
 
 
@@ -267,9 +283,10 @@ def _evaluate_on_test(missing: list[tuple[Any, int]], cache: dict[str, Any], out
         try:
             result = ctx.evaluator(seed).evaluate(Policy.from_dict(policy) if policy else Policy(), test=True)
         except FineTuneDiverged as e:
-            cache[_cache_key(policy, seed)] = {"test_accuracy": None, "fail_reason": f"diverged: {e}"}
+            cache[_cache_key(policy, seed)] = {f"test_{spec.quality}": None, "fail_reason": f"diverged: {e}"}
             continue
-        cache[_cache_key(policy, seed)] = {"test_accuracy": result.test_accuracy, "val_accuracy": result.accuracy}
+        tests = result.test_values or {}
+        cache[_cache_key(policy, seed)] = {f"test_{result.quality}": tests.get(result.quality), f"val_{result.quality}": result.score}
 
 
 def evaluate_final_points(run: Any) -> int:

@@ -13,7 +13,11 @@ key path (or command-line flag), the value, what is allowed and the fix. In orde
 3. where results go: the run folder is (or can be made) a writable folder; ``--storage``
    is a usable URL (folder writable, database driver installed);
 4. the model: a checkpoint is a real state dict (loaded with ``weights_only=True``, so it
-   cannot run code) whose keys and shapes fit the model;
+   cannot run code) whose keys and shapes fit the model; for an ``[agent]`` study
+   (:func:`compsearch.studies.agent_run.check_agent`): the environment id exists, the
+   algorithm can act in its action space, ``agent.hyper`` names arguments of the SB3
+   class, an ``agent.path`` file is an SB3 agent (read without unpickling) that fits the
+   recipe -- nothing is trained;
 5. the space and strategies: the model is built with random weights, its units
    discovered and the space built with the spec's choices (e.g. ``w_bits = [3, 5]`` on a
    space that does not allow them), each strategy built with its options -- all cheap,
@@ -125,11 +129,23 @@ def _data_shape(name: str, seed: int, options: str) -> tuple[tuple[int, ...], in
 
 
 def check_model_and_space(spec: StudySpec) -> None:
-    """Build the model (random init; the checkpoint loaded), discover its units, build the
-    space with the spec's choices and every strategy with its options. No training."""
+    """Build the model (random init; the checkpoint loaded) or the agent's acting network,
+    discover its units, build the space with the spec's choices and every strategy with its
+    options. No training."""
+    if spec.agent is not None:
+        from compsearch.studies.agent_run import check_agent
+
+        check_space_and_strategies(spec, *check_agent(spec))
+        return
+    found = _model_and_example(spec)
+    if found is not None:
+        check_space_and_strategies(spec, *found)
+
+
+def _model_and_example(spec: StudySpec) -> tuple[torch.nn.Module, torch.Tensor] | None:
+    """The spec's classifier (random init, or the checkpoint's weights) and a ``2 x sample``
+    zero input; None when the data would have to be downloaded first."""
     from compsearch.evaluators.models import build_model
-    from compsearch.search.registry import get_strategy
-    from compsearch.spaces import discover_units, get_space
 
     try:
         found = _data_shape(spec.data.name, spec.data.seed, json.dumps(spec.data.options, sort_keys=True))
@@ -138,23 +154,36 @@ def check_model_and_space(spec: StudySpec) -> None:
     except CompsearchError as e:
         raise _error("data", str(e)) from None
     if found is None:
-        return
+        return None
     shape, num_classes = found
-    if spec.model.checkpoint is not None:
-        check_checkpoint(spec.model.checkpoint)
-    kwargs = dict(spec.model.kwargs)
+    table = spec.require_model()
+    if table.checkpoint is not None:
+        check_checkpoint(table.checkpoint)
+    kwargs = dict(table.kwargs)
     kwargs.setdefault("num_classes", num_classes)
     kwargs.setdefault("in_chans", shape[0] if len(shape) > 1 else 1)
     try:
         with torch.random.fork_rng(devices=[]):
-            model = build_model(spec.model.name, checkpoint=spec.model.checkpoint, **kwargs)
+            model = build_model(table.name, checkpoint=table.checkpoint, **kwargs)
     except (CompsearchError, TypeError, ValueError, RuntimeError) as e:
-        where = "model.checkpoint" if spec.model.checkpoint and "checkpoint" in str(e) else "model.kwargs"
+        where = "model.checkpoint" if table.checkpoint and "checkpoint" in str(e) else "model.kwargs"
         raise _error(where, f"{type(e).__name__}: {e}") from None
+    return model, torch.zeros(2, *shape)
+
+
+def check_space_and_strategies(spec: StudySpec, model: torch.nn.Module, example: torch.Tensor) -> None:
+    """Discover ``model``'s units on ``example``, build the space with the spec's choices and
+    every strategy with its options."""
+    from compsearch.search.registry import get_strategy
+    from compsearch.spaces import discover_units, get_space
+
     try:
-        units = discover_units(model, torch.zeros(2, *shape))
+        units = discover_units(model, example)
     except (CompsearchError, RuntimeError, ValueError, TypeError) as e:
-        raise _error("model", f"model {spec.model.name!r} does not run on samples of shape {shape} "
+        if spec.agent is not None:
+            raise _error("agent", f"the acting network does not run on the environment's observations of shape "
+                                  f"{tuple(example.shape[1:])} ({type(e).__name__}: {str(e)[:200]}); fix agent.features") from None
+        raise _error("model", f"model {spec.require_model().name!r} does not run on samples of shape {tuple(example.shape[1:])} "
                               f"({type(e).__name__}: {str(e)[:200]}); fix model.kwargs or data.options") from None
     try:
         space = get_space(spec.space.name, units, **spec.space.space_kwargs())

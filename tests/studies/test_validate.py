@@ -128,7 +128,15 @@ def _cases(tmp: Path) -> list[Case]:
         Case("reference accuracy nan", _set("reference_point.accuracy", math.nan), False, "reference_point.accuracy"),
         Case("reference not an objective", _set("reference_point.bops", 1.0), False, "reference_point"),
         Case("constraint max_speed", _set("constraints.max_speed", 1.0), False, "constraints.max_speed"),
-        Case("constraint min_return", _set("constraints.min_return", -5.0), True, "constraints"),
+        Case("constraint min_return", _set("constraints.min_return", -5.0), False, "constraints.min_return"),
+        Case("objective return", lambda s: s.update(objectives=["return", "size_kb"], reference_point={}), False,
+             "objectives[0]"),
+        Case("[task] without [agent]", _set("task", {"episodes": 3}), False, "task"),
+        Case("gates online without [agent]", _set("gates.online", True), False, "gates.online"),
+        Case("gates 5 strengths > 4 trials", _set("gates.strengths", [0.1, 0.2, 0.3, 0.4, 0.5]), False, "gates.strengths"),
+        Case("gates 4 strengths", _set("gates.strengths", [0.1, 0.2, 0.3, 0.4]), True, "gates"),
+        Case("criterion lrp", _set("evaluator.criterion", "lrp"), True, "evaluator.criterion"),
+        Case("criterion gates", _set("evaluator.criterion", "gates"), True, "evaluator.criterion"),
         Case("objective speed", _set("objectives", ["accuracy", "speed"]), False, "objectives[1]"),
         Case("objective direction", _set("objectives", [{"metric": "size_kb", "direction": "maximize"}]), False, "objectives[0]"),
         Case("no objectives", _set("objectives", []), False, "objectives"),
@@ -218,13 +226,11 @@ class _Evil:
         return (os.system, (f"touch {self.path}",))
 
 
-def test_fuzzed_specs_are_rejected_cleanly_or_accepted(tmp_path: Path) -> None:
-    cases = _cases(tmp_path)
-    assert len(cases) >= 250
-    start = time.monotonic()
+def check_cases(cases: list[Case], base: dict[str, Any], tmp_path: Path) -> list[str]:
+    """Run ``check_run`` on every mutation of ``base``; the problems found (empty = all as known)."""
     problems = []
     for case in cases:
-        spec = copy.deepcopy(BASE)
+        spec = copy.deepcopy(base)
         case.change(spec)
         try:
             check_run(spec, case.out or tmp_path / "run", storage=case.storage)
@@ -238,6 +244,14 @@ def test_fuzzed_specs_are_rejected_cleanly_or_accepted(tmp_path: Path) -> None:
         else:
             if not case.valid:
                 problems.append(f"{case.label}: accepted although meaningless")
+    return problems
+
+
+def test_fuzzed_specs_are_rejected_cleanly_or_accepted(tmp_path: Path) -> None:
+    cases = _cases(tmp_path)
+    assert len(cases) >= 250
+    start = time.monotonic()
+    problems = check_cases(cases, BASE, tmp_path)
     seconds = time.monotonic() - start
     valid = sum(c.valid for c in cases)
     assert problems == [], f"{len(problems)} of {len(cases)} ({valid} valid):\n" + "\n".join(problems)
