@@ -17,11 +17,15 @@ class Registry(Generic[T]):
 
     Args:
         kind: what is registered (``"space"``, ``"strategy"``, ...), used in messages.
+        lazy: built-in names registered by an optional module on import (name -> module
+            path): :meth:`get` imports the module on first use of the name, and
+            :meth:`names` lists the name without importing it.
     """
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, *, lazy: dict[str, str] | None = None) -> None:
         self.kind = kind
         self._items: dict[str, T] = {}
+        self._lazy: dict[str, str] = dict(lazy or {})
 
     @overload
     def register(self, name: str) -> Callable[[T], T]: ...
@@ -51,26 +55,29 @@ class Registry(Generic[T]):
         del self._items[name]
 
     def get(self, name: str) -> T:
-        """Return the object registered as ``name``; unknown names raise listing the known ones."""
+        """Return the object registered as ``name`` (importing its module first for a lazy
+        name); unknown names raise listing the known ones."""
+        if isinstance(name, str) and name not in self._items and name in self._lazy:
+            importlib.import_module(self._lazy[name])  # registers the name
         try:
             return self._items[name]
         except (KeyError, TypeError):
             raise UnknownNameError(
-                f"unknown {self.kind} {name!r}; registered: {sorted(self._items)}"
+                f"unknown {self.kind} {name!r}; registered: {self.names()}"
             ) from None
 
     def names(self) -> list[str]:
-        """Registered names, sorted."""
-        return sorted(self._items)
+        """Registered names (lazy ones included), sorted."""
+        return sorted(set(self._items) | set(self._lazy))
 
     def __contains__(self, name: object) -> bool:
-        return name in self._items
+        return name in self._items or name in self._lazy
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
 
     def __len__(self) -> int:
-        return len(self._items)
+        return len(self.names())
 
 
 def lazy_exports(package: str, exports: dict[str, str]) -> Callable[[str], Any]:

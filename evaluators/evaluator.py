@@ -91,7 +91,7 @@ from compsearch.evaluators.types import (
     UnitStats,
 )
 from compsearch.spaces.policy import Policy, UnitPolicy
-from compsearch.spaces.units import FUNCTIONAL, MODULE, Unit, discover_units
+from compsearch.spaces.units import FUNCTIONAL, MODULE, Unit, coverage, discover_units
 
 _CACHE = 4096
 
@@ -120,6 +120,14 @@ class CompressionEvaluator:
         criterion: overrides ``config.criterion``.
         units: the units to compress (default: :func:`discover_units` on the task's example input).
         device: ``"auto"`` (cuda if available, else cpu), or a torch device.
+
+    Attributes:
+        units: the units it compresses, in execution order.
+        coverage: unit weight elements / all parameter elements of the model
+            (:func:`~compsearch.spaces.coverage`); the rest stays uncompressed and counts at
+            32 bits in ``size_bits``.
+        model: the working copy (the last evaluated candidate attached, see the module docstring).
+        task: the task (moved to ``device``).
 
     Raises:
         DataError: the data does not fit the model.
@@ -153,6 +161,7 @@ class CompressionEvaluator:
         self.task.check_model(self.model)
         found = units if units is not None else discover_units(self.model, self.task.example_input())
         self.units: tuple[Unit, ...] = tuple(found)
+        self.coverage = coverage(self.model, self.units)
         self._owners = {u.name: resolve_weight(self.model, u.name) for u in self.units}
         probe_weight_uses(self.model, self._owners, self.task.example_input())
         for u in self.units:  # discovery may know more (e.g. a fused kernel reading the weight directly)
@@ -479,4 +488,5 @@ class CompressionEvaluator:
         return self._model_scores
 
     def __repr__(self) -> str:
-        return f"CompressionEvaluator({type(self.model).__name__}, {len(self.units)} units, task={self.task.describe()!r}, device={self.device})"
+        return (f"CompressionEvaluator({type(self.model).__name__}, {len(self.units)} units covering "
+                f"{self.coverage:.1%} of the parameters, task={self.task.describe()!r}, device={self.device})")

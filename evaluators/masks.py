@@ -119,7 +119,9 @@ class Criterion:
     model_level: bool = False
 
 
-CRITERIA: Registry[Criterion] = Registry("criterion")
+#: Built-in model-level criteria of optional modules, registered when first asked for.
+LAZY_CRITERIA = {"lrp": "compsearch.evaluators.lrp", "gates": "compsearch.evaluators.gates"}
+CRITERIA: Registry[Criterion] = Registry("criterion", lazy=LAZY_CRITERIA)
 
 
 def register_criterion(
@@ -142,12 +144,13 @@ def register_criterion(
 
 
 def list_criteria() -> list[str]:
-    """Registered criterion names, sorted."""
+    """Registered criterion names (``lrp`` and ``gates`` without importing their modules), sorted."""
     return CRITERIA.names()
 
 
 def get_criterion(name: str) -> Criterion:
-    """The criterion registered as ``name`` (unknown names raise listing the known ones)."""
+    """The criterion registered as ``name`` (``lrp``/``gates`` import their module on first
+    use; unknown names raise listing the known ones)."""
     return CRITERIA.get(name)
 
 

@@ -51,11 +51,13 @@ equals ``torch.fake_quantize_per_channel_affine`` on its integer-zero-point grid
 Activations are quantized per tensor, asymmetric, ``2**a_bits`` levels. Their range
 is the min/max seen over a few calibration batches, then either frozen
 (``"frozen"``) or tracked by an exponential moving average in training mode
-(``"ema"``).
+(``"ema"``). The input scale is rounded to float32 (:func:`act_grid`), as exported files
+store it, and the zero point follows from the rounded scale.
 """
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 from typing import Any
 
@@ -206,10 +208,25 @@ def fake_quantize_weight(w: torch.Tensor, *, bits: int, scheme: str, per_channel
 def act_qparams(lo: float, hi: float, bits: int) -> tuple[float, int]:
     """Per-tensor asymmetric ``(scale, zero_point)`` for the range ``[lo, hi]`` (0 is added to it)."""
     lo, hi = min(lo, 0.0), max(hi, 0.0)
-    qmax = 2**bits - 1
-    scale = max((hi - lo) / qmax, _EPS)
-    zero_point = int(min(max(round(-lo / scale), 0), qmax))
-    return scale, zero_point
+    scale = max((hi - lo) / (2**bits - 1), _EPS)
+    return scale, act_zero_point(lo, scale, bits)
+
+
+def act_zero_point(lo: float, scale: float, bits: int) -> int:
+    """``clamp(round(-min(lo, 0) / scale), 0, 2**bits - 1)``: the integer that represents 0."""
+    return int(min(max(round(-min(lo, 0.0) / scale), 0), 2**bits - 1))
+
+
+def float32_scale(scale: float) -> float:
+    """``scale`` rounded to the nearest float32 (the precision files store scales in)."""
+    return float(struct.unpack("<f", struct.pack("<f", scale))[0])
+
+
+def act_grid(lo: float, hi: float, bits: int) -> tuple[float, int]:
+    """The input grid an :class:`ActQuantizer` uses for the range ``[lo, hi]``: the scale of
+    :func:`act_qparams` rounded to float32, and the zero point of that rounded scale."""
+    scale = float32_scale(act_qparams(lo, hi, bits)[0])
+    return scale, act_zero_point(lo, scale, bits)
 
 
 class ActQuantizer:
@@ -258,8 +275,14 @@ class ActQuantizer:
     def _set_range(self) -> None:
         """Cache ``(scale, zero_point)``, the clamp range, and ``1 / scale`` and ``scale`` as 0-d
         float32 tensors (the values torch would convert the Python floats to, without a
-        conversion per forward)."""
-        self._qparams = scale, zero_point = act_qparams(self.lo, self.hi, self.bits)
+        conversion per forward).
+
+        The scale is rounded to float32 first (:func:`act_grid`), the precision every
+        exported file stores it in (the packed weights, ONNX's ``QuantizeLinear``), so an
+        exported grid is the evaluated one bit for bit; the zero point and the clamp range
+        follow from the rounded scale.
+        """
+        self._qparams = scale, zero_point = act_grid(self.lo, self.hi, self.bits)
         device = self._device
         self._forward_args = (-zero_point * scale, (2**self.bits - 1 - zero_point) * scale,
                               torch.tensor(1.0 / scale, device=device), torch.tensor(scale, device=device))

@@ -150,7 +150,9 @@ class Task(ABC):
         return self.name
 
 
-TASKS: Registry[type[Task]] = Registry("task")
+#: Built-in tasks of optional modules, registered when first asked for.
+LAZY_TASKS = {"policy": "compsearch.evaluators.policy_task"}
+TASKS: Registry[type[Task]] = Registry("task", lazy=LAZY_TASKS)
 
 
 def register_task(name: str) -> Callable[[type[Task]], type[Task]]:
@@ -168,12 +170,13 @@ def register_task(name: str) -> Callable[[type[Task]], type[Task]]:
 
 
 def get_task(name: str) -> type[Task]:
-    """The task class registered as ``name`` (an unknown name raises listing the known ones)."""
+    """The task class registered as ``name`` (``policy`` imports its module on first use; an
+    unknown name raises listing the known ones)."""
     return TASKS.get(name)
 
 
 def list_tasks() -> list[str]:
-    """Registered task names, sorted."""
+    """Registered task names (``policy`` without importing its module), sorted."""
     return TASKS.names()
 
 

@@ -25,7 +25,7 @@ from torch import nn
 
 from compsearch.errors import ConfigError
 from compsearch.evaluators.masks import compute_mask
-from compsearch.evaluators.quant import act_qparams, fake_quantize_weight, weight_qparams
+from compsearch.evaluators.quant import act_grid, fake_quantize_weight, weight_qparams
 from compsearch.evaluators.speedup import clone_model, unit_weight
 from compsearch.spaces.policy import Policy
 
@@ -235,10 +235,11 @@ def quantize_units(model: nn.Module, policy: Policy, *, criterion: str = "l1",
     criterion on the weights (pruned weights zeroed), the grid of
     :func:`~compsearch.evaluators.quant.weight_qparams` on the masked weight, the
     fake-quantized weight (times the mask on the binary grid). Input grids
-    (:func:`~compsearch.evaluators.quant.act_qparams`) come from the min/max of each
+    (:func:`~compsearch.evaluators.quant.act_grid`) come from the min/max of each
     unit's input over the ``calib`` batches, observed on the model with effective weights
     and float activations (as the evaluator calibrates); the input scale is rounded to
-    float32, as the packed file and ONNX's ``QuantizeLinear`` store it.
+    float32 as the evaluator rounds it (and as the packed file and ONNX's ``QuantizeLinear``
+    store it).
 
     ``units`` (:func:`~compsearch.spaces.discover_units`) marks the functional ones
     (``use != "module"``), which export keeps in float.
@@ -255,8 +256,8 @@ def quantize_units(model: nn.Module, policy: Policy, *, criterion: str = "l1",
     if act and calib is not None:
         ranges = observe_act_ranges(effective_model(model, records), act, calib)
         for name in act:
-            a_scale, a_zp = act_qparams(*ranges[name], policy[name].a_bits)
-            records[name] = replace(records[name], act_scale=float32(a_scale), act_zero_point=a_zp)
+            a_scale, a_zp = act_grid(*ranges[name], policy[name].a_bits)
+            records[name] = replace(records[name], act_scale=a_scale, act_zero_point=a_zp)
     return records
 
 

@@ -1,41 +1,14 @@
-"""Tiny models and synthetic data for the evaluator tests (milliseconds per step)."""
+"""Fixtures of the tiny models and synthetic data in ``tiny_nets`` (milliseconds per step)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
 import pytest
-import torch
+from tiny_nets import make_cnn, make_data
 from torch import nn
 
 from compsearch.evaluators.types import DataSplits
-
-
-def make_data(
-    *, n: int = 240, shape: tuple[int, ...] = (1, 6, 6), num_classes: int = 4, seed: int = 0, noise: float = 0.7
-) -> DataSplits:
-    """Class prototypes plus noise, split 60/20/20."""
-    gen = torch.Generator().manual_seed(seed)
-    prototypes = torch.randn((num_classes, *shape), generator=gen)
-    y = torch.arange(n) % num_classes
-    y = y[torch.randperm(n, generator=gen)]
-    x = prototypes[y] + noise * torch.randn((n, *shape), generator=gen)
-    a, b = int(0.6 * n), int(0.8 * n)
-    return DataSplits(
-        x_train=x[:a], y_train=y[:a], x_val=x[a:b], y_val=y[a:b], x_test=x[b:], y_test=y[b:],
-        num_classes=num_classes, name="tiny",
-    )
-
-
-def make_cnn(*, num_classes: int = 4, seed: int = 0) -> nn.Sequential:
-    """conv(1->8) - ReLU - depthwise conv(8, groups=8) - ReLU - conv(8->8) - pool - linear(8->classes)."""
-    torch.manual_seed(seed)
-    return nn.Sequential(
-        nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(),
-        nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.ReLU(),
-        nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, num_classes),
-    )
 
 
 @pytest.fixture

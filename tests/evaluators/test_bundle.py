@@ -10,7 +10,7 @@ import torch
 pytest.importorskip("torch_pruning", reason="Torch-Pruning is not installed (pip install torch-pruning)")
 pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install 'compsearch[export]')")
 
-from conftest import make_cnn, make_data  # noqa: E402
+from tiny_nets import make_cnn, make_data  # noqa: E402
 
 from compsearch.errors import DataError  # noqa: E402
 from compsearch.evaluators.bundle import load_bundle, write_bundle  # noqa: E402

@@ -45,6 +45,8 @@ def test_units_device_and_identity_cost(ev: CompressionEvaluator) -> None:
     total = sum(p.numel() for p in ev.model.parameters())  # 80 + 80 + 584 + 16 (bn) + 36 = 796
     assert total == 796
     assert ev.cost(Policy())["size_bits"] == 32 * total
+    # coverage: unit weights 72 + 72 + 576 + 32 = 752 of the 796 parameters
+    assert ev.coverage == pytest.approx(752 / 796) and "covering 94.5% of the parameters" in repr(ev)
 
 
 def test_masks_and_grid_survive_finetuning(ev: CompressionEvaluator) -> None:

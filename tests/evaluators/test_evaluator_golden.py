@@ -222,7 +222,7 @@ if __name__ == "__main__":  # print the numbers (used once to record GOLDEN)
     from pathlib import Path
 
     sys.path.insert(0, str(Path(__file__).parent))
-    from conftest import make_cnn, make_data
+    from tiny_nets import make_cnn, make_data
 
     torch.set_num_threads(1)
     print(json.dumps({**tiny_numbers(make_cnn, make_data), **digits_numbers()}, indent=1))

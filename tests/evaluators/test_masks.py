@@ -81,7 +81,7 @@ def test_keep_one_gives_no_mask() -> None:
 
 
 def test_registry_is_loud() -> None:
-    assert {"l1", "l2", "taylor", "fisher"} <= set(list_criteria())
+    assert {"l1", "l2", "taylor", "fisher", "lrp", "gates"} <= set(list_criteria())
     with pytest.raises(UnknownNameError, match=r"unknown criterion 'magnitude'; registered: \[.*'fisher', .*'l1'"):
         compute_mask(torch.ones(2, 2), keep=0.5, structure="channel", criterion="magnitude")
     with pytest.raises(DuplicateNameError, match="criterion 'l1' is already registered"):
@@ -107,3 +107,25 @@ def test_bad_arguments() -> None:
         compute_mask(torch.ones(2, 2), keep=0.5, structure="rows")
     with pytest.raises(ConfigError, match=r"keep=1.5 must be in \(0, 1\]"):
         keep_count(1.5, 4)
+
+
+def test_optional_builtins_register_on_first_use() -> None:
+    """``lrp``/``gates`` and the ``policy`` task are listed and found without importing their
+    modules first (a fresh interpreter: nothing imported them before)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from compsearch.evaluators.masks import get_criterion, list_criteria\n"
+        "from compsearch.evaluators.tasks import get_task, list_tasks\n"
+        "mods = ('compsearch.evaluators.lrp', 'compsearch.evaluators.gates', 'compsearch.evaluators.policy_task')\n"
+        "assert not any(m in sys.modules for m in mods)\n"
+        "assert {'lrp', 'gates'} <= set(list_criteria()) and 'policy' in list_tasks()\n"
+        "assert not any(m in sys.modules for m in mods)\n"
+        "assert get_criterion('lrp').model_level and get_criterion('gates').model_level\n"
+        "assert get_task('policy').quality == 'return'\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "ok", out.stderr

@@ -107,7 +107,7 @@ def test_the_int8_codes_are_the_units_grid(tmp_path) -> None:
 
 
 def test_the_evaluators_compressed_model_is_what_onnxruntime_computes(tmp_path) -> None:
-    from conftest import make_cnn, make_data
+    from tiny_nets import make_cnn, make_data
 
     from compsearch.evaluators.evaluator import CompressionEvaluator
     from compsearch.evaluators.types import FineTuneConfig

@@ -127,6 +127,18 @@ def test_activation_quantizer_matches_torch_and_clamps_gradient() -> None:
     assert x.grad.tolist() == [0.0, 0.0, 1.0, 1.0, 1.0, 1.0, 0.0, 0.0]
 
 
+def test_the_frozen_input_scale_is_a_float32() -> None:
+    q = ActQuantizer(bits=8)
+    q(torch.tensor([-1.0, 2.0]), False)  # range [-1, 2]: scale 3 / 255 (not a float32), zero point 85
+    q.freeze()
+    scale, zp = q.qparams
+    as_f32 = torch.tensor(3 / 255, dtype=torch.float32)
+    assert scale != 3 / 255 and scale == float(as_f32) and zp == 85  # round(1 / scale) is still 85
+    # the forward uses exactly that scale: every output is (integer code) x (the float32 scale)
+    y = q(torch.linspace(-1, 2, 101), False)
+    assert torch.equal(y, (y / as_f32).round() * as_f32)
+
+
 def test_activation_ema_moves_only_in_training() -> None:
     q = ActQuantizer(bits=8, mode="ema", momentum=0.5)
     q(torch.tensor([0.0, 1.0]), True)

@@ -254,7 +254,7 @@ def test_more_timm_families_prune_exactly_without_side_effects(name: str) -> Non
 
 
 def test_pruning_the_evaluators_model_keeps_its_outputs_and_says_which_channels_are_live() -> None:
-    from conftest import make_cnn, make_data
+    from tiny_nets import make_cnn, make_data
 
     from compsearch.evaluators.evaluator import CompressionEvaluator
     from compsearch.evaluators.speedup import clone_model, zero_pruned
