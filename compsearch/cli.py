@@ -160,7 +160,10 @@ def _checked(args: argparse.Namespace) -> tuple[Any, Path]:
 
     spec = load_spec(args.spec)
     out = Path(args.out) if args.out else Path("runs") / spec.name
-    host = get_host(args.backend, workers=args.workers, address=args.address)
+    try:
+        host = get_host(args.backend, workers=args.workers, address=args.address)
+    except ConfigError as e:  # name the flag: "--workers=0 must be ..."
+        raise ConfigError(re.sub(r"^(workers|address|backend)=", r"--\1=", str(e))) from None
     spec = effective_spec(spec, strategies=args.strategies, trials=args.trials, seeds=args.seeds, plugins=args.plugin)
     return check_run(spec, out, storage=args.storage, host=host), out
 
