@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from compsearch.errors import ConfigError, check_int_at_least
-from compsearch.search.rl.ppo import PPOAgent, PPOConfig, SharedPolicy
+from compsearch.search.rl.ppo import PPOAgent, PPOConfig, SharedPolicy, load_transferable
 from compsearch.search.rl.reward import RewardWeights
 
 VOTING = ("mean", "majority")
@@ -186,8 +186,6 @@ class AllocationEnsemble:
         return {"levels": self.levels.tolist(), "agents": [a.policy.state_dict() for a in self.agents]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        from compsearch.search.rl.persist import load_transferable
-
         for agent, saved in zip(self.agents, state["agents"], strict=False):
             load_transferable(agent.policy, saved)
 

@@ -26,36 +26,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import nn
-
 from compsearch.errors import ConfigError
+from compsearch.search.rl.ppo import load_transferable
 from compsearch.search.rl.state import BLOCK_FEATURES, KERNEL_FEATURES
 
 if TYPE_CHECKING:
     from compsearch.search.rl.hierarchy import Hierarchy
 
 FORMAT = "compsearch.rl.hierarchy/1"
-
-
-def load_transferable(module: nn.Module, saved: dict[str, torch.Tensor], *, same_model: bool = False) -> list[str]:
-    """Copy the saved parameters that fit into ``module``; returns the names copied.
-
-    A parameter is copied when ``module`` has it with the same shape and either ``same_model``
-    or it is not ``model_specific`` (see the module docstring).
-    """
-    specific = tuple(getattr(module, "model_specific", ()))
-    own = module.state_dict()
-    copied = []
-    with torch.no_grad():
-        for name, value in saved.items():
-            if name not in own or tuple(own[name].shape) != tuple(value.shape):
-                continue
-            if not same_model and name.split(".")[0] in specific:
-                continue
-            own[name].copy_(value)
-            copied.append(name)
-    return copied
 
 
 def hierarchy_state(h: Hierarchy) -> dict[str, Any]:

@@ -303,3 +303,23 @@ class PerBlockLowLevel:
 
     def build(self, *, in_dim: int, head_sizes: Sequence[int], owners: int, hidden: int, seed: int) -> SlotPolicy:
         return PerBlockPolicy(in_dim=in_dim, head_sizes=head_sizes, hidden=hidden, generator=torch.Generator().manual_seed(seed), owners=owners)
+
+
+def load_transferable(module: nn.Module, saved: dict[str, torch.Tensor], *, same_model: bool = False) -> list[str]:
+    """Copy the saved parameters that fit into ``module``; returns the names copied.
+
+    A parameter is copied when ``module`` has it with the same shape and either ``same_model``
+    or it is not one of the module's ``model_specific`` parts (see :mod:`compsearch.search.rl.persist`).
+    """
+    specific = tuple(getattr(module, "model_specific", ()))
+    own = module.state_dict()
+    copied = []
+    with torch.no_grad():
+        for name, value in saved.items():
+            if name not in own or tuple(own[name].shape) != tuple(value.shape):
+                continue
+            if not same_model and name.split(".")[0] in specific:
+                continue
+            own[name].copy_(value)
+            copied.append(name)
+    return copied

@@ -194,7 +194,7 @@ def test_refusals(tiny_data: DataSplits) -> None:
         CompressionEvaluator(normed, tiny_data, units=[_unit("1", (4, 36), 0)])
     with pytest.raises(ModelError, match=r"unit '0' is a Flatten; only Conv1d, Conv2d, Linear"):
         CompressionEvaluator(nn.Sequential(nn.Flatten(), nn.Linear(36, 4)), tiny_data, units=[_unit("0", (4, 36), 0)])
-    with pytest.raises(ModelError, match=r"unit 'nope' is neither a submodule nor a parameter"):
+    with pytest.raises(ModelError, match=r"unit 'nope' names neither a parameter nor a module of Sequential"):
         CompressionEvaluator(nn.Sequential(nn.Flatten(), nn.Linear(36, 4)), tiny_data, units=[_unit("nope", (4, 36), 0)])
 
 
