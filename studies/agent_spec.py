@@ -140,9 +140,12 @@ class TaskSpec(_Table):
                               f"task.dagger_every")
 
 
-#: Range of the default penalty strengths of the gates method (the penalty is a share of the units' cost in
-#: [0, 1], see compsearch.evaluators.gates): ``trials`` strengths spaced geometrically over it.
-DEFAULT_STRENGTH_RANGE = (0.01, 10.0)
+#: Range of the default penalty strengths of the gates method: ``trials`` strengths spaced geometrically
+#: over it. The penalty is the expected kept share of the units' cost, in [0, 1]
+#: (compsearch.evaluators.gates), against the task loss; on the CartPole DQN (Q-value distillation at
+#: T = 0.01, 300 steps) strengths below 1 closed only the channels the loss does not use (about half),
+#: 3000 kept a quarter of the channels at the full return and 10000 broke the policy (measured).
+DEFAULT_STRENGTH_RANGE = (0.1, 10_000.0)
 
 
 def default_strengths(n: int) -> list[float]:
@@ -171,7 +174,7 @@ class GatesSpec(_Table):
     """
 
     strengths: list[float] | None = Field(default=None, min_length=1)
-    lr: float = Field(default=0.05, gt=0)
+    lr: float = Field(default=0.1, gt=0)
     init_open: float = Field(default=0.9, gt=0, lt=1)
     params_weight: float = Field(default=0.5, ge=0, le=1)
     online: bool = False

@@ -23,7 +23,7 @@ def test_bundled_spec_validates(path: Path) -> None:
     spec = load_spec(path)
     assert spec.name == path.stem
     assert set(spec.strategies) <= set(list_strategies())
-    assert spec.objective_pairs[0] == ("accuracy", "maximize")
+    assert spec.objective_pairs[0] == (spec.quality, "maximize")  # accuracy, or return of an agent study
 
 
 def test_quickstart_budget() -> None:

@@ -145,6 +145,6 @@ def test_agent_spec_defaults() -> None:
     spec = load_spec({k: v for k, v in BASE_AGENT.items() if k != "task"})
     assert spec.objective_pairs == (("return", "maximize"), ("size_kb", "minimize")) and spec.quality == "return"
     assert spec.task is not None and spec.task.episodes == 10 and spec.model is None and spec.base is None
-    assert spec.gates.strength_list(4) == [0.01, 0.1, 1.0, 10.0]  # 0.01 * 1000 ** (i / 3)
+    assert spec.gates.strength_list(4) == [0.1, 4.642, 215.4, 10000.0]  # 0.1 * 1e5 ** (i / 3), 4 significant digits
     assert load_spec(spec.model_dump(mode="json")) == spec  # the effective spec of run.json reads back the same
     assert os.fspath(load_spec(spec.model_dump(mode="json")).agent.recipe().env) == "CartPole-v1"  # type: ignore[union-attr]
