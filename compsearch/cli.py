@@ -260,7 +260,7 @@ def cmd_spaces(args: argparse.Namespace, console: Console) -> int:
     model, example, space_name, space_kwargs = _model_for_spaces(args)
     found = discover(model, example)
     units = found.units
-    space = get_space(space_name, units, **space_kwargs)
+    space = get_space(space_name, units, model=model, example_input=example, **space_kwargs)
     searched = {u.name for u in space.units} if hasattr(space, "units") else {u.name for u in units}
     table = (f"units of {args.target} ({len(units)}; sample {tuple(example.shape[1:])})",
                    ["unit", "kind", "use", "block", "weight shape", "params", "MACs", "searched"],

@@ -15,6 +15,11 @@ or every registered name, by parametrizing the ``strategy_name`` argument::
 The contracts use a toy model (:func:`toy_model`, 3 searched units) and a cheap analytic
 objective (:func:`toy_objective`: exact-ish size from bits x params and a fake accuracy),
 so no test trains anything.
+
+Spaces that change depth (``depth``, ``depth+joint``) need a model with removable blocks:
+:func:`toy_space` builds them over :class:`ToyResNet` (:func:`toy_depth_units`), and a
+contract subclass picks such a space with ``space_name`` (``StrategyContract``) or by
+parametrizing ``space_name`` (``SpaceContract``).
 """
 
 from __future__ import annotations
@@ -68,6 +73,64 @@ class ToyNet(nn.Module):
         return self.head(torch.relu(self.fc(h.flatten(1))))
 
 
+class _ToyRes(nn.Module):
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(c, c, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + torch.relu(self.conv(x))
+
+
+class _ToyDown(nn.Module):
+    def __init__(self, c_in: int, c_out: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(c_in, c_out, 3, stride=2, padding=1)
+        self.shortcut = nn.Conv2d(c_in, c_out, 1, stride=2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.conv(x)) + self.shortcut(x)
+
+
+class ToyResNet(nn.Module):
+    """``stem`` conv (1->4, 36 weights) -> ``layer1.0``, ``layer1.1`` (``x + relu(conv(x))``, 4->4,
+    144 weights each) -> ``layer2.0`` (``relu(conv(x)) + shortcut(x)``: conv 4->8 stride 2, 288
+    weights; shortcut 1x1 4->8 stride 2, 32 weights) -> ``layer2.1`` (8->8, 576 weights) -> ``head``
+    (32->3, 96 weights), on ``b x 1 x 4 x 4`` inputs. Every conv and linear has a bias.
+    Removable blocks: ``layer1.0``, ``layer1.1``, ``layer2.1`` (identity) and ``layer2.0``
+    (its shortcut)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(1, 4, 3, padding=1)
+        self.layer1 = nn.Sequential(_ToyRes(4), _ToyRes(4))
+        self.layer2 = nn.Sequential(_ToyDown(4, 8), _ToyRes(8))
+        self.head = nn.Linear(8 * 2 * 2, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.layer2(self.layer1(torch.relu(self.stem(x)))).flatten(1))
+
+
+def toy_resnet() -> ToyResNet:
+    """A :class:`ToyResNet` with fixed weights (seed 0)."""
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        return ToyResNet()
+
+
+@lru_cache(maxsize=1)
+def toy_depth_units() -> tuple[Unit, ...]:
+    """The 7 units of :func:`toy_resnet` (``discover_units`` on a ``1 x 1 x 4 x 4`` input)."""
+    return tuple(discover_units(toy_resnet(), torch.zeros(1, 1, 4, 4)))
+
+
+def space_needs_model(name: str) -> bool:
+    """Whether space ``name`` (or a part of a composition ``a+b``) needs the model (``depth``)."""
+    from compsearch.spaces import SPACES
+
+    return any(getattr(SPACES.get(part), "needs_model", False) for part in name.split("+"))
+
+
 def toy_model() -> ToyNet:
     """A :class:`ToyNet` with fixed weights (seed 0)."""
     with torch.random.fork_rng():
@@ -82,9 +145,13 @@ def toy_units() -> tuple[Unit, ...]:
 
 
 def toy_space(name: str = "joint", **choices: Any) -> Space:
-    """Space ``name`` over :func:`toy_units` (``choices`` default to :data:`TOY_CHOICES` for ``joint``)."""
-    if name == "joint" and not choices:
+    """Space ``name`` over :func:`toy_units` (``choices`` default to :data:`TOY_CHOICES` for ``joint``
+    and ``depth+joint``); a space that needs the model (:func:`space_needs_model`) is built over
+    :func:`toy_resnet` and :func:`toy_depth_units` instead."""
+    if name in ("joint", "depth+joint") and not choices:
         choices = dict(TOY_CHOICES)
+    if space_needs_model(name):
+        return get_space(name, toy_depth_units(), model=toy_resnet(), example_input=torch.zeros(1, 1, 4, 4), **choices)
     return get_space(name, toy_units(), **choices)
 
 
@@ -104,9 +171,12 @@ def digits_spec(name: str, *, trials: int, finetune: dict[str, Any], strategies:
 
 
 def toy_size_bits(policy: Policy, units: Sequence[Unit]) -> float:
-    """``sum_u params_u * keep_u * w_bits_u`` (32 bits for unquantized or unlisted units)."""
+    """``sum_u params_u * keep_u * w_bits_u`` (32 bits for unquantized or unlisted units; 0 for
+    a unit of a removed block, :meth:`Policy.removes`)."""
     total = 0.0
     for u in units:
+        if policy.removes(u.name):
+            continue
         up = policy.get_or_identity(u.name)
         total += u.params * up.keep * (up.w_bits if up.quantized else 32)
     return total
@@ -114,10 +184,14 @@ def toy_size_bits(policy: Policy, units: Sequence[Unit]) -> float:
 
 def toy_accuracy(policy: Policy, units: Sequence[Unit]) -> float:
     """Fake accuracy in (0, 1]: ``1 - sum_u share_u * (2^-w_bits + 2^-a_bits + (1 - keep) / 2)``,
-    with ``share_u`` the unit's fraction of the parameters (so compressing more lowers it)."""
+    with ``share_u`` the unit's fraction of the parameters (so compressing more lowers it); a
+    unit of a removed block drops ``0.6 * share_u``."""
     total = sum(u.params for u in units)
     drop = 0.0
     for u in units:
+        if policy.removes(u.name):
+            drop += 0.6 * u.params / total
+            continue
         up = policy.get_or_identity(u.name)
         drop += u.params / total * (2.0**-up.w_bits + 2.0**-up.a_bits + (1.0 - up.keep) / 2)
     return 1.0 - drop
@@ -138,12 +212,13 @@ def toy_objective(space: Space, *, extra_param: bool = False, single: bool = Fal
     return objective
 
 
-def run_toy_study(name: str, *, seed: int, n_trials: int, options: dict[str, Any] | None = None, single: bool = False) -> optuna.Study:
-    """A study of strategy ``name`` on :func:`toy_space` with :func:`toy_objective`."""
+def run_toy_study(name: str, *, seed: int, n_trials: int, options: dict[str, Any] | None = None, single: bool = False,
+                  space_name: str = "joint") -> optuna.Study:
+    """A study of strategy ``name`` on :func:`toy_space` ``(space_name)`` with :func:`toy_objective`."""
     from compsearch.search.registry import get_strategy
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    space = toy_space()
+    space = toy_space(space_name)
     objectives = [("accuracy", "maximize")] if single else [("accuracy", "maximize"), ("size_bits", "minimize")]
     sampler = get_strategy(name, space=space, seed=seed, objectives=objectives, n_trials=n_trials, **(options or {}))
     directions: list[Any] = [d for _, d in objectives]
@@ -167,7 +242,8 @@ _FRESH_SCRIPT = textwrap.dedent(
     out = {}
     for name, options in req["strategies"]:
         try:
-            out[name] = _params_sequence(run_toy_study(name, seed=req["seed"], n_trials=req["n_trials"], options=options))
+            out[name] = _params_sequence(run_toy_study(name, seed=req["seed"], n_trials=req["n_trials"], options=options,
+                                                       space_name=req["space"]))
         except UnknownNameError as e:
             out[name] = {"error": str(e)}
     print("@@" + json.dumps(out))
@@ -189,13 +265,15 @@ class StrategyContract:
     """Tests every registered strategy must pass.
 
     Subclasses set ``strategy_name`` (or override the ``strategy_name`` fixture to
-    parametrize), may give per-strategy options in :meth:`options_for`, list the modules
+    parametrize), may pick another toy space with ``space_name`` (``"depth+joint"``: depth and
+    per-layer compression together), may give per-strategy options in :meth:`options_for`, list the modules
     that register a third-party strategy in ``plugin_modules`` (the fresh-process test
     imports them), and may batch the fresh-process runs of several strategies in one
     interpreter by overriding :meth:`fresh_process_names`.
     """
 
     strategy_name: ClassVar[str | None] = None
+    space_name: ClassVar[str] = "joint"
     n_trials: ClassVar[int] = 6
     seed: ClassVar[int] = 7
     plugin_modules: ClassVar[tuple[str, ...]] = ()
@@ -217,18 +295,19 @@ class StrategyContract:
         return [name]
 
     def _run(self, name: str, **kw: Any) -> optuna.Study:
-        return run_toy_study(name, seed=self.seed, n_trials=self.n_trials, options=self.options_for(name), **kw)
+        return run_toy_study(name, seed=self.seed, n_trials=self.n_trials, options=self.options_for(name),
+                             space_name=self.space_name, **kw)
 
     def test_returns_base_sampler(self, strategy_name: str) -> None:
         from compsearch.search.registry import get_strategy
 
-        sampler = get_strategy(strategy_name, space=toy_space(), seed=0, **self.options_for(strategy_name))
+        sampler = get_strategy(strategy_name, space=toy_space(self.space_name), seed=0, **self.options_for(strategy_name))
         assert isinstance(sampler, BaseSampler)
 
     def test_multi_objective_study_completes_inside_space(self, strategy_name: str) -> None:
         from compsearch.search.common import CompressionSampler
 
-        space = toy_space()
+        space = toy_space(self.space_name)
         study = self._run(strategy_name)
         assert [t.state for t in study.trials] == [TrialState.COMPLETE] * self.n_trials
         for t in study.trials:
@@ -239,7 +318,7 @@ class StrategyContract:
             assert len(set(keys)) == len(keys), "two trials got equivalent policies (same canonical form)"
 
     def test_single_objective_study_completes(self, strategy_name: str) -> None:
-        space = toy_space()
+        space = toy_space(self.space_name)
         study = self._run(strategy_name, single=True)
         assert all(t.state == TrialState.COMPLETE and space.contains(t.params) for t in study.trials)
         assert len(study.trials) == self.n_trials
@@ -257,6 +336,7 @@ class StrategyContract:
                 "strategies": [[n, self.options_for(n)] for n in sorted(names)],
                 "seed": self.seed,
                 "n_trials": self.n_trials,
+                "space": self.space_name,
             }
         )
         fresh = _fresh_process_runs(request)[strategy_name]
@@ -269,7 +349,7 @@ class StrategyContract:
         from compsearch.search.common import CompressionSampler
         from compsearch.search.registry import get_strategy
 
-        space = toy_space()
+        space = toy_space(self.space_name)
         sampler = get_strategy(strategy_name, space=space, seed=self.seed, **self.options_for(strategy_name))
         study = optuna.create_study(directions=["maximize", "minimize"], sampler=sampler)
         study.optimize(toy_objective(space, extra_param=True), n_trials=4)
@@ -284,7 +364,7 @@ class StrategyContract:
         """Ray Tune pickles its searcher, sampler included (a thread lock once broke that)."""
         import pickle
 
-        space = toy_space()
+        space = toy_space(self.space_name)
         study = self._run(strategy_name)
         study.sampler = pickle.loads(pickle.dumps(study.sampler))
         study.optimize(toy_objective(space), n_trials=2)
@@ -295,14 +375,15 @@ class StrategyContract:
         from compsearch.search.registry import get_strategy
 
         with pytest.raises(TypeError, match="no_such_option"):
-            get_strategy(strategy_name, space=toy_space(), seed=0, no_such_option=1)
+            get_strategy(strategy_name, space=toy_space(self.space_name), seed=0, no_such_option=1)
 
 
 class SpaceContract:
-    """Tests every registered space must pass, on :func:`toy_units`.
+    """Tests every registered space must pass, on :func:`toy_units` (on :func:`toy_depth_units`
+    for a space that needs the model, e.g. ``depth`` or ``depth+joint``).
 
-    Subclasses set ``space_name`` (or override the ``space_name`` fixture) and may give
-    constructor choices in :meth:`choices_for`.
+    Subclasses set ``space_name`` (or override the ``space_name`` fixture; compositions
+    ``a+b`` are names too) and may give constructor choices in :meth:`choices_for`.
     """
 
     space_name: ClassVar[str | None] = None
@@ -321,7 +402,8 @@ class SpaceContract:
 
     @pytest.fixture
     def space(self, space_name: str) -> Space:
-        return get_space(space_name, toy_units(), **self.choices_for(space_name))
+        return toy_space(space_name, **self.choices_for(space_name)) if space_needs_model(space_name) else \
+            get_space(space_name, toy_units(), **self.choices_for(space_name))
 
     def test_has_unique_named_dimensions(self, space: Space) -> None:
         names = space.param_names()
@@ -401,11 +483,15 @@ __all__ = [
     "SpaceContract",
     "StrategyContract",
     "ToyNet",
+    "ToyResNet",
     "digits_spec",
     "run_toy_study",
+    "space_needs_model",
     "toy_accuracy",
     "toy_model",
+    "toy_depth_units",
     "toy_objective",
+    "toy_resnet",
     "toy_size_bits",
     "toy_space",
     "toy_units",

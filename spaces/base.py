@@ -66,6 +66,8 @@ class Space(ABC):
     """
 
     name: ClassVar[str] = ""
+    #: the constructor takes ``model=`` and ``example_input=`` (:func:`get_space` passes them)
+    needs_model: ClassVar[bool] = False
 
     def __init__(self, units: Sequence[Unit]) -> None:
         if not units:
@@ -224,10 +226,35 @@ def register_space(name: str) -> Callable[[type[Space]], type[Space]]:
     return deco
 
 
-def get_space(name: str, units: Sequence[Unit], **choices: Any) -> Space:
-    """Build the space registered as ``name`` over ``units``; ``choices`` go to its constructor."""
-    return SPACES.get(name)(units, **choices)
+def get_space(name: str, units: Sequence[Unit], *, model: Any = None, example_input: Any = None, **choices: Any) -> Space:
+    """Build the space registered as ``name`` over ``units``; ``choices`` go to its constructor.
+
+    ``"a+b"`` composes registered spaces over disjoint choices
+    (:class:`~compsearch.spaces.compose.ComposedSpace`: ``depth+joint``, ``quant+prune``, ...).
+    ``model`` and ``example_input`` are the context a space may need (the ``depth`` space finds
+    removable blocks with them); spaces that do not need them never see them.
+    """
+    if "+" in name:
+        from compsearch.spaces.compose import ComposedSpace
+
+        return ComposedSpace(units, parts=name.split("+"), model=model, example_input=example_input, **choices)
+    factory = SPACES.get(name)
+    if getattr(factory, "needs_model", False):
+        return factory(units, model=model, example_input=example_input, **choices)
+    return factory(units, **choices)
 
 
 def list_spaces() -> list[str]:
+    """Registered space names (compositions ``a+b`` of them are not listed)."""
     return SPACES.names()
+
+
+def check_space_name(name: str) -> str:
+    """``name`` if it is a registered space or a composition ``a+b`` of distinct registered
+    spaces, else :class:`~compsearch.errors.UnknownNameError` / :class:`ConfigError`."""
+    parts = name.split("+")
+    for part in parts:
+        SPACES.get(part)
+    if len(set(parts)) != len(parts):
+        raise ConfigError(f"space {name!r} names a part twice; compose distinct spaces, e.g. 'depth+joint'")
+    return name

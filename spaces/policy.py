@@ -37,6 +37,22 @@ passes its units), three more rules use its shape:
 Nothing else is merged: ``scheme`` of a quantized weight (asymmetric grids have zero
 points), ``granularity`` of a multi-channel quantized weight, ``structure`` of a pruned
 unit, and ``w_bits``/``a_bits`` below 16 all change the model or its cost.
+
+Removed blocks. A policy of a space that changes depth (``depth``, ``depth+joint``) also
+removes whole blocks: :attr:`Policy.removed` maps a block (a module path) to what replaces
+it, ``None`` for the identity or the path of the block's shortcut module (the block's output
+becomes ``shortcut(input)``, e.g. a ResNet block's ``downsample``). A unit is *removed* when
+its name lies under a removed block and not under that block's shortcut
+(:meth:`Policy.removes`). Two more canonical rules follow:
+
+9. A removed unit's policy is irrelevant (the block's output no longer depends on it): it
+   is left out of the canonical policy.
+10. A removed block inside another removed block (not inside that one's shortcut) is
+    irrelevant too: it is left out of the canonical ``removed``.
+
+JSON: a policy without removed blocks is written as version 1, ``{"version": 1, "units":
+{...}}``, exactly as before; one with removed blocks as version 2, with ``"removed":
+{block: shortcut or null}``. Both versions are read.
 """
 
 from __future__ import annotations
@@ -49,7 +65,10 @@ from typing import Any, Protocol
 
 from compsearch.errors import PolicyError
 
-POLICY_VERSION = 1
+POLICY_VERSION = 2
+"""The newest policy JSON version (2: removed blocks); policies without removed blocks are
+written as version 1, which every compsearch reads."""
+POLICY_VERSIONS = (1, 2)
 SCHEMES = ("symmetric", "asymmetric")
 GRANULARITIES = ("tensor", "channel")
 STRUCTURES = ("channel", "unstructured")
@@ -156,19 +175,35 @@ class Policy(Mapping[str, UnitPolicy]):
     """Immutable mapping unit name -> :class:`UnitPolicy`; a unit left out is left uncompressed.
 
     Args:
-        units: mapping of unit name to ``UnitPolicy`` (or a dict of its fields).
+        units: mapping of unit name to ``UnitPolicy`` (or a dict of its fields). A ``Policy``
+            passed here keeps its removed blocks unless ``removed`` is given.
+        removed: removed blocks, block path -> ``None`` (replaced by the identity) or the
+            path of its shortcut module (replaced by ``shortcut(input)``); see the module
+            docstring. Which blocks a model can lose is checked by the evaluator and the
+            ``depth`` space (:mod:`compsearch.spaces.depth`), not here.
+
+    Raises:
+        PolicyError: a bad unit policy, a block path that is not a non-empty string, or a
+            shortcut that does not lie inside its block.
     """
 
-    __slots__ = ("_items", "_key")
+    __slots__ = ("_items", "_key", "_removed")
 
-    def __init__(self, units: Mapping[str, UnitPolicy | Mapping[str, Any]] | None = None) -> None:
+    def __init__(self, units: Mapping[str, UnitPolicy | Mapping[str, Any]] | None = None, *,
+                 removed: Mapping[str, str | None] | None = None) -> None:
         items: dict[str, UnitPolicy] = {}
         for name, up in (units or {}).items():
             if not isinstance(name, str):
                 raise PolicyError(f"unit names must be strings, got {name!r}")
             items[name] = up if isinstance(up, UnitPolicy) else _unit_policy(name, up)
+        if removed is None and isinstance(units, Policy):
+            removed = units.removed
         self._items = dict(sorted(items.items()))
-        self._key = json.dumps({k: asdict(v) for k, v in self._items.items()}, sort_keys=True)
+        self._removed = _check_removed(removed or {})
+        units_json = {k: asdict(v) for k, v in self._items.items()}
+        # the key of a policy without removed blocks is unchanged from version 1 (stored digests stay valid)
+        payload: Any = {"removed": self._removed, "units": units_json} if self._removed else units_json
+        self._key = json.dumps(payload, sort_keys=True)
 
     @classmethod
     def uniform(cls, names: Iterable[str], unit_policy: UnitPolicy) -> Policy:
@@ -195,7 +230,20 @@ class Policy(Mapping[str, UnitPolicy]):
         return hash(self._key)
 
     def __repr__(self) -> str:
-        return f"Policy({len(self)} units)"
+        extra = f", {len(self._removed)} removed blocks" if self._removed else ""
+        return f"Policy({len(self)} units{extra})"
+
+    @property
+    def removed(self) -> dict[str, str | None]:
+        """Removed blocks: block path -> shortcut module path, or ``None`` for the identity
+        (a copy, sorted by block)."""
+        return dict(self._removed)
+
+    def removes(self, unit: str) -> bool:
+        """Whether unit ``unit`` lies in a removed block and not in that block's shortcut
+        (its policy is then irrelevant)."""
+        return any(_under(unit, block) and not (short is not None and _under(unit, short))
+                   for block, short in self._removed.items())
 
     @property
     def key(self) -> str:
@@ -205,7 +253,8 @@ class Policy(Mapping[str, UnitPolicy]):
     def canonical(self, units: Iterable[UnitShape] | Mapping[str, UnitShape] | None = None) -> Policy:
         """The representative of this policy's equivalence class: every unit policy canonical
         (:meth:`UnitPolicy.canonical`, with its unit when ``units`` names it), identity units
-        left out. Equivalent policies -- the same compressed model and costs -- have equal
+        and units of removed blocks left out, removed blocks inside removed blocks left out
+        of ``removed``. Equivalent policies -- the same compressed model and costs -- have equal
         canonical forms (rules in the module docstring).
 
         Args:
@@ -213,8 +262,9 @@ class Policy(Mapping[str, UnitPolicy]):
                 the policy names but ``units`` lacks get rules 1-5 only.
         """
         shapes = dict(units) if isinstance(units, Mapping) else {u.name: u for u in (units or ())}
-        out = {name: up.canonical(shapes.get(name)) for name, up in self._items.items()}
-        return Policy({name: up for name, up in out.items() if up != IDENTITY})
+        out = {name: up.canonical(shapes.get(name)) for name, up in self._items.items() if not self.removes(name)}
+        removed = {b: s for b, s in self._removed.items() if not self.removes(b)}
+        return Policy({name: up for name, up in out.items() if up != IDENTITY}, removed=removed)
 
     def equivalent(self, other: Policy, units: Iterable[UnitShape] | Mapping[str, UnitShape] | None = None) -> bool:
         """Whether ``self`` and ``other`` have the same canonical form."""
@@ -232,21 +282,31 @@ class Policy(Mapping[str, UnitPolicy]):
         return self
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict: ``{"version": 1, "units": {name: {field: value}}}``."""
-        return {"version": POLICY_VERSION, "units": {k: asdict(v) for k, v in self._items.items()}}
+        """JSON-ready dict: ``{"version": 1, "units": {name: {field: value}}}``, or with removed
+        blocks ``{"version": 2, "units": {...}, "removed": {block: shortcut or None}}``."""
+        units = {k: asdict(v) for k, v in self._items.items()}
+        if not self._removed:
+            return {"version": 1, "units": units}
+        return {"version": 2, "units": units, "removed": dict(self._removed)}
 
     def to_json(self, **kwargs: Any) -> str:
         return json.dumps(self.to_dict(), **kwargs)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Policy:
-        """Inverse of :meth:`to_dict`; rejects unknown versions and fields."""
+        """Inverse of :meth:`to_dict` (versions 1 and 2); rejects unknown versions and fields."""
         if not isinstance(data, Mapping) or "units" not in data:
             raise PolicyError(f"policy data must be a mapping with 'version' and 'units', got {data!r:.80}")
         version = data.get("version")
-        if version != POLICY_VERSION:
-            raise PolicyError(f"policy version={version!r} is not supported; this compsearch reads version {POLICY_VERSION}")
-        return cls(data["units"])
+        if version not in POLICY_VERSIONS or isinstance(version, bool):
+            raise PolicyError(f"policy version={version!r} is not supported; this compsearch reads versions "
+                              f"{list(POLICY_VERSIONS)}")
+        removed = data.get("removed")
+        if removed is not None and version < 2:
+            raise PolicyError("policy version=1 has no 'removed' blocks; removed blocks need version 2")
+        if removed is not None and not isinstance(removed, Mapping):
+            raise PolicyError(f"policy 'removed' must map block paths to a shortcut path or null, got {removed!r:.80}")
+        return cls(data["units"], removed=removed)
 
     @classmethod
     def from_json(cls, text: str) -> Policy:
@@ -255,6 +315,23 @@ class Policy(Mapping[str, UnitPolicy]):
         except json.JSONDecodeError as e:
             raise PolicyError(f"policy JSON cannot be parsed: {e}") from None
         return cls.from_dict(data)
+
+
+def _under(path: str, prefix: str) -> bool:
+    """``path`` is ``prefix`` or lies inside it (``prefix.``...)."""
+    return path == prefix or path.startswith(prefix + ".")
+
+
+def _check_removed(removed: Mapping[str, str | None]) -> dict[str, str | None]:
+    if not isinstance(removed, Mapping):
+        raise PolicyError(f"removed={removed!r:.80} must map block paths to a shortcut path or None")
+    for block, short in removed.items():
+        if not isinstance(block, str) or not block:
+            raise PolicyError(f"removed block {block!r} must be a non-empty module path, e.g. 'layer1.1'")
+        if short is not None and (not isinstance(short, str) or not short.startswith(block + ".")):
+            raise PolicyError(f"removed block {block!r} has shortcut={short!r}; a shortcut is None (the identity) or "
+                              f"the path of a module inside the block, e.g. '{block}.downsample'")
+    return dict(sorted(removed.items()))
 
 
 def _unit_policy(name: str, fields: Mapping[str, Any]) -> UnitPolicy:

@@ -245,7 +245,8 @@ def prepare(spec: StudySpec | str | Path | Mapping[str, Any], out_dir: str | Pat
 
     cache = RunCache(build_evaluator, url, out)
     ev = cache.evaluator(spec.seeds[0])
-    space = get_space(spec.space.name, ev.units, **spec.space.space_kwargs())
+    space = get_space(spec.space.name, ev.units, model=ev.model, example_input=ev.task.example_input(),
+                      **spec.space.space_kwargs())
     return Run(spec=spec, out_dir=out, data=data, model=model, base_info=base_info, space=space,
                reference_point=resolve_reference_point(spec, ev.cost({}), defaults), storage_url=url,
                run_id=runfile.run_id(out), cache=cache, scale_overrides=scales)

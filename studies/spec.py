@@ -151,7 +151,19 @@ def _registered(kind: str, module: str, lister: str) -> Callable[[str], str]:
 
 
 _check_strategy = _registered("strategy", "compsearch.search.registry", "list_strategies")
-_check_space = _registered("space", "compsearch.spaces", "list_spaces")
+_check_registered_space = _registered("space", "compsearch.spaces", "list_spaces")
+
+
+def _check_space(name: str) -> str:
+    """A registered space, or a composition ``a+b`` of distinct registered spaces (``depth+joint``)."""
+    parts = name.split("+")
+    if len(set(parts)) != len(parts):
+        raise ValueError(f"space {name!r} names a part twice; compose distinct spaces, e.g. 'depth+joint'")
+    for part in parts:
+        _check_registered_space(part)
+    return name
+
+
 _check_dataset = _registered("dataset", "compsearch.evaluators.datasets", "list_datasets")
 _check_registered_criterion = _registered("criterion", "compsearch.evaluators.masks", "list_criteria")
 #: modules whose import registers model-level criteria (until the criterion registry loads them itself)
@@ -252,11 +264,14 @@ class SpaceSpec(_Model):
     """``[space]``: the compression space.
 
     Attributes:
-        name: a registered space (``joint``, ``block``, ``uniform``, ``quant``, ``prune``).
+        name: a registered space (``joint``, ``block``, ``uniform``, ``quant``, ``prune``,
+            ``depth``) or a composition ``a+b`` of them over disjoint choices (``depth+joint``;
+            :mod:`compsearch.spaces.compose`).
         skip_first: leave the stem uncompressed.
         skip_head: leave the classifier uncompressed.
-        choices: per-field choices of the built-in spaces.
-        options: extra constructor options of a custom space.
+        choices: per-field choices of the built-in spaces (a composition gives them to every part that takes them).
+        options: extra constructor options of a custom space; in a composition, a table named
+            after a part (``[space.options.depth] blocks = [...]``) goes to that part only.
     """
 
     name: Annotated[str, AfterValidator(_check_space)] = "joint"

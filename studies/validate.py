@@ -186,7 +186,7 @@ def check_space_and_strategies(spec: StudySpec, model: torch.nn.Module, example:
         raise _error("model", f"model {spec.require_model().name!r} does not run on samples of shape {tuple(example.shape[1:])} "
                               f"({type(e).__name__}: {str(e)[:200]}); fix model.kwargs or data.options") from None
     try:
-        space = get_space(spec.space.name, units, **spec.space.space_kwargs())
+        space = get_space(spec.space.name, units, model=model, example_input=example, **spec.space.space_kwargs())
     except (CompsearchError, TypeError, ValueError) as e:
         raise _error("space", str(e)) from None
     for name in dict.fromkeys([*spec.strategies, *spec.strategy_options]):  # options of an unlisted strategy too

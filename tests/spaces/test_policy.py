@@ -41,7 +41,7 @@ def test_policy_is_immutable_mapping_and_json_round_trips() -> None:
     assert p["a"] == UnitPolicy(w_bits=8, scheme="asymmetric")
     assert p.get_or_identity("c") == IDENTITY
     data = json.loads(p.to_json())
-    assert data["version"] == POLICY_VERSION == 1
+    assert data["version"] == 1 and POLICY_VERSION == 2  # version 1: no removed blocks
     assert data["units"]["b"]["keep"] == 0.5
     q = Policy.from_json(p.to_json())
     assert q == p and hash(q) == hash(p) and q.key == p.key
@@ -54,7 +54,7 @@ def test_policy_errors() -> None:
     p = Policy({"conv9": UnitPolicy(w_bits=4)})
     with pytest.raises(PolicyError, match=r"names unit\(s\) \['conv9'\] that the model does not have"):
         p.validate_for(["conv1", "fc"])
-    with pytest.raises(PolicyError, match="version=7 is not supported"):
+    with pytest.raises(PolicyError, match=r"version=7 is not supported; this compsearch reads versions \[1, 2\]"):
         Policy.from_dict({"version": 7, "units": {}})
     with pytest.raises(PolicyError, match=r"unknown field\(s\) \['bits'\]"):
         Policy({"a": {"bits": 4}})

@@ -19,6 +19,8 @@ from compsearch.spaces import (
 from compsearch.testing import SpaceContract
 
 THIRD_PARTY = "test-global-bits"
+COMPOSED = ["depth+joint", "quant+prune", "depth+block", f"prune+{THIRD_PARTY}"]
+"""Compositions ``a+b`` over disjoint choices (``depth`` ones on the toy ResNet)."""
 
 
 class GlobalBitsSpace(Space):
@@ -49,7 +51,7 @@ def _third_party_space() -> Iterator[None]:
     SPACES.unregister(THIRD_PARTY)
 
 
-@pytest.mark.parametrize("space_name", [*list_spaces(), THIRD_PARTY])
+@pytest.mark.parametrize("space_name", [*list_spaces(), THIRD_PARTY, *COMPOSED])
 class TestEverySpace(SpaceContract):
     pass
 

@@ -22,8 +22,8 @@ def units():  # 4 units in 3 blocks: stem "0", block "body" {2, 4}, head "6"
 
 
 def test_registry_lists_builtins_and_rejects_unknown(units) -> None:
-    assert {"joint", "block", "uniform", "quant", "prune"} <= set(list_spaces())
-    with pytest.raises(UnknownNameError, match=r"unknown space 'jiont'; registered: \['block', 'joint'"):
+    assert {"joint", "block", "uniform", "quant", "prune", "depth"} <= set(list_spaces())
+    with pytest.raises(UnknownNameError, match=r"unknown space 'jiont'; registered: \['block', 'depth', 'joint'"):
         get_space("jiont", units)
     with pytest.raises(TypeError, match="unexpected keyword"):
         get_space("joint", units, bits=(4, 8))
