@@ -106,24 +106,60 @@ def resolve_weight(model: nn.Module, name: str) -> WeightOwner:
     return WeightOwner(module=owner, param=param, weight=weight, use=FUNCTIONAL)
 
 
+#: Tensor methods that read a tensor's metadata, not its values (``weight.dtype``, ``.shape``, ...).
+_METADATA = frozenset({"__get__", "size", "dim", "ndimension", "numel", "nelement", "is_floating_point", "is_complex",
+                       "element_size", "stride", "is_contiguous", "get_device", "__len__", "data_ptr", "storage_offset"})
+
+
+class _Outside(torch.Tensor):
+    """A weight read outside its module's forward (probe only): counts the reads that compute
+    with its values; metadata reads (``weight.dtype``, ``weight.shape``) do not count."""
+
+    _probe: tuple[dict[str, list[int]], str]
+
+    @classmethod
+    def __torch_function__(cls, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        if getattr(func, "__name__", "") not in _METADATA:
+            for t in torch.utils._pytree.tree_leaves((args, kwargs)):
+                if isinstance(t, _Outside):
+                    reads, name = t._probe
+                    reads[name][1] += 1
+        with torch._C.DisableTorchFunctionSubclass():
+            return func(*args, **kwargs)
+
+
 class _Probe(nn.Module):
-    """Identity parametrization counting reads inside / outside the owner's own forward."""
+    """Identity parametrization counting reads: ``[inside the owner's forward, computing
+    outside it, any outside it]``."""
 
     def __init__(self, name: str, depth: dict[int, int], reads: dict[str, list[int]], owner: nn.Module) -> None:
         super().__init__()
         self._name, self._depth, self._reads, self._owner = name, depth, reads, id(owner)
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
-        self._reads[self._name][0 if self._depth.get(self._owner, 0) > 0 else 1] += 1
-        return w
+        if self._depth.get(self._owner, 0) > 0:
+            self._reads[self._name][0] += 1
+            return w
+        self._reads[self._name][2] += 1
+        watched = w.as_subclass(_Outside)
+        watched._probe = (self._reads, self._name)
+        return watched
 
 
 def probe_weight_uses(model: nn.Module, owners: Mapping[str, WeightOwner], example_input: torch.Tensor) -> None:
     """Set every owner's ``use`` from one eval forward of ``example_input``.
 
-    A weight read only while its module's own forward runs is :data:`MODULE`; read (also)
-    outside it, :data:`FUNCTIONAL`. Parametrizations and hooks are removed afterwards and
-    the parameters left exactly as found (same objects, same order).
+    A weight read only while its module's own forward runs is :data:`MODULE`; used (also)
+    outside it in a computation, :data:`FUNCTIONAL`. A read outside the forward that looks
+    only at the weight's metadata (``weight.dtype``, ``.device``, ``.shape``, as timm XCiT's
+    positional encoding does) does not make a unit functional: such reads are told apart by
+    a tensor subclass that counts every torch function computing with the weight. (That
+    subclass also turns off fused kernels that read weights directly, such as
+    ``nn.TransformerEncoderLayer``'s; discovery marks those functional, see
+    :class:`~compsearch.spaces.Unit`, and the evaluator honours it.) Parametrizations and
+    hooks are removed afterwards and the parameters left exactly as found (same objects,
+    same order).
 
     Raises:
         ModelError: a weight is never read, or two units share one weight tensor.
@@ -135,7 +171,7 @@ def probe_weight_uses(model: nn.Module, owners: Mapping[str, WeightOwner], examp
             raise ModelError(f"units {other!r} and {name!r} share one weight tensor; compress only one of them "
                              f"(exclude the other)")
     depth: dict[int, int] = {}
-    reads: dict[str, list[int]] = {name: [0, 0] for name in owners}
+    reads: dict[str, list[int]] = {name: [0, 0, 0] for name in owners}
     handles, done = [], []
     orders = {id(o.module): list(o.module._parameters) for o in owners.values()}
     try:
@@ -160,8 +196,8 @@ def probe_weight_uses(model: nn.Module, owners: Mapping[str, WeightOwner], examp
         for owner in done:
             _unparametrize(owner, orders[id(owner.module)])
     for name, owner in owners.items():
-        inside, outside = reads[name]
-        if inside + outside == 0:
+        inside, outside, any_outside = reads[name]
+        if inside + any_outside == 0:
             raise ModelError(f"unit {name!r}: the model's forward never reads its {owner.param} on the example input, "
                              f"so compressing it would change nothing; leave it out (exclude={name!r})")
         if outside or owner.use == FUNCTIONAL:

@@ -157,6 +157,31 @@ def test_functional_weight_uses_are_compressed(functional_ev: CompressionEvaluat
     assert list(ev.model._parameters) == ["q_bias", "proj_weight"]
 
 
+class _MetadataRead(nn.Module):
+    """Reads ``self.fc.weight.dtype`` and ``.shape`` outside ``fc``'s forward (as timm XCiT's
+    positional encoding reads a conv's dtype) and computes with ``self.mix.weight`` outside."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(36, 8)
+        self.mix = nn.Linear(8, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x.flatten(1).to(self.fc.weight.dtype)
+        assert self.fc.weight.shape[1] == h.shape[1]
+        return h.new_ones(1) * self.fc(h) @ self.mix.weight.t()
+
+
+def test_metadata_reads_outside_the_forward_keep_a_unit_module() -> None:
+    model = _MetadataRead()
+    owners = {n: resolve_weight(model, n) for n in ("fc", "mix")}
+    probe_weight_uses(model, owners, torch.randn(2, 4, 3, 3))
+    # fc: read by its own forward + dtype/shape reads outside (metadata only) -> module;
+    # mix: its forward never runs, the weight is multiplied outside -> functional
+    assert {n: o.use for n, o in owners.items()} == {"fc": MODULE, "mix": FUNCTIONAL}
+    assert type(model.fc.weight) is nn.Parameter and list(model.fc._parameters) == ["weight", "bias"]
+
+
 def test_functional_unit_refuses_input_quantization(functional_ev: CompressionEvaluator) -> None:
     with pytest.raises(ModelError, match=r"unit 'qkv': its weight is used functionally .* give this unit a_bits >= 16"):
         functional_ev.evaluate(Policy({"qkv": UnitPolicy(w_bits=8, a_bits=8)}))
