@@ -20,7 +20,7 @@ from compsearch.spaces.policy import (
     Policy,
     UnitPolicy,
 )
-from compsearch.spaces.units import Unit, group_blocks
+from compsearch.spaces.units import FUNCTIONAL, Unit, group_blocks
 
 DEFAULT_W_BITS = (2, 3, 4, 5, 6, 8, 32)
 DEFAULT_A_BITS = (8, 32)
@@ -51,7 +51,8 @@ class TiedSpace(Space):
     Args:
         units: the model's units.
         w_bits: weight bit-width choices (32 = not quantized).
-        a_bits: input-activation bit-width choices.
+        a_bits: input-activation bit-width choices (a group holding a functional unit,
+            ``Unit.use == "functional"``, keeps its inputs at 32 bits: no ``a_bits`` dimension).
         keep: kept-fraction choices in (0, 1].
         scheme: ``symmetric`` / ``asymmetric``.
         granularity: ``tensor`` / ``channel``.
@@ -101,7 +102,7 @@ class TiedSpace(Space):
             self._dim(g, f)
             for g in self.groups
             for f in FIELDS
-            if len(self.choices[f]) > 1
+            if len(self._group_choices(g, f)) > 1
         ]
 
     def _groups(self) -> dict[str, list[Unit]]:
@@ -116,7 +117,15 @@ class TiedSpace(Space):
         return f"{group}.{field}" if group else field
 
     def _dim(self, group: str, field: str) -> Dimension:
-        return Dimension(self._param(group, field), self.choices[field], field in ORDINAL, group=group, field=field)
+        return Dimension(self._param(group, field), self._group_choices(group, field), field in ORDINAL, group=group,
+                         field=field)
+
+    def _group_choices(self, group: str, field: str) -> tuple[Choice, ...]:
+        """The field's choices for ``group``: input quantization is not offered (32 bits) to a
+        group holding a functional unit, whose input the evaluator cannot quantize."""
+        if field == "a_bits" and any(u.use == FUNCTIONAL for u in self.groups[group]):
+            return (32,)
+        return self.choices[field]
 
     def dimensions(self) -> list[Dimension]:
         return list(self._dims)

@@ -107,3 +107,18 @@ def test_bad_choices_and_params(units) -> None:
         space.decode(params)
     with pytest.raises(PolicyError, match="does not search unit"):
         space.encode(Policy({"0": UnitPolicy(w_bits=4), "2": UnitPolicy(), "4": UnitPolicy()}))
+
+
+def test_functional_units_keep_float_inputs(units) -> None:
+    import dataclasses
+
+    func = [dataclasses.replace(u, use="functional") if u.name == "4" else u for u in units]
+    joint = get_space("joint", func)
+    # unit "2": 6 searched fields; unit "4" (functional): its input is not quantized -> 5 fields
+    assert [d.name for d in joint.dimensions() if d.group == "4"] == ["4.w_bits", "4.keep", "4.scheme",
+                                                                      "4.granularity", "4.structure"]
+    assert len(joint.dimensions()) == 11
+    policy = joint.sample(np.random.default_rng(0))
+    assert policy["4"].a_bits == 32 and policy["2"].a_bits in (8, 32)
+    # a block holding a functional unit keeps float inputs for all its units (one tied setting)
+    assert "body.a_bits" not in {d.name for d in get_space("block", func).dimensions()}
