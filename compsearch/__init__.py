@@ -61,6 +61,8 @@ _LAZY = {
     "pareto_front": "compsearch.studies.hypervolume",
     "tune_trainable": "compsearch.studies.hosts.tune",
     "tune_searcher": "compsearch.studies.hosts.tune",
+    "export": "compsearch.studies.export",
+    "load_compressed": "compsearch.studies.export",
 }
 
 __all__ = [

@@ -9,6 +9,8 @@ Commands::
     compsearch gates SPEC [--out DIR] [--seeds K] [--strengths a,b] [--online] [--quiet] [--storage URL]
     compsearch report DIR [--no-test] [--storage URL]
     compsearch show DIR [--storage URL]
+    compsearch export DIR (--trial STUDY:NUMBER | --pareto | --best CONSTRAINT) [--out DIR]
+                          [--exporter dynamo|torchscript] [--batch N] [--threads N] [--no-latency] [--no-verify]
     compsearch spaces MODEL_OR_SPEC [--space NAME] [--input-shape C,H,W] [--num-classes N]
     compsearch list
 
@@ -80,6 +82,24 @@ def _run_arguments(command: argparse.ArgumentParser) -> None:
                                            "or journal:///path (default: in the run folder; env COMPSEARCH_STORAGE)")
 
 
+def _export_arguments(command: argparse.ArgumentParser) -> None:
+    command.add_argument("dir", help="a finished run folder")
+    which = command.add_mutually_exclusive_group(required=True)
+    which.add_argument("--trial", metavar="STUDY:NUMBER", help="one trial, e.g. random-s0:3 (see compsearch show)")
+    which.add_argument("--pareto", action="store_true", help="every feasible Pareto point of every study")
+    which.add_argument("--best", metavar="CONSTRAINT", help="the feasible trial of highest validation quality within "
+                       "bounds: 'size_kb<=20', 'accuracy>=0.9,size_kb<=8' or 'max_size_kb=20' (the spec's keys)")
+    command.add_argument("--out", help="parent folder of the trial folders (default: DIR/export)")
+    command.add_argument("--exporter", choices=("dynamo", "torchscript"), default="dynamo",
+                         help="ONNX exporter (torchscript: faster, deprecated by torch)")
+    command.add_argument("--batch", type=int, help="latency batch size besides 1 (default: the spec's [latency] batch)")
+    command.add_argument("--threads", type=int, help="latency threads (default: the spec's [latency] threads)")
+    command.add_argument("--no-latency", action="store_true", help="do not measure latency")
+    command.add_argument("--no-verify", action="store_true", help="export even when the re-derived model's validation "
+                         "quality differs from the recorded one (metrics.json says so)")
+    command.add_argument("--storage", help="the storage URL when the run's needs a password (or COMPSEARCH_STORAGE)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="compsearch", description="Compare compression-policy search strategies.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -105,6 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     show = sub.add_parser("show", help="print the Pareto table of a run folder")
     show.add_argument("dir")
     show.add_argument("--storage", help="the storage URL when the run's needs a password (or COMPSEARCH_STORAGE)")
+    export = sub.add_parser("export", help="write trials of a finished run as deployable models (pruned, packed, "
+                                           "ONNX, measured)")
+    _export_arguments(export)
     spaces = sub.add_parser("spaces", help="table of a model's compressible units and blocks")
     spaces.add_argument("target", help="a model name (built-in or timm) or a study spec (.toml)")
     spaces.add_argument("--space", help="space name (default: the spec's, else joint)")
@@ -223,6 +246,30 @@ def cmd_show(args: argparse.Namespace, console: Console) -> int:
                                 ("pareto", "Pareto points (selected on validation; test split measured once at the end "
                                            "of the run)", *pareto_rows(summary, policy=False))], csv_table="pareto")
     return EXIT_OK
+
+
+def cmd_export(args: argparse.Namespace, console: Console) -> int:
+    from compsearch.studies.export import export_run
+
+    for flag in ("batch", "threads"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            raise ConfigError(f"--{flag}={value} must be an integer >= 1")
+    results = export_run(args.dir, trial=args.trial, pareto=args.pareto, best=args.best, out=args.out,
+                         plugins=args.plugin, storage=args.storage, verify=not args.no_verify, exporter=args.exporter,
+                         latency=not args.no_latency, batch=args.batch, threads=args.threads)
+    q = results[0]["quality"] if results else "accuracy"
+    rows = [[r["trial"], _num(r[f"val_{q}"]), _num(r[f"test_{q}"]), _num(r["size_kb"]), str(r["weights_bytes"]),
+             f"{len(r['removed_units'])}/{len(r['masked_units'])}", _num(r.get("latency_ms")), r.get("latency_key", "-")]
+            for r in results]
+    console.print(_table(f"exported to {Path(args.out) if args.out else Path(args.dir) / 'export'}",
+                         ["trial", f"val {q}", f"test {q}", "size_kb", "weights.pt bytes", "removed/masked units",
+                          "latency ms", "runtime/batch"], rows))
+    return EXIT_OK
+
+
+def _num(value: Any) -> str:
+    return "-" if value is None else f"{value:.4g}"
 
 
 def cmd_list(args: argparse.Namespace, console: Console) -> int:
@@ -365,7 +412,7 @@ def _table(title: str, header: Sequence[str], rows: Sequence[Sequence[str]]) -> 
 
 
 COMMANDS = {"check": cmd_check, "run": cmd_run, "gates": cmd_gates, "report": cmd_report, "show": cmd_show, "list": cmd_list,
-            "spaces": cmd_spaces}
+            "spaces": cmd_spaces, "export": cmd_export}
 
 
 def _quiet_third_party() -> None:

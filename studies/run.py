@@ -220,8 +220,8 @@ def prepare(spec: StudySpec | str | Path | Mapping[str, Any], out_dir: str | Pat
         SpecError: invalid spec.
     """
     from compsearch.evaluators.datasets import load_dataset
-    from compsearch.evaluators.evaluator import CompressionEvaluator
     from compsearch.spaces import get_space
+    from compsearch.studies.latency_objective import evaluator_factory
 
     spec = load_spec(spec)
     import_plugins(spec.plugins, where="plugins")  # a spec read from run.json (stored) has not imported them
@@ -240,10 +240,8 @@ def prepare(spec: StudySpec | str | Path | Mapping[str, Any], out_dir: str | Pat
         source, defaults, scales = data, {}, {}
     url = storage or runfile.resolve_storage(out, spec, None, several_processes=False)
 
-    def build_evaluator(seed: int) -> Any:
-        return CompressionEvaluator(model, source, config=spec.evaluator.config(seed=seed), device=spec.evaluator.device)
-
-    cache = RunCache(build_evaluator, url, out)
+    # a LatencyEvaluator when latency_ms is an objective or a constraint (compsearch.studies.latency_objective)
+    cache = RunCache(evaluator_factory(model, source, spec, out), url, out)
     ev = cache.evaluator(spec.seeds[0])
     space = get_space(spec.space.name, ev.units, model=ev.model, example_input=ev.task.example_input(),
                       **spec.space.space_kwargs())

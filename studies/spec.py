@@ -359,6 +359,34 @@ class EvaluatorSpec(_Model):
         return EvaluatorConfig(criterion=self.criterion, finetune=self.finetune.config(seed=seed), seed=seed, **extra)
 
 
+class LatencySpec(_Model):
+    """``[latency]``: how ``latency_ms`` (objective, ``max_latency_ms`` constraint, export) is measured.
+
+    ``latency_ms`` is the median wall time of ``repeats`` timed forwards of the exported model
+    after ``warmup`` untimed ones (:mod:`compsearch.studies.latency_objective`).
+
+    Attributes:
+        runtime: ``onnxruntime`` (the exported ONNX file, CPU) or ``torch`` (eager).
+        batch: samples per timed forward (``compsearch export`` also times batch 1).
+        threads: intra-op threads of the runtime.
+        warmup: untimed forwards first.
+        repeats: timed forwards.
+    """
+
+    runtime: str = "onnxruntime"
+    batch: int = Field(default=1, ge=1, le=4096)
+    threads: int = Field(default=1, ge=1, le=256)
+    warmup: int = Field(default=5, ge=0, le=1000)
+    repeats: int = Field(default=20, ge=1, le=10000)
+
+    @field_validator("runtime")
+    @classmethod
+    def _runtime(cls, v: str) -> str:
+        if v not in ("onnxruntime", "torch"):
+            raise ValueError(f"unknown runtime {v!r}; allowed: ['onnxruntime', 'torch']")
+        return v
+
+
 class ObjectiveSpec(_Model):
     """One objective: a metric of the evaluator and its direction (default: the metric's natural one)."""
 
@@ -392,6 +420,7 @@ class StudySpec(_Model):
             :mod:`compsearch.studies.agent_spec`); ``[model]``, ``[base]`` and ``[data]``
             are then refused.
         gates: settings of the gates method (``compsearch gates SPEC``).
+        latency: how ``latency_ms`` is measured (an objective, ``max_latency_ms``, export).
         objectives: ``(metric, direction)`` list, in the order of the Optuna study's values;
             default ``["accuracy", "size_kb"]``, or ``["return", "size_kb"]`` with ``[agent]``.
             A metric of the other task (``return`` without ``[agent]``, ``accuracy`` with
@@ -427,6 +456,7 @@ class StudySpec(_Model):
     data: DataSpec = Field(default_factory=DataSpec)
     space: SpaceSpec = Field(default_factory=SpaceSpec)
     evaluator: EvaluatorSpec = Field(default_factory=EvaluatorSpec)
+    latency: LatencySpec = Field(default_factory=LatencySpec)
     objectives: list[ObjectiveSpec] = Field(default_factory=lambda: [ObjectiveSpec(metric="accuracy"), ObjectiveSpec(metric="size_kb")])
     reference_point: dict[str, float] = Field(default_factory=dict)
     constraints: dict[str, float] = Field(default_factory=dict)
@@ -590,7 +620,7 @@ class StudySpec(_Model):
     def comparison_key(self) -> dict[str, Any]:
         """The parts of the spec that results depend on (a resumed run must not change them)."""
         return self.model_dump(mode="json", include={"model", "base", "data", "space", "evaluator", "objectives", "reference_point",
-                                                     "constraints", "agent", "task"})
+                                                     "constraints", "agent", "task", "latency"})
 
 
 def _value_at(spec: BaseModel, path: str) -> Any:

@@ -1,0 +1,83 @@
+"""latency_ms as an objective and a constraint: measured once per exported structure, cached in the run folder."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+
+pytest.importorskip("torch_pruning", reason="Torch-Pruning is not installed (pip install torch-pruning)")
+pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install 'compsearch[export]')")
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "evaluators"))
+from tiny_nets import make_cnn, make_data  # noqa: E402
+
+from compsearch.errors import SpecError  # noqa: E402
+from compsearch.evaluators.evaluator import CompressionEvaluator  # noqa: E402
+from compsearch.evaluators.objective import directions, optuna_objective  # noqa: E402
+from compsearch.evaluators.types import FineTuneConfig  # noqa: E402
+from compsearch.record import is_feasible, read_constraints, read_metrics  # noqa: E402
+from compsearch.spaces import Policy, UnitPolicy, get_space  # noqa: E402
+from compsearch.studies.latency_objective import (  # noqa: E402
+    LatencyEvaluator,
+    RunLatencyCache,
+    evaluator_factory,
+    latency_config,
+    needs_latency,
+)
+from compsearch.studies.spec import load_spec  # noqa: E402
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def _evaluator(path: Path) -> LatencyEvaluator:
+    return LatencyEvaluator(make_cnn(), make_data(), latency_config=latency_config("onnxruntime", 2, warmup=1, repeats=3),
+                            cache=RunLatencyCache(path), finetune=FineTuneConfig(steps=1, batch_size=16), device="cpu")
+
+
+def test_one_measurement_per_structure_and_the_cache_file(tmp_path) -> None:
+    path = tmp_path / "latency.json"
+    ev = _evaluator(path)
+    # unit "4" at 4 or 6 bits: both int8 QDQ kernels, the same shapes -> one structure, one measurement
+    a = ev.evaluate(Policy({"4": UnitPolicy(w_bits=4, a_bits=8)}))
+    b = ev.evaluate(Policy({"4": UnitPolicy(w_bits=6, a_bits=8)}))
+    assert ev.latency.measurements == 1 and a["latency_ms"] == b["latency_ms"] > 0
+    assert a.metrics()["latency_iqr_ms"] >= 0 and "latency" in a.seconds
+    ev.evaluate(Policy())  # fp32 kernels: another structure
+    assert ev.latency.measurements == 2 and len(RunLatencyCache(path)) == 2
+    entry = next(iter(RunLatencyCache(path)._data.values()))["onnxruntime/b2"]
+    assert entry["batch"] == 2 and entry["repeats"] == 3 and {"iqr_ms", "mad_ms"} <= set(entry)
+    assert {"cpu", "cores", "torch", "onnxruntime"} <= set(entry["machine"])
+    # another process (a fresh evaluator on the same file) measures nothing it finds there
+    again = _evaluator(path)
+    again.evaluate(Policy({"4": UnitPolicy(w_bits=5, a_bits=8)}))
+    assert again.latency.measurements == 0 and again.latency.cache.hits == 1
+
+
+def test_a_latency_constraint_violation_is_recorded_as_an_optuna_constraint(tmp_path) -> None:
+    ev = _evaluator(tmp_path / "latency.json")
+    space = get_space("uniform", ev.units, w_bits=[4], a_bits=[8], keep=[1.0])
+    objectives = ["accuracy", "latency_ms"]
+    study = optuna.create_study(directions=directions(objectives))
+    # 1e-6 ms: no forward is that fast, so the constraint value latency_ms - 1e-6 > 0 (infeasible)
+    study.optimize(optuna_objective(space, ev, objectives, constraints={"max_latency_ms": 1e-6}), n_trials=1)
+    [trial] = study.trials
+    latency = read_metrics(trial)["latency_ms"]
+    assert trial.values[1] == latency and read_constraints(trial) == [pytest.approx(latency - 1e-6)]
+    assert not is_feasible(trial)
+
+
+def test_the_spec_turns_latency_on_only_when_asked(make_spec) -> None:
+    assert needs_latency([("accuracy", "maximize"), ("latency_ms", "minimize")], {})
+    assert needs_latency(["accuracy"], {"max_latency_ms": 3.0}) and not needs_latency(["accuracy", "size_kb"], {})
+    plain = load_spec(make_spec())
+    build = evaluator_factory(make_cnn(), make_data(), plain, Path("unused"))
+    assert type(build(0)) is CompressionEvaluator
+    spec = load_spec(make_spec(constraints={"max_latency_ms": 5.0}, latency={"runtime": "torch", "batch": 8}))
+    ev = evaluator_factory(make_cnn(), make_data(), spec, Path("unused"))(0)
+    assert isinstance(ev, LatencyEvaluator) and ev.latency.config.runtimes == ("torch",)
+    assert ev.latency.config.batch_sizes == (8,)
+    with pytest.raises(SpecError, match=r"latency.runtime.*unknown runtime 'tensorrt'"):
+        load_spec(make_spec(latency={"runtime": "tensorrt"}))
