@@ -20,9 +20,13 @@ run folder per study under ``--out`` (resumable: re-run the same command after a
    (gates trained alone on the task's loss batches), then the same distillation budget as a
    candidate; validation and test return per seed (cached in ``criteria.json``).
 
-Writes ``benchmarks/results/agents.json`` after every step (``"partial": true`` until every
-study is complete). Timings depend on the machine's load; the command and the machine are
-recorded.
+The steps run a seed at a time (seed 0's studies, gates points, steps 2 and 3; then seed 1,
+...), and ``--results`` (default ``benchmarks/results/agents.json``) is rewritten after every
+step from the seeds finished so far (``seeds_done``; ``"partial": true`` until every study
+is complete), so a run stopped early still leaves a consistent table. A test return below
+the floor is reported beside the validation-selected point (``test_within_tolerance``):
+selection uses the validation episodes only. Timings depend on the machine's load; the
+command and the machine's load are recorded.
 
 Run: ``nice -n 10 .venv/bin/python benchmarks/agents.py [--studies cartpole_dqn,lunarlander_ppo]
 [--trials 30] [--seeds 3] [--out runs/bench_agents] > bench.log 2>&1``.
@@ -65,12 +69,16 @@ def _save(path: Path, payload: Any) -> None:
     tmp.replace(path)
 
 
-def study_spec(name: str, strategies: Sequence[str], trials: int, seeds: Sequence[int]) -> Any:
+def spec_path(study: str) -> Path:
+    """A bundled study's name (``cartpole_dqn``) or the path of a spec file (``*.toml``)."""
+    return Path(study) if study.endswith(".toml") else ROOT / "studies" / f"{study}.toml"
+
+
+def study_spec(study: str, strategies: Sequence[str], trials: int, seeds: Sequence[int]) -> Any:
     from compsearch.studies.runner import effective_spec
     from compsearch.studies.spec import load_spec
 
-    return effective_spec(load_spec(ROOT / "studies" / f"{name}.toml"), strategies=list(strategies), trials=trials,
-                          seeds=list(seeds))
+    return effective_spec(load_spec(spec_path(study)), strategies=list(strategies), trials=trials, seeds=list(seeds))
 
 
 def run_methods(spec: Any, out: Path) -> Any:
@@ -110,7 +118,7 @@ def _complete(run: Any, method: str, seed: int) -> list[optuna.trial.FrozenTrial
             if t.state == optuna.trial.TrialState.COMPLETE]
 
 
-def smallest_at_tolerance(run: Any, methods: Sequence[str], out: Path) -> dict[str, Any]:
+def smallest_at_tolerance(run: Any, methods: Sequence[str], seeds: Sequence[int], out: Path) -> dict[str, Any]:
     """Step 2 (see the module docstring)."""
     from compsearch import record
     from compsearch.spaces import Policy
@@ -122,8 +130,8 @@ def smallest_at_tolerance(run: Any, methods: Sequence[str], out: Path) -> dict[s
     cache = _cache(cache_path)
     result: dict[str, Any] = {"uncompressed_return": base_return, "return_floor": floor, "uncompressed_size_kb": base_size}
     for method in methods:
-        per_seed = []
-        for seed in run.spec.seeds:
+        per_seed: list[dict[str, Any]] = []
+        for seed in seeds:
             ok = [t for t in _complete(run, method, seed) if record.read_metrics(t).get("return", -float("inf")) >= floor]
             if not ok:
                 per_seed.append({"seed": seed, "size_kb": None, "ratio": None})
@@ -140,14 +148,16 @@ def smallest_at_tolerance(run: Any, methods: Sequence[str], out: Path) -> dict[s
                     _save(cache_path, cache)
                 test = cache[key]
             per_seed.append({"seed": seed, "trial": best.number, "size_kb": metrics["size_kb"], "return": metrics["return"],
-                             "test_return": test, "ratio": base_size / metrics["size_kb"], "policy": record.read_policy(best)})
+                             "test_return": test, "test_within_tolerance": test is not None and test >= floor,
+                             "ratio": base_size / metrics["size_kb"], "policy": record.read_policy(best)})
         ratios = [p["ratio"] for p in per_seed if p["ratio"] is not None]
         result[method] = {"per_seed": per_seed, "ratio_min": min(ratios) if len(ratios) == len(per_seed) else None,
                           "ratio_mean": sum(ratios) / len(ratios) if ratios else None, "seeds_reaching": len(ratios)}
     return result
 
 
-def criteria_at_keeps(run: Any, criteria: Sequence[str], keeps: Sequence[float], out: Path) -> dict[str, Any]:
+def criteria_at_keeps(run: Any, criteria: Sequence[str], keeps: Sequence[float], seeds: Sequence[int],
+                      out: Path) -> dict[str, Any]:
     """Step 3 (see the module docstring)."""
     import compsearch.evaluators.gates  # noqa: F401 - registers the `gates` criterion
     import compsearch.evaluators.lrp  # noqa: F401 - registers the `lrp` criterion
@@ -157,7 +167,7 @@ def criteria_at_keeps(run: Any, criteria: Sequence[str], keeps: Sequence[float],
 
     cache_path = out / "criteria.json"
     cache = _cache(cache_path)
-    for seed in run.spec.seeds:
+    for seed in seeds:
         base = run.evaluator(seed)
         units = [u.name for u in searched_units(run, seed)]
         for criterion in criteria:
@@ -173,12 +183,12 @@ def criteria_at_keeps(run: Any, criteria: Sequence[str], keeps: Sequence[float],
                 start = time.perf_counter()
                 res = ev.evaluate(policy, test=True)
                 cache[key] = {"criterion": criterion, "keep": keep, "seed": seed, "return": res["return"],
-                              "test_return": (res.test_values or {}).get("return"), "size_kb": res.size_kb,
-                              "seconds": time.perf_counter() - start}
+                              "test_return": (res.test_values or {}).get("return"), "size_kb": res.size_bits / 8192,
+                              "compression_ratio": res.compression_ratio, "seconds": time.perf_counter() - start}
                 _save(cache_path, cache)
                 log(f"{run.spec.name}: {criterion} keep {keep} seed {seed}: return {res['return']:.1f}")
     table: dict[str, Any] = {}
-    for entry in cache.values():
+    for entry in (e for e in cache.values() if e["seed"] in seeds):
         cell = table.setdefault(entry["criterion"], {}).setdefault(str(entry["keep"]), {"return": [], "test_return": []})
         cell["return"].append(entry["return"])
         cell["test_return"].append(entry["test_return"])
@@ -190,43 +200,55 @@ def criteria_at_keeps(run: Any, criteria: Sequence[str], keeps: Sequence[float],
     return table
 
 
-def bench_study(name: str, args: argparse.Namespace, results: dict[str, Any]) -> None:
-    """Every step for one study; ``results[name]`` grows after each step."""
+def bench_study(study: str, args: argparse.Namespace, results: dict[str, Any]) -> None:
+    """Every step for one study, a seed at a time: ``results[name]`` is rewritten (and the JSON
+    written, ``"partial": true``) after each seed, from every seed finished so far."""
     from compsearch.studies.report import build_report
 
+    name = spec_path(study).stem
     out = Path(args.out) / name
-    spec = study_spec(name, args.strategies, args.trials, range(args.seeds))
+    seeds = list(range(args.seeds))
     entry = results.setdefault(name, {})
-    entry.update({"run_folder": str(out), "trials": args.trials, "seeds": list(range(args.seeds)), "status": "running"})
-    run = run_methods(spec, out)
-    entry["agent"] = {k: v for k, v in run.base_info.items() if k != "path"}
-    entry["reference_point"] = dict(run.reference_point)
-    summary = build_report(out)
-    entry["fronts"] = fronts(summary)
-    entry["baseline"] = summary["baseline"]
-    _write(results, partial=True)
-    entry["smallest_at_1pct_loss"] = smallest_at_tolerance(run, [*args.strategies, "gates"], out)
-    _write(results, partial=True)
-    entry["criteria"] = criteria_at_keeps(run, args.criteria, args.keeps, out)
+    entry.update({"run_folder": str(out), "trials": args.trials, "seeds": seeds, "status": "running"})
+    timings = entry.setdefault("seconds", {})
+    for i, seed in enumerate(seeds):
+        start = time.perf_counter()
+        run = run_methods(study_spec(study, args.strategies, args.trials, [seed]), out)
+        done = seeds[: i + 1]
+        entry["seeds_done"] = done
+        entry["agent"] = {k: v for k, v in run.base_info.items() if k != "path"}
+        entry["reference_point"] = dict(run.reference_point)
+        summary = build_report(out)
+        entry["fronts"] = fronts(summary)
+        entry["baseline"] = summary["baseline"]
+        _write(results, Path(args.results), partial=True)
+        entry["smallest_at_1pct_loss"] = smallest_at_tolerance(run, [*args.strategies, "gates"], done, out)
+        _write(results, Path(args.results), partial=True)
+        entry["criteria"] = criteria_at_keeps(run, args.criteria, args.keeps, done, out)
+        timings.setdefault(f"s{seed}", time.perf_counter() - start)
+        _write(results, Path(args.results), partial=True)
+        log(f"{name}: seed {seed} done")
     entry["status"] = "complete"
 
 
-def _write(results: dict[str, Any], *, partial: bool) -> None:
+def _write(results: dict[str, Any], path: Path, *, partial: bool) -> None:
     payload = {"partial": partial, "command": " ".join(sys.argv), "machine": {"platform": platform.platform(),
                "cpus": os.cpu_count(), "load_1min": os.getloadavg()[0]}, "tolerance": TOLERANCE, "studies": results}
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    _save(RESULTS, payload)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _save(path, payload)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--studies", default="cartpole_dqn,lunarlander_ppo")
+    parser.add_argument("--studies", default="cartpole_dqn,lunarlander_ppo",
+                        help="comma-separated bundled study names or spec files (*.toml)")
     parser.add_argument("--strategies", default=",".join(STRATEGIES))
     parser.add_argument("--criteria", default=",".join(CRITERIA))
     parser.add_argument("--keeps", default=",".join(map(str, KEEPS)))
     parser.add_argument("--trials", type=int, default=30)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--out", default=str(ROOT / "runs" / "bench_agents"))
+    parser.add_argument("--results", default=str(RESULTS), help="the JSON file written after every step")
     args = parser.parse_args(argv)
     args.strategies = [s for s in args.strategies.split(",") if s]
     args.criteria = [c for c in args.criteria.split(",") if c]
@@ -235,14 +257,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     torch.set_num_threads(1)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    results: dict[str, Any] = _cache(RESULTS).get("studies", {})
-    for name in [s for s in args.studies.split(",") if s]:
-        log(f"{name}: start")
-        bench_study(name, args, results)
-        _write(results, partial=True)
-    done = all(results.get(n, {}).get("status") == "complete" for n in args.studies.split(","))
-    _write(results, partial=not done)
-    print(json.dumps(_cache(RESULTS), indent=2))
+    results: dict[str, Any] = _cache(Path(args.results)).get("studies", {})
+    studies = [s for s in args.studies.split(",") if s]
+    for study in studies:
+        log(f"{study}: start")
+        bench_study(study, args, results)
+        _write(results, Path(args.results), partial=True)
+    done = all(results.get(spec_path(s).stem, {}).get("status") == "complete" for s in studies)
+    _write(results, Path(args.results), partial=not done)
+    print(json.dumps(_cache(Path(args.results)), indent=2))
     return 0
 
 
