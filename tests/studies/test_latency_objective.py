@@ -81,3 +81,26 @@ def test_the_spec_turns_latency_on_only_when_asked(make_spec) -> None:
     assert ev.latency.config.batch_sizes == (8,)
     with pytest.raises(SpecError, match=r"latency.runtime.*unknown runtime 'tensorrt'"):
         load_spec(make_spec(latency={"runtime": "tensorrt"}))
+
+
+@pytest.mark.slow
+def test_a_run_with_a_latency_objective_and_constraint_then_export(make_spec, tmp_path) -> None:
+    import json
+
+    from compsearch.studies.export import export_run
+    from compsearch.studies.runner import run_study
+
+    spec = make_spec(strategies=["random"], trials=3, objectives=["accuracy", "latency_ms"],
+                     reference_point={"latency_ms": 50.0}, constraints={"max_latency_ms": 50.0},
+                     latency={"runtime": "onnxruntime", "batch": 4, "warmup": 1, "repeats": 5})
+    run = run_study(spec, tmp_path / "run", quiet=True)
+    cache = json.loads((tmp_path / "run" / "latency.json").read_text())
+    medians = {entry["onnxruntime/b4"]["latency_ms"] for entry in cache.values()}
+    trials = optuna.load_study(study_name="random-s0", storage=run.storage).get_trials()
+    done = [t for t in trials if t.state.name == "COMPLETE"]
+    assert done and all(read_metrics(t)["latency_ms"] in medians for t in done)
+    assert all(t.values[1] == read_metrics(t)["latency_ms"] for t in done)
+    assert len(cache) <= len(done) + 1  # the baseline's structure and at most one per trial; repeats measured once
+    [m] = export_run(tmp_path / "run", trial=f"random-s0:{done[0].number}", exporter="torchscript")
+    assert m["verified"] and m["latency_key"] == "onnxruntime/b4" and set(m["latency"]) == {
+        "onnxruntime/b1", "onnxruntime/b4", "torch/b1", "torch/b4"}
