@@ -16,6 +16,8 @@ try:
 except ModuleNotFoundError as _e:  # an optional dependency of that strategy family is missing
     if _e.name is None or not _e.name.startswith("compsearch.search.hirl"):
         raise
+import compsearch.search.n2n  # noqa: F401  (registers n2n)
+
 try:
     import compsearch.search.bayes  # noqa: F401
 except ModuleNotFoundError as _e:

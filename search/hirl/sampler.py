@@ -38,6 +38,7 @@ from compsearch.search.rl.hierarchy import Hierarchy, build_hierarchy
 from compsearch.search.rl.layout import BlockLayout, LayoutError, block_layout
 from compsearch.search.rl.objective import StrategyObjective
 from compsearch.search.rl.options import route_options
+from compsearch.search.rl.persist import check_hierarchy_state, load_warm_start
 from compsearch.search.rl.ppo import PPOConfig, SharedLowLevel
 from compsearch.search.rl.proposals import AgentProposals, GreedyProposal
 from compsearch.search.rl.state import (
@@ -102,6 +103,10 @@ class HiRLSampler(SLSSampler):
         objectives: ``(metric, direction)`` in the study's value order.
         constraints: ``max_<metric>`` / ``min_<metric>`` bounds, e.g. ``{"max_size_kb": 4.0}``.
         context: a full :class:`SearchContext` (overrides the arguments above it).
+        warm_start: a finished run's folder (its ``strategy_state/<name>-s<seed>.pt``) or a state
+            file: the hierarchy starts from that learned state, possibly of another model
+            (:mod:`~compsearch.search.rl.persist` says what carries over).
+        name: the registered name (finds the state file in a run folder).
     """
 
     def __init__(
@@ -109,6 +114,7 @@ class HiRLSampler(SLSSampler):
         config: HiRLConfig | None = None, allocation: Any = None, low_level: Any = None, rewards: Any = None, prior: Any = None,
         sources: Sequence[Any] | None = None, curriculum: Any = None, objectives: Sequence[tuple[str, str]] = DEFAULT_OBJECTIVES,
         constraints: Mapping[str, float] | None = None, context: SearchContext | None = None,
+        warm_start: str | None = None, name: str = "hirl",
     ) -> None:
         d = default_parts()
         config = config or HiRLConfig()
@@ -125,6 +131,8 @@ class HiRLSampler(SLSSampler):
         self.curriculum = curriculum or d["curriculum"]
         self._sensitivity = dict(sensitivity) if sensitivity is not None else None
         self.hierarchy: Hierarchy | None = None
+        self._warm = load_warm_start(warm_start, strategy=name, seed=self.ctx.seed, check=check_hierarchy_state)
+        self.warm_copied: dict[str, list[str]] = {}
         if self.allocation.hierarchical:
             self._layout()  # a space the hierarchy cannot map fails here, not at the first proposal
 
@@ -139,10 +147,11 @@ class HiRLSampler(SLSSampler):
         from compsearch.search.hirl.variants import variant_parts
 
         base = {**default_parts(), **variant_parts(name)}
+        warm_start = options.pop("warm_start", None)
         config, parts = route_options(name, HiRLConfig(), base, {k: v for k, v in options.items() if k != "config"}, HIRL_ALIASES)
         if "config" in options:
             config = options["config"]
-        return cls(ctx.space, context=ctx, sensitivity=sensitivity, config=config, **parts)
+        return cls(ctx.space, context=ctx, sensitivity=sensitivity, config=config, warm_start=warm_start, name=name, **parts)
 
     # ---- set-up ------------------------------------------------------------------------------
     def _layout(self) -> BlockLayout:
@@ -164,6 +173,8 @@ class HiRLSampler(SLSSampler):
             obj, ev, allocation=self.allocation, low_level=self.low_level, prior=self.prior, sensitivity=sens,
             ppo=cfg.ppo, weights=cfg.weights, seed=self.seed,
         )
+        if self._warm is not None:
+            self.warm_copied = self.hierarchy.load_state_dict(self._warm)
 
     def _hierarchy(self) -> Hierarchy | None:
         return self.hierarchy
@@ -181,9 +192,10 @@ class HiRLSampler(SLSSampler):
         )
 
     # ---- learned state ---------------------------------------------------------------------------
-    def learned_state(self) -> dict[str, Any]:
+    def learned_state(self, study: Any = None) -> dict[str, Any]:
         """The hierarchy's learned state (format: :mod:`~compsearch.search.rl.persist`); empty
-        before the first model-based proposal."""
+        before the first model-based proposal. ``study`` is accepted for the common protocol
+        and not used (the agents train on their own schedule)."""
         return self.hierarchy.state_dict() if self.hierarchy is not None else {}
 
     def load_learned_state(self, state: dict[str, Any]) -> dict[str, list[str]]:

@@ -24,6 +24,7 @@ differs (other head choices, other feature columns) is left as it is too.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from compsearch.errors import ConfigError
@@ -49,16 +50,29 @@ def hierarchy_state(h: Hierarchy) -> dict[str, Any]:
     }
 
 
+def check_state(state: Any, *, fmt: str, reader: str, columns: dict[str, Any]) -> None:
+    """Raise :class:`ConfigError` unless ``state`` has format ``fmt`` and, for every key of
+    ``columns``, the same feature columns (``reader`` names the strategy in the message)."""
+    got = state.get("format") if isinstance(state, dict) else type(state).__name__
+    if got != fmt:
+        raise ConfigError(f"saved state has format={got!r}; {reader} reads {fmt!r} (a state saved by another strategy?)")
+    for key, want in columns.items():
+        if list(state.get(key, ())) != list(want):
+            raise ConfigError(f"saved {reader} state was learned on other {key} columns; it cannot warm-start this version")
+
+
+def check_hierarchy_state(state: Any) -> None:
+    """Raise :class:`ConfigError` unless ``state`` is a hierarchy state this version reads."""
+    check_state(state, fmt=FORMAT, reader="hirl", columns={"kernel_features": KERNEL_FEATURES, "block_features": BLOCK_FEATURES})
+
+
 def load_hierarchy_state(h: Hierarchy, state: dict[str, Any]) -> dict[str, list[str]]:
     """Load ``state`` into ``h`` (module docstring); returns the parameter names copied per part.
 
     Raises:
         ConfigError: ``state`` is not of this format, or was learned on other feature columns.
     """
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise ConfigError(f"saved hierarchy state has format={state.get('format') if isinstance(state, dict) else type(state).__name__!r}; expected {FORMAT!r}")
-    if state["kernel_features"] != list(KERNEL_FEATURES) or state["block_features"] != list(BLOCK_FEATURES):
-        raise ConfigError("saved hierarchy state was learned on other feature columns; it cannot warm-start this version")
+    check_hierarchy_state(state)
     same = list(state["blocks"]) == list(h.layout.blocks)
     heads_match = [list(x) for x in state["heads"]] == [[f, int(n)] for f, n in h.layout.heads]
     low = state["low"]["params"] if state["low"]["kind"] == type(h.low.policy).__name__ else {}
@@ -71,3 +85,106 @@ def load_hierarchy_state(h: Hierarchy, state: dict[str, Any]) -> dict[str, list[
         for agent, saved in zip(agents, high.get("agents", []), strict=False):
             out["high"] += load_transferable(agent.policy, saved, same_model=same)
     return out
+
+
+# ---- files: the run folder's saved states and warm starts ------------------------------------
+STATE_DIR = "strategy_state"
+"""Folder of a run folder holding each study's learned state, ``<study>.pt``."""
+
+
+def save_state(state: dict[str, Any], path: str | Path) -> Path:
+    """``torch.save`` a learned state (tensors, lists, strings and numbers only) to ``path``
+    (parents created); written to a temporary file and renamed, so a reader never sees half a file."""
+    import os
+
+    import torch
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+    return path
+
+
+def read_state(path: str | Path, *, key: str = "warm_start") -> dict[str, Any]:
+    """A learned state saved by :func:`save_state`, read with ``torch.load(weights_only=True)``
+    (nothing is unpickled but tensors and plain containers).
+
+    Raises:
+        ConfigError: the file is missing or is not a saved state (the message names ``key``).
+    """
+    import pickle
+
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{key}={str(path)!r}: no such file")
+    try:
+        state = torch.load(path, weights_only=True, map_location="cpu")
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as e:
+        raise ConfigError(f"{key}={str(path)!r} is not a saved strategy state ({type(e).__name__}: {str(e)[:160]})") from None
+    if not isinstance(state, dict) or "format" not in state:
+        raise ConfigError(f"{key}={str(path)!r} is not a saved strategy state (no 'format' entry)")
+    return state
+
+
+def state_file(source: str | Path, *, strategy: str, seed: int | None, key: str) -> Path:
+    """The state file a warm start reads: ``source`` itself when it is a file; in a run folder
+    (or its ``strategy_state`` folder), ``<strategy>-s<seed>.pt``, else the lowest seed's
+    ``<strategy>-s<n>.pt``.
+
+    Raises:
+        ConfigError: nothing to read (the message names ``key``, the folder and what it holds).
+    """
+    path = Path(source).expanduser()
+    if path.is_file():
+        return path
+    if not path.is_dir():
+        raise ConfigError(f"{key}={str(source)!r}: no such run folder or state file; give a finished run's folder "
+                          f"(it holds {STATE_DIR}/<study>.pt) or one of those files")
+    folder = path / STATE_DIR if (path / STATE_DIR).is_dir() else path
+    if seed is not None and (folder / f"{strategy}-s{seed}.pt").is_file():
+        return folder / f"{strategy}-s{seed}.pt"
+    found = sorted(folder.glob(f"{strategy}-s*.pt"), key=lambda p: (len(p.stem), p.stem))
+    if not found:
+        have = sorted(p.name for p in folder.glob("*.pt"))
+        raise ConfigError(f"{key}={str(source)!r}: {folder} holds no saved state of strategy {strategy!r} "
+                          f"(files: {have[:6]}); run {strategy!r} there first or name a state file")
+    return found[0]
+
+
+def save_study_state(study: Any, folder: str | Path) -> Path | None:
+    """Save the learned state of ``study``'s sampler, ``sampler.learned_state(study)`` (after
+    learning from every finished trial where the strategy learns per trial), to
+    ``<folder>/strategy_state/<study name>.pt``; None when the sampler has no learned state
+    (not a learning strategy, or nothing learned yet)."""
+    get = getattr(study.sampler, "learned_state", None)
+    if get is None:
+        return None
+    state = get(study)
+    if not state:
+        return None
+    return save_state(state, Path(folder) / STATE_DIR / f"{study.study_name}.pt")
+
+
+def load_warm_start(source: Any, *, strategy: str, seed: int | None, check: Any) -> dict[str, Any] | None:
+    """The saved state that ``strategy_options.<strategy>.warm_start = source`` names (a run
+    folder or a state file; None when not given), checked by ``check(state)``.
+
+    Raises:
+        ConfigError: not a path, nothing to read, not a saved state, or one ``check`` refuses;
+            the message names the key ``strategy_options.<strategy>.warm_start``.
+    """
+    if source is None:
+        return None
+    key = f"strategy_options.{strategy}.warm_start"
+    if not isinstance(source, (str, Path)) or not str(source):
+        raise ConfigError(f"{key}={source!r} must be a run folder or a state file path, e.g. 'runs/small'")
+    state = read_state(state_file(source, strategy=strategy, seed=seed, key=key), key=key)
+    try:
+        check(state)
+    except ConfigError as e:
+        raise ConfigError(f"{key}={str(source)!r}: {e}") from None
+    return state

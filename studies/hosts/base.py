@@ -82,6 +82,14 @@ def open_study(run: Run, strategy: str, seed: int, *, sampler_seed: int | None =
     return study
 
 
+def save_learned_state(run: Run, study: optuna.Study) -> None:
+    """Save the learned state of a learning strategy's sampler (``hirl``, ``n2n``) to
+    ``<run>/strategy_state/<study>.pt``, the file a ``warm_start`` on another model reads."""
+    from compsearch.search.rl.persist import save_study_state
+
+    save_study_state(study, run.out_dir)
+
+
 def _set_study_attrs(study: optuna.Study, run: Run, strategy: str, seed: int) -> None:
     record.setup_study(study, run.objectives, run.constraints,
                        attrs={"strategy": strategy, "seed": seed, "budget": run.spec.trials})

@@ -17,6 +17,7 @@ from compsearch.studies.hosts.base import (
     mark_interrupted,
     open_study,
     run_trial,
+    save_learned_state,
 )
 from compsearch.studies.results import quiet_optuna
 from compsearch.studies.runfile import record_counts
@@ -55,6 +56,7 @@ def run_job(run: Run, strategy: str, seed: int, *, on_trial: OnTrial | None = No
             record_counts(run.out_dir, run.storage, [study.study_name])
             if on_trial is not None:
                 on_trial(study, trial)
+        save_learned_state(run, study)
     return study
 
 

@@ -15,7 +15,13 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from compsearch.errors import ConfigError
-from compsearch.studies.hosts.base import Job, check_workers, open_study, prepare_jobs
+from compsearch.studies.hosts.base import (
+    Job,
+    check_workers,
+    open_study,
+    prepare_jobs,
+    save_learned_state,
+)
 from compsearch.studies.hosts.slots import pop_budget_trial
 from compsearch.studies.results import quiet_optuna, study_name
 from compsearch.studies.runfile import record_counts
@@ -112,6 +118,7 @@ class RayHost:
                     tuner.fit()
                 finally:
                     record_counts(run.out_dir, run.storage, [study_name(strategy, seed)])
+                save_learned_state(run, study)
 
 
 __all__ = ["RayHost", "init_ray", "join_failure"]

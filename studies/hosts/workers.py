@@ -27,6 +27,7 @@ from compsearch.studies.hosts.base import (
     open_study,
     prepare_jobs,
     run_trial,
+    save_learned_state,
     worker_seed,
 )
 from compsearch.studies.hosts.lock import this_process
@@ -50,6 +51,8 @@ def run_job_worker(run: Run, strategy: str, seed: int, *, worker: int = 0, on_tr
         try:
             trial = run_trial(budgeted, objective)  # type: ignore[arg-type]
         except BudgetSpent:
+            if worker == 0:  # worker 0 samples with the study seed, as a single process would
+                save_learned_state(run, study)
             return done
         done += 1
         if on_trial is not None:
