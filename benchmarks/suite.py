@@ -1,0 +1,304 @@
+"""The benchmark suite: every strategy on several problems at equal budgets, with statistics.
+
+Problems are the specs in ``studies/suite/*.toml`` (digits CNN, a narrow timm resnet18 on 16 px
+digits, a 4-block timm ViT on 16 px digits, a DQN agent's Q-network on CartPole). Each runs
+through the studies runner (:func:`compsearch.studies.runner.run_study`) into
+``<out>/<problem>/``, one call per ``(seed, strategy)`` in seed-major order, so an unfinished
+run holds every strategy's first seeds, and rerunning the same command continues where it
+stopped (finished studies are skipped by the runner). Progress and wall time go to stderr.
+
+Per problem, from whatever the run folder holds (budget rule of
+:mod:`compsearch.studies.results`; a seed counts at a checkpoint once it has that many counted
+trials, so a partial run reports what finished and says which seeds are complete):
+
+* normalised hypervolume (:mod:`compsearch.studies.hypervolume`, the reference point fixed in
+  the spec before the run) after 25/50/100 % of the budget: mean and 95 % percentile-bootstrap
+  CI over seeds (:func:`compsearch.studies.significance.bootstrap_ci`);
+* hypervolume relative to the **best-known front**: the non-dominated union of every
+  strategy's feasible points over all seeds of the problem (the empirical limit);
+* ``hirl`` against the best non-RL strategy (highest mean final hypervolume among strategies
+  that are neither ``hirl*`` nor ``amc``/``haq``): paired over the seeds both completed, the
+  mean difference, its bootstrap CI and the Wilcoxon signed-rank test; and after how many
+  evaluations ``hirl``'s mean curve reaches the best non-RL mean final hypervolume;
+* an aggregate rank table: strategies ranked per problem by mean final hypervolume (complete
+  seeds only), mean rank over problems.
+
+JSON goes to ``benchmarks/results/suite.json`` (``suite_quick.json`` with ``--quick``) and stdout.
+
+Usage::
+
+    .venv/bin/python benchmarks/suite.py --quick                 # 2 problems, 2 seeds, 20 evals
+    nice -n 10 .venv/bin/python benchmarks/suite.py              # everything (hours to days on 2 cores)
+    .venv/bin/python benchmarks/suite.py --problems digits_cnn --seeds 5 --trials 50
+    .venv/bin/python benchmarks/suite.py --analyse-only          # statistics of what the folders hold
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+SUITE_DIR = ROOT / "studies" / "suite"
+PROBLEMS = ("digits_cnn", "digits_resnet", "digits_vit", "cartpole")
+# hirl and the non-RL strategies first: an unfinished seed then holds the main comparison.
+STRATEGIES = ("hirl", "sls", "tpe", "nsga2", "bo", "gp", "random",
+              "hirl-mutations", "hirl-flat", "hirl-real", "hirl-nofisher", "hirl-curriculum", "haq", "amc")
+QUICK_PROBLEMS = ("digits_cnn", "cartpole")
+QUICK_STRATEGIES = ("hirl", "sls", "tpe", "random")
+QUICK_SEEDS, QUICK_TRIALS = 2, 20
+FRACTIONS = (0.25, 0.5, 1.0)
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def is_rl(strategy: str) -> bool:
+    """``hirl`` and its ablations, ``amc`` and ``haq`` (the reinforcement-learning strategies)."""
+    return strategy.startswith("hirl") or strategy in ("amc", "haq")
+
+
+def _log(message: str) -> None:
+    print(f"[suite {datetime.now(timezone.utc).strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+# ---- running -------------------------------------------------------------------------------
+
+
+def run_problem(problem: str, out_dir: Path, *, strategies: Sequence[str], seeds: Sequence[int], trials: int,
+                workers: int = 1) -> float:
+    """Run (or continue) ``problem`` for every ``(seed, strategy)``, seed-major; returns wall seconds."""
+    import torch
+
+    from compsearch.studies.results import quiet_optuna
+    from compsearch.studies.runner import run_study
+
+    torch.set_num_threads(1)
+    start = time.perf_counter()
+    jobs = [(seed, s) for seed in seeds for s in strategies]
+    for i, (seed, strategy) in enumerate(jobs, 1):
+        t0, cpu0 = time.perf_counter(), time.process_time()
+        with quiet_optuna():
+            run_study(SUITE_DIR / f"{problem}.toml", out_dir, strategies=[strategy], seeds=[seed], trials=trials,
+                      quiet=True, workers=workers, test=False)
+        _log(f"{problem}: {i}/{len(jobs)} {strategy} seed {seed} done in {time.perf_counter() - t0:.1f} s wall, "
+             f"{time.process_time() - cpu0:.1f} s CPU (problem wall {time.perf_counter() - start:.0f} s, "
+             f"load {os.getloadavg()[0]:.1f})")
+    return time.perf_counter() - start
+
+
+# ---- statistics ------------------------------------------------------------------------------
+
+
+def _interval(per_seed: Mapping[int, float]) -> dict[str, Any]:
+    from compsearch.studies.significance import bootstrap_ci
+
+    vals = [per_seed[s] for s in sorted(per_seed)]
+    if not vals:
+        return {"n": 0, "mean": None, "ci": None, "per_seed": {}}
+    return {"n": len(vals), "mean": float(np.mean(vals)), "ci": list(bootstrap_ci(vals)),
+            "per_seed": {str(s): per_seed[s] for s in sorted(per_seed)}}
+
+
+def completion(counted: Mapping[int, int], budget: int) -> dict[str, Any]:
+    """Which seeds are complete (``counted >= budget``), partial (``seed -> counted``) or missing."""
+    return {"complete_seeds": sorted(s for s, c in counted.items() if c >= budget),
+            "partial": {str(s): c for s, c in sorted(counted.items()) if 0 < c < budget},
+            "missing_seeds": sorted(s for s, c in counted.items() if c == 0)}
+
+
+def checkpoint_values(curves: Mapping[int, Sequence[float]], k: int) -> dict[int, float]:
+    """``seed -> hypervolume after k evaluations`` for the seeds whose curve has ``k`` points."""
+    return {s: float(c[k - 1]) for s, c in curves.items() if len(c) >= k}
+
+
+def strategy_stats(curves: Mapping[int, Sequence[float]], budget: int, front_hv: float) -> dict[str, Any]:
+    """Hypervolume at 25/50/100 % of ``budget`` and relative to the best-known front (final)."""
+    from compsearch.studies.summary import budget_index
+
+    hv = {f"{int(f * 100)}%": _interval(checkpoint_values(curves, budget_index(f, budget))) for f in FRACTIONS}
+    final = checkpoint_values(curves, budget)
+    relative = {s: v / front_hv for s, v in final.items()} if front_hv > 0 else {}
+    return {"hv": hv, "relative_hv": _interval(relative)}
+
+
+def mean_curve(curves: Mapping[int, Sequence[float]], budget: int) -> list[float] | None:
+    """Mean over the complete seeds of the first ``budget`` hypervolumes; None without one."""
+    full = [list(c[:budget]) for c in curves.values() if len(c) >= budget]
+    return [float(v) for v in np.mean(full, axis=0)] if full else None
+
+
+def hirl_vs_best(curves: Mapping[str, Mapping[int, Sequence[float]]], budget: int, hirl: str = "hirl") -> dict[str, Any]:
+    """``hirl`` against the non-RL strategy with the highest mean final hypervolume (complete seeds)."""
+    from compsearch.studies.significance import paired_comparison
+    from compsearch.studies.summary import first_reaching
+
+    finals = {s: checkpoint_values(c, budget) for s, c in curves.items()}
+    means = {s: float(np.mean(list(v.values()))) for s, v in finals.items() if v and not is_rl(s)}
+    if hirl not in curves or not finals.get(hirl) or not means:
+        return {"best_non_rl": None, "reason": f"needs at least one complete seed of {hirl!r} and of a non-RL strategy"}
+    best = max(means, key=lambda s: means[s])
+    hirl_curve = mean_curve(curves[hirl], budget)
+    reach = first_reaching(hirl_curve, means[best]) if hirl_curve else None
+    return {"best_non_rl": best, "best_non_rl_final_mean": means[best], "hirl_final_mean": float(np.mean(list(finals[hirl].values()))),
+            "hirl_evals_to_reach_best_non_rl": reach, "hirl_reaches_within_half_budget": reach is not None and reach <= budget / 2,
+            "paired_final_hv": paired_comparison(finals[hirl], finals[best])}
+
+
+def analyse_problem(summary: Mapping[str, Any], *, strategies: Sequence[str] | None = None,
+                    seeds: Sequence[int] | None = None) -> dict[str, Any]:
+    """Every statistic of one problem from :func:`compsearch.studies.summary.summarize`'s output.
+
+    Args:
+        summary: the run folder's summary (``budget``, ``objectives``, ``reference_point``,
+            ``scales``, per strategy ``curves`` / ``counted`` / ``points``).
+        strategies, seeds: restrict the report (default: all the run holds). The best-known
+            front always pools every strategy and seed the run holds.
+    """
+    from compsearch.studies.hypervolume import hypervolume
+    from compsearch.studies.significance import best_known_front
+
+    budget = int(summary["budget"])
+    directions = [d for _, d in summary["objectives"]]
+    reference = [summary["reference_point"][m] for m, _ in summary["objectives"]]
+    front = best_known_front([s["points"] for s in summary["strategies"].values()], directions)
+    front_hv = hypervolume(front, directions, reference, summary["scales"]) if len(front) else 0.0
+    names = [s for s in (strategies or summary["strategies"]) if s in summary["strategies"]]
+    keep = {int(s) for s in seeds} if seeds is not None else None
+    curves = {s: {int(seed): c for seed, c in summary["strategies"][s]["curves"].items() if keep is None or int(seed) in keep}
+              for s in names}
+    counted = {s: {int(seed): c for seed, c in summary["strategies"][s]["counted"].items() if keep is None or int(seed) in keep}
+               for s in names}
+    done = {s: completion(counted[s], budget) for s in names}
+    return {
+        "name": summary["name"], "budget": budget, "objectives": summary["objectives"],
+        "reference_point": summary["reference_point"], "scales": summary["scales"],
+        "complete": all(not d["partial"] and not d["missing_seeds"] for d in done.values()),
+        "completion": done,
+        "best_known_front": {"points": front.tolist(), "hypervolume": front_hv},
+        "strategies": {s: strategy_stats(curves[s], budget, front_hv) for s in names},
+        "mean_curves": {s: mean_curve(curves[s], budget) for s in names},
+        "hirl_vs_best_non_rl": hirl_vs_best(curves, budget),
+    }
+
+
+def aggregate(problems: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """Rank table over problems by mean final hypervolume (strategies with a complete seed)."""
+    from compsearch.studies.significance import rank_table
+
+    scores = {p: {s: st["hv"]["100%"]["mean"] for s, st in res["strategies"].items() if st["hv"]["100%"]["n"]}
+              for p, res in problems.items()}
+    return rank_table(scores)
+
+
+def analyse(out_root: Path, problems: Sequence[str], *, strategies: Sequence[str] | None,
+            seeds: Sequence[int] | None) -> dict[str, Any]:
+    """Statistics of every problem folder under ``out_root`` that exists (missing ones listed)."""
+    from compsearch.studies.results import quiet_optuna
+    from compsearch.studies.summary import summarize
+
+    out: dict[str, Any] = {}
+    for p in problems:
+        folder = out_root / p
+        if not (folder / "run.json").is_file():
+            continue
+        with quiet_optuna():
+            out[p] = analyse_problem(summarize(folder), strategies=strategies, seeds=seeds)
+        out[p]["run"] = _rel(folder)
+    return out
+
+
+def _rel(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(ROOT))
+    except ValueError:
+        return str(path)
+
+
+# ---- command line -----------------------------------------------------------------------------
+
+
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="2 problems, 4 strategies, 2 seeds, 20 evaluations")
+    p.add_argument("--problems", help=f"comma-separated, from {list(PROBLEMS)}")
+    p.add_argument("--strategies", help="comma-separated registered strategy names")
+    p.add_argument("--seeds", type=int, help="seeds 0..n-1 (default 5; 2 with --quick)")
+    p.add_argument("--trials", type=int, help="full evaluations per strategy and seed (default 50; 20 with --quick)")
+    p.add_argument("--workers", type=int, default=1, help="worker processes per study (the runner's --workers)")
+    p.add_argument("--out", type=Path, help="run folders root (default runs/suite, runs/suite_quick with --quick)")
+    p.add_argument("--json", type=Path, help="output file (default benchmarks/results/suite[_quick].json)")
+    p.add_argument("--analyse-only", action="store_true", help="no evaluation: statistics of what the folders hold")
+    return p.parse_args(argv)
+
+
+def _settings(args: argparse.Namespace) -> tuple[list[str], list[str], list[int], int]:
+    from compsearch.errors import ConfigError
+
+    problems = args.problems.split(",") if args.problems else list(QUICK_PROBLEMS if args.quick else PROBLEMS)
+    unknown = [p for p in problems if not (SUITE_DIR / f"{p}.toml").is_file()]
+    if unknown:
+        raise ConfigError(f"--problems: unknown problem(s) {unknown}; choose from {sorted(f.stem for f in SUITE_DIR.glob('*.toml'))}")
+    strategies = args.strategies.split(",") if args.strategies else list(QUICK_STRATEGIES if args.quick else STRATEGIES)
+    seeds = args.seeds if args.seeds is not None else (QUICK_SEEDS if args.quick else 5)
+    trials = args.trials if args.trials is not None else (QUICK_TRIALS if args.quick else 50)
+    for flag, value in (("--seeds", seeds), ("--trials", trials)):
+        if value < 1:
+            raise ConfigError(f"{flag}={value} must be at least 1")
+    return problems, strategies, list(range(seeds)), trials
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    args = _parse(argv)
+    problems, strategies, seeds, trials = _settings(args)
+    out_root = args.out or ROOT / "runs" / ("suite_quick" if args.quick else "suite")
+    json_path = args.json or RESULTS / ("suite_quick.json" if args.quick else "suite.json")
+    started, t0, load0 = datetime.now(timezone.utc).isoformat(timespec="seconds"), time.perf_counter(), os.getloadavg()[0]
+    walls: dict[str, float] = {}
+    cpu0 = time.process_time()
+
+    def write() -> dict[str, Any]:
+        out = report(argv, problems, strategies, seeds, trials, out_root)
+        out.update(started=started, wall_seconds=round(time.perf_counter() - t0, 1), wall_seconds_per_problem=walls,
+                   cpu_seconds=round(time.process_time() - cpu0, 1), load_avg_start=round(load0, 2))
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(out, indent=1) + "\n")
+        _log(f"wrote {_rel(json_path)} (wall {out['wall_seconds']} s)")
+        return out
+
+    if not args.analyse_only:
+        for p in problems:
+            _log(f"{p}: {len(strategies)} strategies x {len(seeds)} seeds x {trials} evaluations -> {_rel(out_root / p)}")
+            walls[p] = round(run_problem(p, out_root / p, strategies=strategies, seeds=seeds, trials=trials,
+                                         workers=args.workers), 1)
+            if p != problems[-1]:
+                write()  # the statistics so far, after every problem
+    out = write()
+    print(json.dumps({k: out[k] for k in ("partial", "wall_seconds", "ranks")}, indent=1))
+    return out
+
+
+def report(argv: Sequence[str] | None, problems: Sequence[str], strategies: Sequence[str],
+           seeds: Sequence[int], trials: int, out_root: Path) -> dict[str, Any]:
+    """The JSON document: settings, per-problem statistics, rank table."""
+    results = analyse(out_root, problems, strategies=strategies, seeds=seeds)
+    return {
+        "command": " ".join(["benchmarks/suite.py", *(sys.argv[1:] if argv is None else argv)]),
+        "cpus": os.cpu_count(), "load_avg_end": round(os.getloadavg()[0], 2),
+        "requested": {"problems": problems, "strategies": strategies, "seeds": seeds, "trials": trials},
+        "partial": any(not r["complete"] for r in results.values()) or len(results) < len(problems),
+        "problems_missing": [p for p in problems if p not in results],
+        "ci_method": "95% percentile bootstrap of the mean over seeds (10000 resamples, seed 0)",
+        "problems": results, "ranks": aggregate(results),
+    }
+
+
+if __name__ == "__main__":
+    main()

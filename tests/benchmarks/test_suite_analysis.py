@@ -1,0 +1,81 @@
+"""benchmarks/suite.py's per-problem analysis on a hand-made run summary (no training)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from compsearch.errors import CompsearchError
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _suite() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("suite_bench", ROOT / "benchmarks" / "suite.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# Objectives accuracy (max) and size_kb (min), reference (0.5, 100), scales (1, 100).
+# hirl's point (0.9, 50) has gains (0.4, 0.5): hypervolume 0.2; tpe's (0.7, 20) has gains
+# (0.2, 0.8): 0.16. Union front = both points: 0.4 x 0.5 + 0.2 x (0.8 - 0.5) = 0.26.
+SUMMARY = {
+    "name": "hand", "budget": 4, "objectives": [["accuracy", "maximize"], ["size_kb", "minimize"]],
+    "reference_point": {"accuracy": 0.5, "size_kb": 100.0}, "scales": [1.0, 100.0],
+    "strategies": {
+        "hirl": {"curves": {"0": [0.1, 0.1, 0.2, 0.2], "1": [0.0, 0.1, 0.1, 0.2]}, "counted": {"0": 4, "1": 4},
+                 "points": [[0.9, 50.0], [0.6, 90.0]]},
+        "tpe": {"curves": {"0": [0.16] * 4, "1": [0.1, 0.16]}, "counted": {"0": 4, "1": 2},
+                "points": [[0.7, 20.0]]},
+    },
+}
+
+
+def test_analyse_problem_by_hand() -> None:
+    out = _suite().analyse_problem(SUMMARY)
+    assert out["best_known_front"]["points"] == [[0.7, 20.0], [0.9, 50.0]]
+    assert out["best_known_front"]["hypervolume"] == pytest.approx(0.26)
+    # Checkpoints of a budget of 4: 25% -> 1 evaluation, 50% -> 2, 100% -> 4.
+    hirl, tpe = out["strategies"]["hirl"], out["strategies"]["tpe"]
+    assert hirl["hv"]["25%"]["mean"] == pytest.approx(0.05) and hirl["hv"]["25%"]["n"] == 2
+    assert hirl["hv"]["50%"]["ci"] == pytest.approx([0.1, 0.1])  # both seeds 0.1: zero width
+    assert hirl["hv"]["100%"]["mean"] == pytest.approx(0.2)
+    assert hirl["relative_hv"]["mean"] == pytest.approx(0.2 / 0.26)
+    # tpe's seed 1 stopped after 2 evaluations: in the 25% and 50% checkpoints, not in the final one.
+    assert tpe["hv"]["25%"]["mean"] == pytest.approx(0.13) and tpe["hv"]["50%"]["n"] == 2
+    assert tpe["hv"]["100%"]["n"] == 1 and tpe["hv"]["100%"]["per_seed"] == {"0": 0.16}
+    assert out["completion"]["tpe"] == {"complete_seeds": [0], "partial": {"1": 2}, "missing_seeds": []}
+    assert not out["complete"]
+    # hirl's mean curve over complete seeds: 0.05, 0.1, 0.15, 0.2 -> reaches tpe's 0.16 after 4.
+    versus = out["hirl_vs_best_non_rl"]
+    assert versus["best_non_rl"] == "tpe" and versus["hirl_evals_to_reach_best_non_rl"] == 4
+    assert not versus["hirl_reaches_within_half_budget"]
+    paired = versus["paired_final_hv"]  # common complete seed 0 only: 0.2 - 0.16
+    assert paired["seeds"] == [0] and paired["mean_difference"] == pytest.approx(0.04) and paired["wilcoxon"] is None
+    table = _suite().aggregate({"hand": out})
+    assert table["ranks"]["hand"] == {"hirl": 1.0, "tpe": 2.0}
+
+
+def test_analyse_problem_restricts_seeds_and_strategies() -> None:
+    out = _suite().analyse_problem(SUMMARY, strategies=["tpe"], seeds=[0])
+    assert list(out["strategies"]) == ["tpe"] and out["complete"]
+    # The front still pools every strategy the run holds.
+    assert out["best_known_front"]["hypervolume"] == pytest.approx(0.26)
+    assert out["hirl_vs_best_non_rl"]["best_non_rl"] is None
+
+
+def test_command_line_errors_and_empty_analysis(tmp_path: Path) -> None:
+    suite = _suite()
+    with pytest.raises(CompsearchError, match=r"--problems: unknown problem\(s\) \['nope'\]"):
+        suite.main(["--problems", "nope", "--analyse-only"])
+    with pytest.raises(CompsearchError, match="--trials=0 must be at least 1"):
+        suite.main(["--trials", "0", "--analyse-only"])
+    out = suite.main(["--analyse-only", "--out", str(tmp_path / "runs"), "--json", str(tmp_path / "s.json")])
+    assert out["partial"] and out["problems_missing"] == list(suite.PROBLEMS)
+    assert json.loads((tmp_path / "s.json").read_text())["problems"] == {}
