@@ -17,6 +17,11 @@ The pruned model equals the given compressed model (``reference="model"`` of
 :func:`~compsearch.evaluators.speedup.physically_prune`): channels that are not exactly 0
 there (e.g. a bias the evaluator's masks leave alive) stay in place, masked.
 :func:`load_bundle` rebuilds it on a freshly built model of the same architecture.
+
+Removed blocks (``removed=``, e.g. ``policy.removed`` or ``evaluator.removed_blocks()``) are
+replaced first (:func:`~compsearch.evaluators.removal.remove_blocks`: the identity or the
+block's shortcut), so their parameters are neither packed nor exported; the manifest lists
+them under ``removed_blocks`` and :func:`load_bundle` replaces them again.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from compsearch.evaluators.packing import (
     save_packed,
     unpack_model,
 )
+from compsearch.evaluators.removal import remove_blocks
 from compsearch.evaluators.speedup import PrunePlan, apply_plan, physically_prune
 from compsearch.evaluators.unit_quant import (
     UnitQuant,
@@ -45,6 +51,7 @@ from compsearch.evaluators.unit_quant import (
     pruned_rows,
     restrict,
 )
+from compsearch.spaces.policy import Policy
 
 MANIFEST = "manifest.json"
 WEIGHTS = "weights.pt"
@@ -53,7 +60,7 @@ ONNX = "model.onnx"
 
 def write_bundle(model: nn.Module, units: Mapping[str, UnitQuant], example_input: torch.Tensor, folder: str | Path, *,
                  onnx: bool = True, dynamo: bool = True, qdq_bits: int = 8, half: bool = True,
-                 meta: Mapping[str, str | int] | None = None) -> dict[str, Any]:
+                 meta: Mapping[str, str | int] | None = None, removed: Mapping[str, str | None] | None = None) -> dict[str, Any]:
     """Write the bundle of a compressed model (see the module docstring); returns the manifest.
 
     Args:
@@ -65,18 +72,25 @@ def write_bundle(model: nn.Module, units: Mapping[str, UnitQuant], example_input
         dynamo, qdq_bits: for :func:`~compsearch.evaluators.onnx_export.export_onnx`.
         half: 16..31-bit float units as float16 (:func:`~compsearch.evaluators.packing.pack_model`).
         meta: free strings/ints stored in the packed file (e.g. the policy JSON, the model name).
+        removed: removed blocks, block -> shortcut path or None (``policy.removed``); records
+            of units inside them are ignored.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    removed = dict(removed or {})
+    if removed:
+        gone = Policy({}, removed=removed)
+        model, units = remove_blocks(model, removed), {n: u for n, u in units.items() if not gone.removes(n)}
     result = physically_prune(effective_model(model, units), None, None, example_input, channels=pruned_rows(units),
                               reference="model")
     pruned_units = restrict(units, result.plan)
     packed = pack_model(result.model, pruned_units, half=half,
-                        meta={**dict(meta or {}), "prune_plan": json.dumps(result.plan.to_dict(), sort_keys=True)})
+                        meta={**dict(meta or {}), "prune_plan": json.dumps(result.plan.to_dict(), sort_keys=True),
+                              "removed_blocks": json.dumps(removed, sort_keys=True)})
     manifest: dict[str, Any] = {
         "format": "compsearch.bundle", "version": 1, "weights": WEIGHTS,
         "weights_bytes": save_packed(packed, folder / WEIGHTS), "payload_bytes": payload_bytes(packed),
-        "removed_units": list(result.plan.removed), "masked_units": dict(result.plan.masked),
+        "removed_units": list(result.plan.removed), "masked_units": dict(result.plan.masked), "removed_blocks": removed,
         "params_before": result.params_before, "params_after": result.params_after,
         "pruning_max_error": result.max_error, "onnx": None,
     }
@@ -106,7 +120,8 @@ def load_bundle(folder: str | Path, model: nn.Module) -> nn.Module:
         raise DataError(f"{path} does not exist; pass a folder written by write_bundle (compsearch export)")
     packed = load_packed(path)
     plan = PrunePlan.from_dict(json.loads(packed["meta"]["prune_plan"]))
-    pruned = apply_plan(model, plan)
+    removed = json.loads(packed["meta"].get("removed_blocks", "{}"))
+    pruned = apply_plan(remove_blocks(model, removed) if removed else model, plan)
     units = unpack_model(pruned, packed)
     attach_input_quant(pruned, units)
     return pruned.eval()

@@ -34,6 +34,15 @@ a unit the policy leaves out gets the identity policy, 32-bit weights and inputs
 * ``bops`` = sum over units of ``macs_u * (kept_u / n_u) * b_w * b_a`` (bit operations
   per sample; ``macs_u`` from the traced forward in :func:`~compsearch.spaces.discover_units`).
 * ``sparsity`` = ``1 - sum_u kept_u / sum_u n_u`` (over unit weights only).
+
+Removed blocks (:attr:`~compsearch.spaces.Policy.removed`, spaces that change depth) cost 0:
+a unit of a removed block (:meth:`~compsearch.spaces.Policy.removes`) adds no bits and no
+BOPs whatever its unit policy, and counts as ``kept_u = 0`` in ``sparsity``; the block's other
+parameters (biases, norms: :attr:`~compsearch.spaces.depth.RemovableBlock.params` minus its
+units' weights) leave the 32-bit term. A shortcut that replaces a block is not removed: its
+units and parameters cost as usual. Removing ``layer1.1`` of
+:class:`~compsearch.testing.ToyResNet` (one 4->4 3x3 conv, 144 weights, 4 biases) from the
+uncompressed model lowers ``size_bits`` by ``144 x 32 + 4 x 32 = 4736``.
 """
 
 from __future__ import annotations
@@ -42,8 +51,9 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from compsearch.errors import ConfigError
+from compsearch.errors import ConfigError, PolicyError
 from compsearch.evaluators.masks import keep_count
+from compsearch.spaces.depth import RemovableBlock
 from compsearch.spaces.policy import IDENTITY, Policy, UnitPolicy
 from compsearch.spaces.units import Unit
 
@@ -108,10 +118,13 @@ class CostModel:
     Args:
         units: the model's units.
         total_params: every parameter of the model (unit weights, biases, norms, ...).
+        blocks: the blocks a policy may remove (:func:`~compsearch.spaces.depth.removable_blocks`);
+            a policy removing any other block raises :class:`PolicyError`.
     """
 
-    def __init__(self, *, units: Sequence[Unit], total_params: int) -> None:
+    def __init__(self, *, units: Sequence[Unit], total_params: int, blocks: Sequence[RemovableBlock] = ()) -> None:
         self.units = {u.name: u for u in units}
+        self.blocks = {b.name: b for b in blocks}
         self.total_params = int(total_params)
         self.unit_params = sum(u.params for u in units)
         if self.total_params < self.unit_params:
@@ -143,12 +156,22 @@ class CostModel:
         else:
             Policy(policy).validate_for(self.units)
         bits, bops, removed = self._identity_bits, self._identity_bops, 0
+        blocks = self._removed_blocks(policy)
         for name, up in policy.items():
+            if blocks and isinstance(policy, Policy) and policy.removes(name):
+                continue
             base, cost = self._identity[name], self._unit(name, up)
             bits += cost.bits - base.bits
             bops += cost.bops - base.bops
             removed += base.kept - cost.kept
-        size_bits = float(bits + 32 * (self.total_params - self.unit_params))
+        other = self.total_params - self.unit_params
+        for block in blocks:
+            gone = [self._identity[n] for n in block.units if n in self._identity]
+            bits -= sum(c.bits for c in gone)
+            bops -= sum(c.bops for c in gone)
+            removed += sum(c.kept for c in gone)
+            other -= max(0, block.params - sum(self.units[n].params for n in block.units if n in self.units))
+        size_bits = float(bits + 32 * other)
         return {
             "size_bits": size_bits,
             "size_kb": size_bits / 8192.0,
@@ -156,3 +179,19 @@ class CostModel:
             "bops": float(bops),
             "sparsity": removed / self.unit_params,
         }
+
+    def _removed_blocks(self, policy: Mapping[str, UnitPolicy]) -> list[RemovableBlock]:
+        """The blocks ``policy`` removes whose replacement is in force (outermost ones)."""
+        if not isinstance(policy, Policy) or not policy.removed:
+            return []
+        out = []
+        for name, shortcut in policy.outer_removed().items():
+            block = self.blocks.get(name)
+            if block is None:
+                raise PolicyError(f"policy removes block {name!r}, which this cost model cannot remove; removable "
+                                  f"blocks: {list(self.blocks)[:12] or 'none (the model has none, or none were given)'}")
+            if shortcut != block.shortcut:
+                raise PolicyError(f"policy replaces removed block {name!r} by {shortcut!r}; the model replaces it by "
+                                  f"{block.shortcut!r}")
+            out.append(block)
+        return out

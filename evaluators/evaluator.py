@@ -15,7 +15,11 @@ then attaches the candidate's compression to the units:
   forward runs with the effective weight substituted; the weight is re-quantized in every
   forward, so the weights a forward uses always sit on the grid;
 * input-activation ranges are calibrated on the task's calibration batches (eval mode),
-  then frozen or tracked by EMA.
+  then frozen or tracked by EMA;
+* removed blocks (:attr:`~compsearch.spaces.Policy.removed`) are replaced by the identity or
+  their shortcut (:mod:`compsearch.evaluators.removal`); the units of a removed block are
+  not masked, quantized or fine-tuned (the forward never reaches them) and cost 0. Which
+  blocks may be removed is checked once, on first use (:meth:`CompressionEvaluator.removable_blocks`).
 
 The compression stays attached after :meth:`CompressionEvaluator.evaluate` (and
 :meth:`~CompressionEvaluator.proxy`), so ``evaluator.model`` is the last evaluated
@@ -73,6 +77,7 @@ from compsearch.evaluators.masks import (
     get_criterion,
 )
 from compsearch.evaluators.quant import ActQuantizer, WeightQuant
+from compsearch.evaluators.removal import BlockRemoval, check_removed
 from compsearch.evaluators.stats import (
     activation_stats,
     gradient_stats,
@@ -90,6 +95,7 @@ from compsearch.evaluators.types import (
     Reporter,
     UnitStats,
 )
+from compsearch.spaces.depth import BlockCheck, RemovableBlock, check_blocks
 from compsearch.spaces.policy import Policy, UnitPolicy
 from compsearch.spaces.units import FUNCTIONAL, MODULE, Unit, coverage, discover_units
 
@@ -174,6 +180,8 @@ class CompressionEvaluator:
         total = sum(p.numel() for p in self.model.parameters())
         self._cost = CostModel(units=self.units, total_params=total)
         self._attached: dict[str, UnitCompression] = {}
+        self._removals: list[BlockRemoval] = []
+        self._block_checks: dict[str, BlockCheck] | None = None
         self._policy: Policy | None = None
         self._masked: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = []
         self._channel_masks: dict[tuple[str, float], torch.Tensor | None] = {}
@@ -192,7 +200,8 @@ class CompressionEvaluator:
 
         Definitions in :mod:`compsearch.evaluators.cost`; no torch work (microseconds).
         """
-        return self._cost(self._check(policy))
+        policy = self._check(policy)  # first: it may give the cost model the removable blocks
+        return self._cost(policy)
 
     def proxy(self, policy: Policy | Mapping[str, UnitPolicy]) -> float:
         """Output MSE, ``mean((f_c(x) - f(x))**2)`` over the task's first ``proxy_samples``
@@ -255,6 +264,16 @@ class CompressionEvaluator:
         any ``evaluate``/``proxy``/``reconstruction_error``."""
         with torch.no_grad():
             return {name: c.describe() for name, c in self._attached.items()}
+
+    def removable_blocks(self) -> dict[str, RemovableBlock]:
+        """The blocks a policy may remove (:func:`~compsearch.spaces.depth.check_blocks` on the
+        uncompressed model and the task's example input), by name, in execution order. Cached."""
+        return {n: c.block for n, c in self._checks().items() if c.block is not None}
+
+    def removed_blocks(self) -> dict[str, str | None]:
+        """The blocks removed in the last evaluated / proxied candidate: block -> shortcut path
+        (None = identity); export replaces them (:func:`~compsearch.evaluators.removal.remove_blocks`)."""
+        return {r.name: r.shortcut_path for r in self._removals}
 
     def evaluate(
         self,
@@ -331,13 +350,27 @@ class CompressionEvaluator:
             if not isinstance(policy, Mapping):
                 raise PolicyError(f"policy must be a Policy or a mapping unit -> UnitPolicy, got {type(policy).__name__}")
             policy = Policy(policy)
-        return policy.validate_for(self._modules)
+        policy = policy.validate_for(self._modules)
+        if policy.removed:
+            check_removed(policy, self._checks())
+        return policy
+
+    def _checks(self) -> dict[str, BlockCheck]:
+        """Removability of every block (cached; the cost model learns the removable ones)."""
+        if self._block_checks is None:
+            self._reset()
+            self._block_checks = check_blocks(self.model, self.task.example_input(), self.units)
+            blocks = [c.block for c in self._block_checks.values() if c.block is not None]
+            self._cost = CostModel(units=self.units, total_params=self._cost.total_params, blocks=blocks)
+        return self._block_checks
 
     def _reset(self) -> None:
         """Detach all compression and restore base weights and buffers in place."""
         for c in self._attached.values():
             c.remove()
-        self._attached, self._masked, self._policy = {}, [], None
+        for r in self._removals:
+            r.remove()
+        self._attached, self._masked, self._policy, self._removals = {}, [], None, []
         with torch.no_grad():
             torch._foreach_copy_(self._live, self._base)
         for p in self.model.parameters():
@@ -345,9 +378,10 @@ class CompressionEvaluator:
 
     def _attach(self, policy: Policy, *, reset: bool = True) -> None:
         """Restore the base model (unless ``reset=False``: already restored), then attach
-        masks and quantizers of ``policy`` and calibrate (a policy it cannot apply raises first)."""
+        masks and quantizers of ``policy``, replace its removed blocks, and calibrate (a policy it
+        cannot apply raises first). Units of removed blocks are left untouched."""
         for name, up in policy.items():
-            if up.act_quantized:
+            if up.act_quantized and not policy.removes(name):
                 check_input_quantizable(self._owners[name], name)
         self._prepare_criteria(policy)
         if reset:
@@ -355,7 +389,7 @@ class CompressionEvaluator:
         act: list[ActQuantizer] = []
         cache = WeightCache()
         for name, up in policy.items():
-            if up.is_identity:
+            if up.is_identity or policy.removes(name):
                 continue
             weight = self._weights[name]
             mask = self._mask(name, up)
@@ -370,6 +404,8 @@ class CompressionEvaluator:
             self._attached[name] = compression.install()
             if aq is not None:
                 act.append(aq)
+        modules = dict(self.model.named_modules())
+        self._removals = [BlockRemoval(modules[b], name=b, shortcut=s).install() for b, s in policy.outer_removed().items()]
         self._policy = policy
         if act:
             self._calibrate(act)
@@ -377,7 +413,7 @@ class CompressionEvaluator:
     def _prepare_criteria(self, policy: Policy) -> None:
         """Compute what the criterion needs (gradient statistics, model-level scores) before
         any compression is attached."""
-        if not any(up.pruned for up in policy.values()):
+        if not any(up.pruned and not policy.removes(n) for n, up in policy.items()):
             return
         criterion = get_criterion(self.config.criterion)
         if criterion.needs_gradients:

@@ -22,6 +22,10 @@ input and a second random batch (``max |f_pruned - f_masked| <= atol * max(1, ma
 |f_masked|)``); a removal that breaks this (an op Torch-Pruning's graph does not model)
 is found by bisection and that unit is masked instead, so the result is always exact.
 
+**Removed blocks.** A policy's removed blocks (:attr:`~compsearch.spaces.Policy.removed`)
+are replaced first (:func:`~compsearch.evaluators.removal.remove_blocks`: the identity or the
+block's shortcut); the reference is then the model with those blocks replaced.
+
 **Side-effect free.** The caller's model is never modified: every step works on
 :func:`clone_model` copies, which also deep-copy models that cache non-leaf tensors
 (LeViT's attention-bias cache after a forward with gradients).
@@ -362,6 +366,13 @@ def physically_prune(model: nn.Module, policy: Policy | None, units: Sequence[Un
         ModelError: ``strict`` and a pruned unit stays masked (the message names the unit and the coupling).
     """
     start = time.perf_counter()
+    before = parameter_count(model)
+    if policy is not None and policy.removed:
+        from compsearch.evaluators.removal import remove_blocks
+
+        model = remove_blocks(model, policy.removed)
+        units = None if units is None else [u for u in units if not policy.removes(u.name)]
+        policy = Policy({n: up for n, up in policy.items() if not policy.removes(n)})
     plan = plan_pruning(model, policy, units, example_input, criterion=criterion, channels=channels, reference=reference)
     inputs = check_inputs(example_input)
     fixed = clone_model(model).eval() if reference == "model" else None
@@ -377,7 +388,7 @@ def physically_prune(model: nn.Module, policy: Policy | None, units: Sequence[Un
         plan = plan.mask(bad)
     if strict and plan.masked:
         raise ModelError(next(iter(plan.masked.values())) + "; pass strict=False to keep such units masked")
-    return PruneResult(model=pruned, plan=plan, max_error=err, params_before=parameter_count(model),
+    return PruneResult(model=pruned, plan=plan, max_error=err, params_before=before,
                        params_after=parameter_count(pruned), seconds=time.perf_counter() - start)
 
 

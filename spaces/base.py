@@ -13,7 +13,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
@@ -21,6 +21,9 @@ from compsearch.errors import ConfigError, PolicyError
 from compsearch.registry import Registry
 from compsearch.spaces.policy import Policy
 from compsearch.spaces.units import Unit
+
+if TYPE_CHECKING:
+    from compsearch.spaces.depth import RemovableBlock
 
 Choice = int | float | str
 
@@ -85,6 +88,12 @@ class Space(ABC):
     @abstractmethod
     def encode(self, policy: Policy) -> dict[str, Any]:
         """Params dict from a policy this space can express; ``decode(encode(p)) == p``."""
+
+    @property
+    def removable(self) -> tuple[RemovableBlock, ...]:
+        """The blocks this space may remove (``depth`` and compositions with it); empty for a
+        space that keeps the architecture. Cost oracles without an evaluator read it."""
+        return ()
 
     # ---- derived views -------------------------------------------------------------
     def param_names(self) -> list[str]:

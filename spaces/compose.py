@@ -36,6 +36,7 @@ from typing import Any
 
 from compsearch.errors import ConfigError, PolicyError
 from compsearch.spaces.base import SPACES, Dimension, Space
+from compsearch.spaces.depth import RemovableBlock
 from compsearch.spaces.policy import IDENTITY, Policy, UnitPolicy
 from compsearch.spaces.units import Unit
 
@@ -107,6 +108,10 @@ class ComposedSpace(Space):
     @property
     def label(self) -> str:
         return "+".join(self.part_names)
+
+    @property
+    def removable(self) -> tuple[RemovableBlock, ...]:
+        return tuple(b for p in self.parts for b in p.removable)
 
     def _build(self, names: list[str], options: dict[str, Any], model: Any, example_input: Any) -> list[Space]:
         routed = {}

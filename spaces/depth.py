@@ -13,7 +13,8 @@ mode, hooks only, nothing changed) decides, for every call of the candidate:
   a tensor of the block's output shape, and that output reaches no other child holding a
   unit inside the block (it only joins the result through additions and activations, as a
   ResNet's ``downsample`` does; a ``conv1`` of the same output shape feeds ``bn1``/``conv2``
-  and is therefore not a shortcut). The block is then replaced by ``s(input)``.
+  and is therefore not a shortcut). The block is then replaced by ``s(input)``; when several
+  children qualify (``relu(conv(x)) + proj(x)``), the one with the fewest parameters.
 
 Anything else is not offered (:func:`check_blocks` says why), and asking for it
 (``blocks=[...]``) raises :class:`~compsearch.errors.PolicyError` naming the block and the reason.
@@ -148,20 +149,22 @@ def _reaches(target: Any, start: torch.Tensor | None, stop: Any) -> bool:
     return False
 
 
-def _shortcut(call: dict[str, Any], holders: set[str]) -> str | None:
-    """The child of one block call that is its shortcut (module docstring), or None."""
+def _shortcut(call: dict[str, Any], holders: set[str], sizes: Mapping[str, int]) -> str | None:
+    """The child of one block call that is its shortcut (module docstring), or None; of
+    several that qualify, the one with the fewest parameters (the cheap path), then the first."""
     x, y = call["input"], call["output"]
     stop = x.grad_fn
+    found = []
     for path, inp, out in call["children"]:
         if inp is not x or not isinstance(out, torch.Tensor) or out.shape != y.shape or out.grad_fn is None:
             continue
         others = [c for c in call["children"] if c[0] != path and c[0] in holders]
         if out is y or not any(c[1] is out or _reaches(out.grad_fn, c[1], stop) for c in others):
-            return path
-    return None
+            found.append(path)
+    return min(found, key=lambda p: sizes.get(p, 0)) if found else None
 
 
-def _replacement(calls: list[dict[str, Any]], holders: set[str]) -> tuple[str | None, str]:
+def _replacement(calls: list[dict[str, Any]], holders: set[str], sizes: Mapping[str, int]) -> tuple[str | None, str]:
     """``(shortcut or None, "")`` when every call can be replaced, else ``(None, reason)``."""
     if not calls:
         return None, "it never runs in the forward pass of the example input"
@@ -172,7 +175,7 @@ def _replacement(calls: list[dict[str, Any]], holders: set[str]) -> tuple[str | 
             return None, "it does not map one tensor (its first argument) to one tensor"
         if x.shape == y.shape and shortcut is None:
             continue
-        found = _shortcut(call, holders)
+        found = _shortcut(call, holders, sizes)
         if found is None:
             return None, (f"its output shape {tuple(y.shape[1:])} differs from its input shape {tuple(x.shape[1:])} "
                           f"and no child computes a shortcut of that shape from its input")
@@ -230,7 +233,8 @@ def check_blocks(model: nn.Module, example_input: torch.Tensor, units: Sequence[
     for name in candidates:
         holders = {f"{name}.{c}" for c, _ in modules[name].named_children()
                    if any(_under(u.name, f"{name}.{c}") for u in groups[name])}
-        shortcut, reason = _replacement(recorder.calls[name], holders)
+        sizes = {f"{name}.{c}": sum(p.numel() for p in m.parameters()) for c, m in modules[name].named_children()}
+        shortcut, reason = _replacement(recorder.calls[name], holders, sizes)
         if reason:
             checks[name] = BlockCheck(name, None, reason)
             continue
@@ -313,6 +317,10 @@ class DepthSpace(Space):
                 raise PolicyError(f"blocks: block {name!r} cannot be removed: {check.reason}")
             out.append(check.block)
         return sorted(dict.fromkeys(out), key=lambda b: b.depth)
+
+    @property
+    def removable(self) -> tuple[RemovableBlock, ...]:
+        return self.blocks
 
     def dimensions(self) -> list[Dimension]:
         return list(self._dims)

@@ -245,6 +245,12 @@ class Policy(Mapping[str, UnitPolicy]):
         return any(_under(unit, block) and not (short is not None and _under(unit, short))
                    for block, short in self._removed.items())
 
+    def outer_removed(self) -> dict[str, str | None]:
+        """The removed blocks that lie in no other removed block (outside its shortcut): the
+        ones whose replacement is in force (canonical rule 10)."""
+        return {b: s for b, s in self._removed.items()
+                if not any(o != b and _under(b, o) and not (so is not None and _under(b, so)) for o, so in self._removed.items())}
+
     @property
     def key(self) -> str:
         """Canonical string of the policy; equal policies have equal keys."""
@@ -263,8 +269,7 @@ class Policy(Mapping[str, UnitPolicy]):
         """
         shapes = dict(units) if isinstance(units, Mapping) else {u.name: u for u in (units or ())}
         out = {name: up.canonical(shapes.get(name)) for name, up in self._items.items() if not self.removes(name)}
-        removed = {b: s for b, s in self._removed.items() if not self.removes(b)}
-        return Policy({name: up for name, up in out.items() if up != IDENTITY}, removed=removed)
+        return Policy({name: up for name, up in out.items() if up != IDENTITY}, removed=self.outer_removed())
 
     def equivalent(self, other: Policy, units: Iterable[UnitShape] | Mapping[str, UnitShape] | None = None) -> bool:
         """Whether ``self`` and ``other`` have the same canonical form."""

@@ -9,6 +9,10 @@ sums over units (see :mod:`compsearch.evaluators.cost`), so the cost of a policy
 identity's cost plus one delta per kernel; each delta is asked of the oracle once per distinct
 kernel setting and memoized. ``size_kb = size_bits / 8192``, ``compression_ratio =
 size_bits(identity) / size_bits``. The result equals ``evaluator.cost(policy)`` exactly (tested).
+Spaces that remove blocks (``depth``, ``depth+joint``): a kernel of keep/remove choices
+(field :data:`~compsearch.spaces.depth.DEPTH_FIELD`) costs its block's removal alone, and
+the deltas of the other kernels whose units all lie in a block the same policy removes are
+zeroed (a removed unit costs 0 whatever its setting), so the sum stays exact.
 
 **Objective roles.** When the study's directions match ``SearchContext.objectives``, a metric
 the cost oracle computes is *exact*; every other objective (the task's quality metric:
@@ -44,6 +48,7 @@ import numpy as np
 from compsearch.errors import ConfigError
 from compsearch.search.rl.layout import BlockLayout
 from compsearch.spaces.base import Space
+from compsearch.spaces.depth import DEPTH_FIELD
 from compsearch.spaces.policy import Policy
 
 COST_METRICS = ("size_bits", "size_kb", "compression_ratio", "bops", "sparsity")
@@ -74,11 +79,17 @@ class RewardWeights:
 
 
 def unit_cost_oracle(space: Space) -> Callable[[Policy], dict[str, float]]:
-    """Exact unit-size cost without an evaluator (non-unit parameters = the units' biases)."""
+    """Exact unit-size cost without an evaluator (non-unit parameters = the units' biases; a
+    removed block's non-unit parameters = its removed units' biases)."""
+    from dataclasses import replace
+
     from compsearch.evaluators.cost import CostModel
 
     units = space.all_units
-    return CostModel(units=units, total_params=sum(u.params + u.bias_params for u in units))
+    by_name = {u.name: u for u in units}
+    blocks = [replace(b, params=sum(by_name[n].params + by_name[n].bias_params for n in b.units if n in by_name))
+              for b in space.removable]
+    return CostModel(units=units, total_params=sum(u.params + u.bias_params for u in units), blocks=blocks)
 
 
 class KernelMemo:
@@ -98,13 +109,18 @@ class KernelMemo:
         self._radix = [np.cumprod(np.concatenate([[1], sizes[d][:-1]])).astype(np.int64) for d in self._dims]
         self._memo: list[dict[int, np.ndarray]] = [{} for _ in self._dims]
         self._base = np.zeros(len(sizes), dtype=np.int64)
+        dims = space.dimensions()
+        self._blocks = [{dims[i].group for i in d if dims[i].field == DEPTH_FIELD} for d in self._dims]
+        self._sets_units = [any(dims[i].field != DEPTH_FIELD for i in d) for d in self._dims]
 
     def kernel_policy(self, k: int, sub: np.ndarray) -> Policy:
-        """The policy that compresses only kernel ``k``'s units, with its dimensions at ``sub``."""
+        """The policy that compresses only kernel ``k``'s units (if it sets any unit field) and
+        removes only the blocks its keep/remove choices remove, with its dimensions at ``sub``."""
         actions = self._base.copy()
         actions[self._dims[k]] = sub
         policy = self.space.decode(self.space.params_from_actions(actions.tolist()))
-        return Policy({u.name: policy.get_or_identity(u.name) for u in self.layout.kernel_units[k]})
+        units = {u.name: policy.get_or_identity(u.name) for u in self.layout.kernel_units[k]} if self._sets_units[k] else {}
+        return Policy(units, removed={b: s for b, s in policy.removed.items() if b in self._blocks[k]})
 
     def __call__(self, actions: np.ndarray) -> np.ndarray:
         actions = np.asarray(actions, dtype=np.int64).reshape(-1, len(self._base))
@@ -121,6 +137,35 @@ class KernelMemo:
         return out
 
 
+class _RemovalMask:
+    """Which kernels lie wholly in a block that a policy removes: ``E x D`` actions -> ``E x K`` bools.
+
+    Shapes: ``J`` keep/remove dimensions, ``covered`` is ``J x K``."""
+
+    def __init__(self, space: Space, layout: BlockLayout) -> None:
+        dims = space.dimensions()
+        self.depth_dims = [i for i, d in enumerate(dims) if d.field == DEPTH_FIELD]
+        self.active = bool(self.depth_dims)
+        if not self.active:
+            return
+        self.remove_index = np.array([dims[i].index(False) for i in self.depth_dims])
+        every = [0] * len(dims)
+        for i, r in zip(self.depth_dims, self.remove_index.tolist(), strict=True):
+            every[i] = r
+        removed_all = space.decode(space.params_from_actions(every)).removed
+        self.covered = np.zeros((len(self.depth_dims), layout.n_kernels), dtype=bool)
+        for j, i in enumerate(self.depth_dims):
+            block = dims[i].group
+            one = Policy({}, removed={block: removed_all.get(block)})
+            for k, units in enumerate(layout.kernel_units):
+                self.covered[j, k] = k != layout.dim_kernel[i] and bool(units) and all(one.removes(u.name) for u in units)
+
+    def __call__(self, actions: np.ndarray) -> np.ndarray:
+        actions = np.asarray(actions, dtype=np.int64).reshape(-1, actions.shape[-1])
+        removing = actions[:, self.depth_dims] == self.remove_index
+        return (removing.astype(np.int64) @ self.covered.astype(np.int64)) > 0
+
+
 class KernelCost:
     """Exact cost of many policies by per-kernel memoized deltas (see module docstring).
 
@@ -134,7 +179,9 @@ class KernelCost:
         self.space, self.layout, self.oracle = space, layout, oracle
         self.identity = dict(oracle(Policy({})))
         self._memo = KernelMemo(space, layout, self._delta, 3)
-        self.kernel_full_bits = np.maximum(np.array([32.0 * sum(u.params for u in us) for us in layout.kernel_units]), 1.0)
+        self._removal = _RemovalMask(space, layout)
+        self.kernel_full_bits = np.maximum(np.array([32.0 * sum(u.params for u in us) if sets else 0.0
+                                                     for us, sets in zip(layout.kernel_units, self._memo._sets_units, strict=True)]), 1.0)
         self.block_full_bits = np.array([self.kernel_full_bits[layout.block_kernels(g)].sum() for g in range(layout.n_blocks)])
 
     def _delta(self, k: int, policy: Policy) -> np.ndarray:
@@ -142,8 +189,12 @@ class KernelCost:
         return np.array([m[key] - self.identity[key] for key in ("size_bits", "bops", "sparsity")])
 
     def deltas(self, actions: np.ndarray) -> np.ndarray:
-        """Per-kernel deltas ``E x K x 3`` (size_bits, bops, sparsity) for ``E x D`` actions."""
-        return self._memo(actions)
+        """Per-kernel deltas ``E x K x 3`` (size_bits, bops, sparsity) for ``E x D`` actions
+        (those of kernels inside a removed block zeroed, module docstring)."""
+        deltas = self._memo(actions)
+        if self._removal.active:
+            deltas[self._removal(actions)] = 0.0
+        return deltas
 
     def metrics(self, actions: np.ndarray, deltas: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """Every cost metric for ``E x D`` actions, each an ``E`` array."""
