@@ -79,3 +79,17 @@ def test_command_line_errors_and_empty_analysis(tmp_path: Path) -> None:
     out = suite.main(["--analyse-only", "--out", str(tmp_path / "runs"), "--json", str(tmp_path / "s.json")])
     assert out["partial"] and out["problems_missing"] == list(suite.PROBLEMS)
     assert json.loads((tmp_path / "s.json").read_text())["problems"] == {}
+
+
+SUITE_SPECS = sorted((ROOT / "studies" / "suite").glob("*.toml"))
+
+
+@pytest.mark.parametrize("path", SUITE_SPECS, ids=[p.stem for p in SUITE_SPECS])
+def test_suite_specs_pass_check_at_equal_budgets(path: Path, tmp_path: Path) -> None:
+    from compsearch.studies.spec import load_spec
+    from compsearch.studies.validate import check_run
+
+    spec = check_run(load_spec(path), tmp_path / "run")  # what `compsearch check` runs (no training)
+    suite = _suite()
+    assert path.stem in suite.PROBLEMS and len(SUITE_SPECS) == len(suite.PROBLEMS) >= 4
+    assert spec.strategies == list(suite.STRATEGIES) and spec.trials >= 50 and len(spec.seeds) >= 5
