@@ -54,7 +54,7 @@ from compsearch.evaluators.latency import (
     measure_latency,
     structure_signature,
 )
-from compsearch.evaluators.speedup import clone_model, plan_pruning
+from compsearch.evaluators.speedup import PruneAnalyzer, _live_channels, clone_model
 from compsearch.evaluators.types import EvalResult
 from compsearch.evaluators.unit_quant import (
     UnitQuant,
@@ -152,15 +152,26 @@ class StructureLatency:
         self.cache = cache if cache is not None else LatencyCache()
         self.base = architecture_digest(self.model, self.example_input)
         self.measurements = 0
+        self._analyzer: PruneAnalyzer | None = None
 
     def signature(self, plain: nn.Module, units: Mapping[str, UnitQuant], policy: Policy) -> str:
-        """The structure signature of what ``write_bundle(plain, units, ...)`` would export."""
+        """The structure signature of what ``write_bundle(plain, units, ...)`` would export.
+
+        The plan is ``plan_pruning(..., reference="model")``'s on the effective model: the
+        groups come from one traced graph kept for every call (the architecture does not
+        change between trials), and a group whose channels are alive in this model stays
+        masked, by the library's own test (``speedup._live_channels``).
+        """
         channels = pruned_rows(units)
         plan = None
         if channels:
-            plan = plan_pruning(effective_model(plain, units), None, None, self.example_input[:2], channels=channels,
-                                reference="model")
-        return structure_signature(plan, kernel_bits(units), base=self.base, removed_blocks=tuple(getattr(policy, "removed", None) or ()))
+            if self._analyzer is None:
+                self._analyzer = PruneAnalyzer(self.model, self.example_input[:2])
+            plan = self._analyzer.plan(channels)
+            model = effective_model(plain, units)
+            plan = plan.mask({u: "alive" for u, group in plan.groups.items() if _live_channels(model, u, group)})
+        removed = tuple(getattr(policy, "removed", None) or ())
+        return structure_signature(plan, kernel_bits(units), base=self.base, removed_blocks=removed)
 
     def measure(self, plain: nn.Module, units: Mapping[str, UnitQuant], policy: Policy) -> dict[str, float]:
         """``latency_ms`` and ``latency_iqr_ms`` of the export of ``plain`` (the compressed model's

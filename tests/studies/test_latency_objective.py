@@ -56,6 +56,35 @@ def test_one_measurement_per_structure_and_the_cache_file(tmp_path) -> None:
     assert again.latency.measurements == 0 and again.latency.cache.hits == 1
 
 
+def test_the_signature_follows_the_exports_plan_and_processes_share_the_file(tmp_path) -> None:
+    from compsearch.evaluators.latency import Latency, structure_signature
+    from compsearch.evaluators.speedup import clone_model, plan_pruning, zero_pruned
+    from compsearch.evaluators.unit_quant import pruned_rows, quantize_units
+    from compsearch.studies.latency_objective import StructureLatency, kernel_bits
+
+    data, model = make_data(), make_cnn()
+    x = data.x_val[:2]
+    policy = Policy({"4": UnitPolicy(w_bits=8, keep=0.5, structure="channel")})
+    units = quantize_units(model, policy)
+    measurer = StructureLatency(model=model, example_input=x, config=latency_config("torch", 1))
+    plan = plan_pruning(model, None, None, x, channels=pruned_rows(units))
+    zeroed = zero_pruned(clone_model(model), plan)  # the group's channels are 0: export removes unit 4
+    for plain, removed in ((model, ()), (zeroed, ("4",))):  # the base model's bias keeps them alive: masked
+        want = plan_pruning(plain, None, None, x, channels=pruned_rows(units), reference="model")
+        assert want.removed == removed
+        assert measurer.signature(plain, units, policy) == structure_signature(want, kernel_bits(units), base=measurer.base)
+    assert measurer.signature(model, units, policy) != measurer.signature(zeroed, units, policy)
+    # two processes on one file: each keeps what the other measured
+    fake = Latency(latency_ms=1.0, iqr_ms=0.0, mad_ms=0.0, min_ms=1.0, max_ms=1.0, runtime="torch", batch=1, threads=1,
+                   repeats=1, warmup=0, machine={"cpu": "x"})
+    config = latency_config("torch", 1)
+    first, second = RunLatencyCache(tmp_path / "l.json"), RunLatencyCache(tmp_path / "l.json")
+    first.get("a", config, lambda: {"torch/b1": fake})
+    second.get("b", config, lambda: {"torch/b1": fake})
+    assert second.get("a", config, lambda: pytest.fail("measured again")) and second.misses == 1
+    assert len(RunLatencyCache(tmp_path / "l.json")) == 2
+
+
 def test_a_latency_constraint_violation_is_recorded_as_an_optuna_constraint(tmp_path) -> None:
     ev = _evaluator(tmp_path / "latency.json")
     space = get_space("uniform", ev.units, w_bits=[4], a_bits=[8], keep=[1.0])
