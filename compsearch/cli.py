@@ -302,7 +302,7 @@ def cmd_list(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_spaces(args: argparse.Namespace, console: Console) -> int:
-    from compsearch.spaces import discover, get_space, group_blocks
+    from compsearch.spaces import check_blocks, discover, get_space, group_blocks
 
     model, example, space_name, space_kwargs = _model_for_spaces(args)
     found = discover(model, example)
@@ -315,8 +315,9 @@ def cmd_spaces(args: argparse.Namespace, console: Console) -> int:
                      "yes" if u.name in searched else ("no (first)" if u.is_first else "no (head)" if u.is_head else "no")]
                     for u in units])
     blocks = group_blocks(units)
-    block_table = (f"blocks ({len(blocks)})", ["block", "units", "params", "MACs"],
-                   [[b, str(len(us)), f"{sum(u.params for u in us):,}", f"{sum(u.macs for u in us):,}"]
+    checks = check_blocks(model, example, units)  # which blocks the depth space may remove, and why not
+    block_table = (f"blocks ({len(blocks)})", ["block", "units", "params", "MACs", "removable"],
+                   [[b, str(len(us)), f"{sum(u.params for u in us):,}", f"{sum(u.macs for u in us):,}", _removable(checks.get(b))]
                     for b, us in blocks.items()])
     emit(console, args.format, [("units", *table), ("blocks", *block_table)])  # csv: the units table
     if args.format != "table":
@@ -324,6 +325,13 @@ def cmd_spaces(args: argparse.Namespace, console: Console) -> int:
     _print_discovery(found, console)
     console.print(f"space {space_name!r}: {len(space.dimensions())} dimensions over {len(searched)} searched units")
     return EXIT_OK
+
+
+def _removable(check: Any) -> str:
+    """``identity``, ``shortcut <path>`` or ``no: <reason>`` for a block check of the depth space."""
+    if check is None or check.block is None:
+        return f"no: {check.reason}" if check is not None else "no"
+    return "identity" if check.block.shortcut is None else f"shortcut {check.block.shortcut}"
 
 
 def _print_discovery(found: Any, console: Console) -> None:
