@@ -20,8 +20,9 @@ trials, so a partial run reports what finished and says which seeds are complete
   that are neither ``hirl*`` nor ``amc``/``haq``): paired over the seeds both completed, the
   mean difference, its bootstrap CI and the Wilcoxon signed-rank test; and after how many
   evaluations ``hirl``'s mean curve reaches the best non-RL mean final hypervolume;
-* an aggregate rank table: strategies ranked per problem by mean final hypervolume (complete
-  seeds only), mean rank over problems.
+* an aggregate rank table: strategies ranked per problem by mean final hypervolume over the
+  seeds that every ranked strategy completed (strategies without a complete seed are left
+  out), mean rank over problems.
 
 JSON goes to ``benchmarks/results/suite.json`` (``suite_quick.json`` with ``--quick``) and stdout.
 
@@ -177,6 +178,9 @@ def analyse_problem(summary: Mapping[str, Any], *, strategies: Sequence[str] | N
     counted = {s: {int(seed): c for seed, c in summary["strategies"][s]["counted"].items() if keep is None or int(seed) in keep}
                for s in names}
     done = {s: completion(counted[s], budget) for s in names}
+    finals = {s: checkpoint_values(curves[s], budget) for s in names}
+    ranked = [s for s in names if finals[s]]
+    common = sorted(set.intersection(*(set(finals[s]) for s in ranked))) if ranked else []
     return {
         "name": summary["name"], "budget": budget, "objectives": summary["objectives"],
         "reference_point": summary["reference_point"], "scales": summary["scales"],
@@ -186,16 +190,19 @@ def analyse_problem(summary: Mapping[str, Any], *, strategies: Sequence[str] | N
         "strategies": {s: strategy_stats(curves[s], budget, front_hv) for s in names},
         "mean_curves": {s: mean_curve(curves[s], budget) for s in names},
         "hirl_vs_best_non_rl": hirl_vs_best(curves, budget),
+        # Ranking score: mean final hypervolume over the seeds every ranked strategy completed
+        # (seeds differ in difficulty as much as strategies do); strategies without a complete seed are unranked.
+        "rank_seeds": common,
+        "rank_scores": {s: float(np.mean([finals[s][k] for k in common])) for s in ranked} if common else {},
     }
 
 
 def aggregate(problems: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
-    """Rank table over problems by mean final hypervolume (strategies with a complete seed)."""
+    """Rank table over problems by each problem's ``rank_scores`` (mean final hypervolume over
+    the seeds every ranked strategy completed)."""
     from compsearch.studies.significance import rank_table
 
-    scores = {p: {s: st["hv"]["100%"]["mean"] for s, st in res["strategies"].items() if st["hv"]["100%"]["n"]}
-              for p, res in problems.items()}
-    return rank_table(scores)
+    return rank_table({p: res["rank_scores"] for p, res in problems.items()})
 
 
 def analyse(out_root: Path, problems: Sequence[str], *, strategies: Sequence[str] | None,

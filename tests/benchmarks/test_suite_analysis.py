@@ -58,6 +58,8 @@ def test_analyse_problem_by_hand() -> None:
     assert not versus["hirl_reaches_within_half_budget"]
     paired = versus["paired_final_hv"]  # common complete seed 0 only: 0.2 - 0.16
     assert paired["seeds"] == [0] and paired["mean_difference"] == pytest.approx(0.04) and paired["wilcoxon"] is None
+    # Ranked on the seeds both completed (seed 0): hirl 0.2, tpe 0.16.
+    assert out["rank_seeds"] == [0] and out["rank_scores"] == pytest.approx({"hirl": 0.2, "tpe": 0.16})
     table = _suite().aggregate({"hand": out})
     assert table["ranks"]["hand"] == {"hirl": 1.0, "tpe": 2.0}
 
