@@ -46,7 +46,7 @@ from torch import nn
 from compsearch.errors import CompsearchError, ConfigError, DataError
 from compsearch.metrics import Constraint, pareto_indices
 from compsearch.record import is_feasible, read_fail_reason, read_metrics, read_policy
-from compsearch.studies.results import load_studies, study_name
+from compsearch.studies.results import load_studies, parse_study_name, study_name
 from compsearch.studies.summary import canonical_key, read_run, run_storage, stored_constraints
 
 EXPORT_DIR = "export"
@@ -122,7 +122,9 @@ def select_trials(run_dir: str | Path, *, trial: str | None = None, pareto: bool
     """The trials to export: exactly one of ``trial`` (``"STUDY:NUMBER"``), ``pareto`` (the
     feasible non-dominated trials of every study, one per equivalent policy) or ``best``
     (:func:`parse_best`: the feasible trial with the highest validation quality satisfying
-    the bounds; ties go to the smaller ``size_kb``, then the first study and trial).
+    the bounds; ties go to the smaller ``size_kb``, then the first study and trial). Studies
+    of methods that train their own weights (``compsearch gates``) are left out: export
+    re-derives weights with the evaluator.
 
     Raises:
         ConfigError: not exactly one choice, an unknown study or trial, a trial that did not
@@ -133,8 +135,16 @@ def select_trials(run_dir: str | Path, *, trial: str | None = None, pareto: bool
     out_dir = Path(run_dir)
     run, spec = read_run(out_dir)
     studies = _studies(out_dir, run, storage)
+    methods = {m for m in run.get("methods", []) if m not in spec.strategies}  # e.g. gates: not the evaluator's weights
+    derivable = {name: v for name, v in studies.items() if (parse_study_name(name) or ("", 0))[0] not in methods}
     if trial is not None:
+        study = parse_trial(trial)[0]
+        if study in studies and study not in derivable:
+            raise ConfigError(f"--trial {trial!r} comes from the {study.rsplit('-s', 1)[0]!r} method, which trains its "
+                              f"own weights; export re-derives a strategy trial's weights with the evaluator only "
+                              f"(strategy studies: {sorted(derivable)})")
         return [_one(trial, studies)]
+    studies = derivable
     directions = [d for _, d in run["objectives"]]
     if pareto:
         chosen = []
@@ -206,6 +216,7 @@ class _OnnxModule(nn.Module):
         from compsearch.evaluators.onnx_export import ort_session
 
         self.session = ort_session(path, threads=threads)
+        self.anchor = nn.Parameter(torch.zeros(0), requires_grad=False)  # tasks read the device from a parameter
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         from compsearch.evaluators.onnx_export import run_onnx
@@ -302,7 +313,7 @@ def export_trial(run: Any, selected: Selected, folder: Path, *, verify: bool = T
 def _model_record(spec: Any, run: Any) -> dict[str, Any]:
     """How :func:`load_compressed` rebuilds the architecture (a built-in or timm model; agents: pass ``model=``)."""
     if spec.model is None:
-        return {"builder": None, "plugins": list(spec.plugins), "note": "an agent's network: load_compressed(path, model=...)"}
+        return {"builder": None, "plugins": list(spec.plugins), "note": "an agent's acting network, which model.json cannot rebuild"}
     kwargs = dict(spec.model.kwargs)
     kwargs.setdefault("num_classes", run.data.num_classes)
     kwargs.setdefault("in_chans", run.data.input_shape[0] if len(run.data.input_shape) > 1 else 1)
@@ -370,7 +381,8 @@ def load_compressed(path: str | Path, *, model: nn.Module | None = None) -> nn.M
                             f"or model= (a freshly built model of the run's architecture)")
         rec = json.loads(record_path.read_text(encoding="utf-8"))
         if rec.get("builder") is None:
-            raise DataError(f"{str(folder)!r} holds {rec.get('note', 'no model builder')}; pass model=")
+            raise DataError(f"{str(folder)!r} holds {rec.get('note', 'no model builder')}; pass model= (a network of "
+                            f"the same architecture, e.g. the run's agent's policy network)")
         from compsearch.evaluators.models import build_model
 
         try:

@@ -111,7 +111,12 @@ def test_a_mismatch_a_missing_plugin_and_a_missing_base_are_refused(tiny_run, tm
     with pytest.raises(ConfigError, match=r"builds its model with plugins \['my_models'\].*pass --plugin my_models"):
         export_run(copy, trial=label)
     stored["spec"]["plugins"] = []
+    # a study of a method that trains its own weights (as `compsearch gates` records them) is not re-derivable
+    stored["spec"]["strategies"], stored["methods"] = ["random"], ["nsga2"]
     (copy / "run.json").write_text(json.dumps(stored))
+    with pytest.raises(ConfigError, match=r"--trial 'nsga2-s0:0' comes from the 'nsga2' method.*\['random-s0'\]"):
+        select_trials(copy, trial="nsga2-s0:0")
+    assert {s.study for s in select_trials(copy, pareto=True)} == {"random-s0"}
     (copy / stored["base"]["path"]).unlink()
     with pytest.raises(compsearch.DataError, match="trained base model .* is missing"):
         export_run(copy, trial=label)
@@ -120,3 +125,25 @@ def test_a_mismatch_a_missing_plugin_and_a_missing_base_are_refused(tiny_run, tm
     monkeypatch.setattr(export_module, "read_metrics", lambda t: {**real(t), "accuracy": real(t)["accuracy"] + 0.25})
     with pytest.raises(ExportMismatch, match=rf"trial {label}: the re-derived model's validation accuracy .* --no-verify"):
         export_run(out, trial=label, out=tmp_path / "x", latency=False, exporter="torchscript")
+
+
+@pytest.mark.slow
+def test_an_agent_trial_exports_with_its_return(tmp_path) -> None:
+    from test_agent_study import SPEC
+
+    from compsearch.studies.runner import run_study
+
+    spec = {**SPEC, "strategies": ["random"], "trials": 2}
+    spec.pop("strategy_options")
+    run = run_study(spec, tmp_path / "run", quiet=True)
+    done = [t for t in _trials(run) if t.state.name == "COMPLETE"]
+    [m] = export_run(tmp_path / "run", trial=f"random-s0:{done[-1].number}", exporter="torchscript")
+    # the policy task's quality: mean return over the validation seeds, the same episodes in torch and onnxruntime
+    assert m["quality"] == "return" and m["verified"] and m["val_return"] == read_metrics(done[-1])["return"]
+    assert m["onnx_val_return"] == m["val_return"] and m["onnx_test_return"] == m["test_return"]
+    assert m["max_abs_logit_error"]["torch"] <= 1e-4 and m["max_abs_logit_error"]["onnxruntime"] <= 1e-3
+    with pytest.raises(compsearch.DataError, match="agent's acting network.*pass model="):
+        compsearch.load_compressed(tmp_path / "run" / "export" / m["trial"].replace(":", "-"))
+    ev = run.evaluator(0)
+    loaded = compsearch.load_compressed(tmp_path / "run" / "export" / m["trial"].replace(":", "-"), model=run.model)
+    assert ev.task.measure(loaded, "val")["return"] == m["val_return"]
