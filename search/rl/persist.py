@@ -19,7 +19,15 @@ high-level agent). What is indexed by one model's blocks (a policy's ``model_spe
 parameters: the block embeddings, every weight of a
 :class:`~compsearch.search.rl.ppo.PerBlockPolicy`) is loaded only onto the same blocks
 (same block names) and is otherwise left at its fresh initialization. A parameter whose shape
-differs (other head choices, other feature columns) is left as it is too.
+differs (other head choices, other feature columns) is left as it is too. The surrogate
+ensemble is not saved: it reads one space's dimensions (``space.features``), so a warm-started
+``hirl`` fits its own from the new model's trials (and proxy) as a cold one does.
+
+**Files.** A run saves each learning strategy's state at the end of every study to
+``<run>/strategy_state/<study>.pt`` (:func:`save_study_state`, called by the hosts);
+``warm_start`` (a strategy option of ``hirl`` and ``n2n``) names such a run folder or file
+(:func:`load_warm_start`). Files are written with ``torch.save`` and read with
+``torch.load(weights_only=True)``: nothing but tensors and plain containers is unpickled.
 """
 
 from __future__ import annotations

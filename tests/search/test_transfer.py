@@ -147,3 +147,23 @@ def test_hirl_warm_start_drops_the_block_embedding(tmp_path: Path) -> None:
     assert specific, "the default low level has block-indexed parameters"
     assert sorted(sampler.warm_copied["low"]) == sorted(k for k in low if k not in specific)
     assert sampler.warm_copied["high"]  # the allocation agents read block features only
+
+
+@pytest.mark.slow
+def test_a_run_saves_its_state_and_another_run_warm_starts_from_it(tmp_path: Path) -> None:
+    from compsearch.errors import SpecError
+    from compsearch.studies.runner import run_study
+    from compsearch.studies.validate import check_run
+    from compsearch.testing import digits_spec
+
+    src = tmp_path / "small"
+    run_study(digits_spec("src", trials=3, finetune={"steps": 2}, strategies=["n2n"]), src, quiet=True, test=False)
+    saved = read_state(src / STATE_DIR / "n2n-s0.pt")
+    assert saved["format"] == "compsearch.rl.n2n/1"
+    spec = digits_spec("dst", trials=3, finetune={"steps": 2}, strategies=["n2n"])
+    spec["strategy_options"] = {"n2n": {"warm_start": str(src)}}
+    run_study(spec, tmp_path / "large", quiet=True, test=False)
+    assert (tmp_path / "large" / STATE_DIR / "n2n-s0.pt").is_file()
+    spec["strategy_options"] = {"n2n": {"warm_start": str(tmp_path / "missing")}}
+    with pytest.raises(SpecError, match=r"strategy_options\.n2n.*warm_start"):
+        check_run(spec)
