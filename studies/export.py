@@ -33,21 +33,17 @@ only when they are given (``plugins=`` / ``--plugin``).
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from optuna.trial import FrozenTrial, TrialState
 from torch import nn
 
 from compsearch.errors import CompsearchError, ConfigError, DataError
-from compsearch.metrics import Constraint, pareto_indices
-from compsearch.record import is_feasible, read_fail_reason, read_metrics, read_policy
-from compsearch.studies.results import load_studies, parse_study_name, study_name
-from compsearch.studies.summary import canonical_key, read_run, run_storage, stored_constraints
+from compsearch.record import read_metrics, read_policy
+from compsearch.studies.export_select import Selected, parse_best, parse_trial, select_trials
+from compsearch.studies.summary import read_run, run_storage
 
 EXPORT_DIR = "export"
 METRICS_FILE = "metrics.json"
@@ -58,136 +54,6 @@ EXPORTERS = ("dynamo", "torchscript")
 
 class ExportMismatch(CompsearchError, ValueError):
     """The re-derived model does not reproduce the trial's recorded validation quality."""
-
-
-@dataclass(frozen=True)
-class Selected:
-    """A trial chosen for export: its study, seed and frozen trial."""
-
-    study: str
-    seed: int
-    trial: FrozenTrial
-
-    @property
-    def label(self) -> str:
-        return f"{self.study}:{self.trial.number}"
-
-
-# ---- choosing trials ------------------------------------------------------------------------
-
-
-def parse_trial(text: str) -> tuple[str, int]:
-    """``"random-s0:3"`` -> ``("random-s0", 3)``; a malformed value raises naming ``--trial``."""
-    study, sep, number = str(text).rpartition(":")
-    if not sep or not study or not number.isdigit():
-        raise ConfigError(f"--trial {text!r}: give STUDY:NUMBER, e.g. random-s0:3 (studies: compsearch show RUN)")
-    return study, int(number)
-
-
-_BOUND = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(<=|>=|=)\s*([-+0-9.eE]+)\s*$")
-
-
-def parse_best(text: str) -> tuple[Constraint, ...]:
-    """Bounds of ``--best``: comma-separated ``METRIC<=X`` / ``METRIC>=X``, or the spec's
-    constraint keys ``max_METRIC=X`` / ``min_METRIC=X`` (e.g. ``"size_kb<=20,accuracy>=0.9"``
-    or ``"min_accuracy=0.9"``)."""
-    out: dict[str, float] = {}
-    for part in (p for p in str(text).split(",") if p.strip()):
-        m = _BOUND.match(part)
-        if m is None:
-            raise ConfigError(f"--best {text!r}: cannot read {part.strip()!r}; give METRIC<=X, METRIC>=X, "
-                              f"max_METRIC=X or min_METRIC=X, comma-separated (e.g. 'size_kb<=20,accuracy>=0.9')")
-        name, op, value = m.groups()
-        try:
-            bound = float(value)
-        except ValueError:
-            raise ConfigError(f"--best {text!r}: {value!r} is not a number") from None
-        if op == "=" and not name.startswith(("max_", "min_")):
-            raise ConfigError(f"--best {text!r}: {part.strip()!r} needs max_/min_ before the metric, or <= / >=")
-        out[name if op == "=" else f"{'max' if op == '<=' else 'min'}_{name}"] = bound
-    if not out:
-        raise ConfigError(f"--best {text!r} is empty; e.g. --best 'size_kb<=20'")
-    return stored_constraints(out)
-
-
-def _studies(run_dir: Path, run: Mapping[str, Any], storage: str | None) -> dict[str, tuple[int, list[FrozenTrial]]]:
-    from compsearch.studies.storage import open_storage
-
-    found = load_studies(open_storage(run_storage(dict(run), run_dir, storage), out_dir=run_dir))
-    return {study_name(s, seed): (seed, trials) for (s, seed), trials in sorted(found.items())}
-
-
-def select_trials(run_dir: str | Path, *, trial: str | None = None, pareto: bool = False, best: str | None = None,
-                  storage: str | None = None) -> list[Selected]:
-    """The trials to export: exactly one of ``trial`` (``"STUDY:NUMBER"``), ``pareto`` (the
-    feasible non-dominated trials of every study, one per equivalent policy) or ``best``
-    (:func:`parse_best`: the feasible trial with the highest validation quality satisfying
-    the bounds; ties go to the smaller ``size_kb``, then the first study and trial). Studies
-    of methods that train their own weights (``compsearch gates``) are left out: export
-    re-derives weights with the evaluator.
-
-    Raises:
-        ConfigError: not exactly one choice, an unknown study or trial, a trial that did not
-            complete, or no trial within the bounds (the messages name the flag).
-    """
-    if sum([trial is not None, pareto, best is not None]) != 1:
-        raise ConfigError("choose the trials with exactly one of --trial STUDY:NUMBER, --pareto or --best CONSTRAINT")
-    out_dir = Path(run_dir)
-    run, spec = read_run(out_dir)
-    studies = _studies(out_dir, run, storage)
-    methods = {m for m in run.get("methods", []) if m not in spec.strategies}  # e.g. gates: not the evaluator's weights
-    derivable = {name: v for name, v in studies.items() if (parse_study_name(name) or ("", 0))[0] not in methods}
-    if trial is not None:
-        study = parse_trial(trial)[0]
-        if study in studies and study not in derivable:
-            raise ConfigError(f"--trial {trial!r} comes from the {study.rsplit('-s', 1)[0]!r} method, which trains its "
-                              f"own weights; export re-derives a strategy trial's weights with the evaluator only "
-                              f"(strategy studies: {sorted(derivable)})")
-        return [_one(trial, studies)]
-    studies = derivable
-    directions = [d for _, d in run["objectives"]]
-    if pareto:
-        chosen = []
-        for name, (seed, trials) in studies.items():
-            pool = [t for t in trials if is_feasible(t)]
-            seen: set[str] = set()
-            for i in sorted(pareto_indices([list(t.values) for t in pool], directions)) if pool else []:
-                if canonical_key(pool[i]) not in seen:
-                    seen.add(canonical_key(pool[i]))
-                    chosen.append(Selected(name, seed, pool[i]))
-        if not chosen:
-            raise ConfigError(f"--pareto: run {str(out_dir)!r} has no feasible COMPLETE trial")
-        return chosen
-    return [_best(str(best), studies, spec.quality)]
-
-
-def _one(text: str, studies: Mapping[str, tuple[int, list[FrozenTrial]]]) -> Selected:
-    name, number = parse_trial(text)
-    if name not in studies:
-        raise ConfigError(f"--trial {text!r}: no study {name!r} in this run; studies: {sorted(studies)}")
-    seed, trials = studies[name]
-    found = next((t for t in trials if t.number == number), None)
-    if found is None:
-        raise ConfigError(f"--trial {text!r}: study {name!r} has no trial {number} (trials 0..{len(trials) - 1})")
-    if found.state != TrialState.COMPLETE:
-        why = read_fail_reason(found)
-        raise ConfigError(f"--trial {text!r} is {found.state.name}{f' ({why})' if why else ''}; only COMPLETE trials "
-                          f"have a model to export")
-    return Selected(name, seed, found)
-
-
-def _best(text: str, studies: Mapping[str, tuple[int, list[FrozenTrial]]], quality: str) -> Selected:
-    bounds = parse_best(text)
-    pool = [(name, seed, t, read_metrics(t)) for name, (seed, trials) in studies.items() for t in trials
-            if is_feasible(t)]
-    unknown = sorted({c.metric for c in bounds} - {k for *_, m in pool for k in m})
-    if unknown and pool:
-        raise ConfigError(f"--best {text!r}: the trials record no metric {unknown}; recorded: {sorted(pool[0][3])}")
-    ok = [p for p in pool if all(c.satisfied(p[3]) for c in bounds)]
-    if not ok:
-        raise ConfigError(f"--best {text!r}: none of the {len(pool)} feasible trials satisfies it; relax the bounds")
-    name, seed, t, _ = min(ok, key=lambda p: (-p[3][quality], p[3].get("size_kb", 0.0), p[0], p[2].number))
-    return Selected(name, seed, t)
 
 
 # ---- re-deriving and writing one trial ---------------------------------------------------------
@@ -244,16 +110,11 @@ def _measure(task: Any, model: nn.Module, device: Any) -> dict[str, dict[str, fl
             for split in ("val", "test")}
 
 
-def export_trial(run: Any, selected: Selected, folder: Path, *, verify: bool = True, exporter: str = "dynamo",
-                 latency: bool = True, batch: int | None = None, threads: int | None = None) -> dict[str, Any]:
-    """Re-derive ``selected``'s model with the prepared ``run`` and write its folder; returns metrics.json."""
-    from compsearch.evaluators.bundle import ONNX, load_bundle, write_bundle
-    from compsearch.evaluators.latency import LatencyConfig, machine, measure_latency
-    from compsearch.evaluators.speedup import clone_model
-    from compsearch.evaluators.unit_quant import from_compressed_units
+def _rederive(run: Any, selected: Selected, *, verify: bool) -> tuple[Any, Any, Any, dict[str, Any]]:
+    """Evaluate the trial's policy again under its study seed: ``(evaluator, policy, result, recorded metrics)``."""
     from compsearch.spaces import Policy
 
-    spec, quality = run.spec, run.spec.quality
+    quality = run.spec.quality
     recorded = read_metrics(selected.trial)
     stored = read_policy(selected.trial)
     policy = Policy.from_dict(stored) if stored else Policy()
@@ -265,6 +126,46 @@ def export_trial(run: Any, selected: Selected, folder: Path, *, verify: bool = T
             f"recorded {recorded.get(quality)!r}; the fine-tune is not reproducible here (another torch version, "
             f"thread count or device than the run's?). Export on the run's machine, or pass --no-verify "
             f"(verify=False) to export the re-derived model anyway")
+    return ev, policy, result, recorded
+
+
+def _quality(ev: Any, loaded: nn.Module, onnx_model: _OnnxModule | None, quality: str,
+             reference: torch.Tensor, x_check: torch.Tensor) -> dict[str, Any]:
+    """The exported model's validation and test quality (torch, onnxruntime) and its logit errors."""
+    torch_q = _measure(ev.task, loaded, ev.device)
+    loaded.cpu()
+    onnx_q = _measure(ev.task, onnx_model, ev.device) if onnx_model is not None else None
+    return {f"val_{quality}": torch_q["val"][quality], f"test_{quality}": torch_q["test"][quality],
+            f"onnx_val_{quality}": onnx_q["val"][quality] if onnx_q else None,
+            f"onnx_test_{quality}": onnx_q["test"][quality] if onnx_q else None,
+            "max_abs_logit_error": {"torch": _max_error(loaded, reference, x_check),
+                                    "onnxruntime": _max_error(onnx_model, reference, x_check) if onnx_model else None}}
+
+
+def _latency(spec: Any, loaded: nn.Module, onnx_path: Path | None, example: torch.Tensor, *, batch: int | None,
+             threads: int | None) -> dict[str, Any]:
+    """Latency of torch eager (and onnxruntime) at batch 1 and the spec's batch; ``latency_ms`` is the spec's runtime's."""
+    from compsearch.evaluators.latency import LatencyConfig, machine, measure_latency
+
+    lat, batch = spec.latency, batch or spec.latency.batch
+    config = LatencyConfig(runtimes=("onnxruntime", "torch") if onnx_path else ("torch",),
+                           batch_sizes=tuple(sorted({1, batch})), threads=threads or lat.threads, warmup=lat.warmup,
+                           repeats=lat.repeats)
+    measured = measure_latency(loaded, onnx_path, example, config)
+    main = f"{lat.runtime if onnx_path else 'torch'}/b{batch}"
+    return {"latency": {k: {f: v for f, v in m.to_dict().items() if f != "machine"} for k, m in measured.items()},
+            "latency_ms": measured[main].latency_ms, "latency_key": main, "machine": machine()}
+
+
+def export_trial(run: Any, selected: Selected, folder: Path, *, verify: bool = True, exporter: str = "dynamo",
+                 latency: bool = True, batch: int | None = None, threads: int | None = None) -> dict[str, Any]:
+    """Re-derive ``selected``'s model with the prepared ``run`` and write its folder; returns metrics.json."""
+    from compsearch.evaluators.bundle import ONNX, load_bundle, write_bundle
+    from compsearch.evaluators.speedup import clone_model
+    from compsearch.evaluators.unit_quant import from_compressed_units
+
+    spec, quality = run.spec, run.spec.quality
+    ev, policy, result, recorded = _rederive(run, selected, verify=verify)
     x_check = _check_inputs(ev)
     ev.model.eval()
     with torch.no_grad():
@@ -275,35 +176,22 @@ def export_trial(run: Any, selected: Selected, folder: Path, *, verify: bool = T
     example = ev.task.example_input().detach().cpu()
     folder.mkdir(parents=True, exist_ok=True)
     manifest = write_bundle(plain, units, example[:2], folder, dynamo=exporter == "dynamo",
-                            meta={"policy": policy.to_json(), "trial": selected.label, "format_note": "compsearch export"})
+                            meta={"policy": policy.to_json(), "trial": selected.label})
     loaded = load_bundle(folder, clone_model(run.model).cpu())
-    onnx_model = _OnnxModule(folder / ONNX, spec.latency.threads) if manifest["onnx"] and manifest["onnx"]["dynamic_batch"] else None
-    torch_q = _measure(ev.task, loaded, ev.device)
-    loaded.cpu()
-    onnx_q = _measure(ev.task, onnx_model, ev.device) if onnx_model is not None else None
+    onnx = manifest["onnx"]
+    onnx_model = _OnnxModule(folder / ONNX, spec.latency.threads) if onnx and onnx["dynamic_batch"] else None
     metrics: dict[str, Any] = {
         "trial": selected.label, "study": selected.study, "number": selected.trial.number, "seed": selected.seed,
         "quality": quality, "weights": "re-derived", "verified": result.score == recorded.get(quality),
         "recorded": recorded, f"rederived_val_{quality}": result.score,
-        f"val_{quality}": torch_q["val"][quality], f"test_{quality}": torch_q["test"][quality],
-        f"onnx_val_{quality}": onnx_q["val"][quality] if onnx_q else None,
-        f"onnx_test_{quality}": onnx_q["test"][quality] if onnx_q else None,
-        "max_abs_logit_error": {"torch": _max_error(loaded, reference, x_check),
-                                "onnxruntime": _max_error(onnx_model, reference, x_check) if onnx_model else None},
+        **_quality(ev, loaded, onnx_model, quality, reference, x_check),
         "size_bits": recorded.get("size_bits"), "size_kb": recorded.get("size_kb"),
         "weights_bytes": manifest["weights_bytes"], "payload_bytes": manifest["payload_bytes"]["total"],
-        "onnx_bytes": manifest["onnx"]["bytes"] if manifest["onnx"] else None,
+        "onnx_bytes": onnx["bytes"] if onnx else None,
         "removed_units": manifest["removed_units"], "masked_units": manifest["masked_units"],
     }
     if latency:
-        lat = spec.latency
-        config = LatencyConfig(runtimes=("onnxruntime", "torch") if manifest["onnx"] else ("torch",),
-                               batch_sizes=tuple(sorted({1, batch or lat.batch})), threads=threads or lat.threads,
-                               warmup=lat.warmup, repeats=lat.repeats)
-        measured = measure_latency(loaded, folder / ONNX if manifest["onnx"] else None, example, config)
-        main = f"{lat.runtime if manifest['onnx'] else 'torch'}/b{batch or lat.batch}"
-        metrics.update(latency={k: {f: v for f, v in m.to_dict().items() if f != "machine"} for k, m in measured.items()},
-                       latency_ms=measured[main].latency_ms, latency_key=main, machine=machine())
+        metrics.update(_latency(spec, loaded, folder / ONNX if onnx else None, example, batch=batch, threads=threads))
     (folder / POLICY_FILE).write_text(policy.to_json(indent=2), encoding="utf-8")
     (folder / MODEL_FILE).write_text(json.dumps(_model_record(spec, run), indent=2, sort_keys=True), encoding="utf-8")
     (folder / METRICS_FILE).write_text(json.dumps(metrics, indent=2, sort_keys=True, default=str), encoding="utf-8")
