@@ -238,6 +238,42 @@ def _write(results: dict[str, Any], path: Path, *, partial: bool) -> None:
     _save(path, payload)
 
 
+def _fmt(x: float | None, digits: int = 1) -> str:
+    return "-" if x is None else f"{x:.{digits}f}"
+
+
+def markdown(payload: dict[str, Any]) -> str:
+    """The README tables of a results JSON: per study, each method's hypervolume and smallest
+    size at <= 1 % return loss (per seed), then the criteria's returns at each keep ratio."""
+    lines: list[str] = []
+    for name, entry in payload.get("studies", {}).items():
+        small = entry.get("smallest_at_1pct_loss", {})
+        done = entry.get("seeds_done", [])
+        state = "complete" if entry.get("status") == "complete" else f"partial: seeds {done} of {entry.get('seeds')}"
+        lines += [f"**{name}** ({entry.get('trials')} evaluations per method and seed; {state}; uncompressed: "
+                  f"{_fmt(small.get('uncompressed_size_kb'), 2)} KiB, validation return "
+                  f"{_fmt(small.get('uncompressed_return'))}, floor {_fmt(small.get('return_floor'))})", "",
+                  "| method | HV @100% (mean +- std) | smallest KiB at <= 1% loss, per seed (x smaller) | its test return |",
+                  "|---|---|---|---|"]
+        for method, front in entry.get("fronts", {}).items():
+            hv = front["hypervolume"]
+            per_seed = small.get(method, {}).get("per_seed", [])
+            sizes = ", ".join("-" if p["size_kb"] is None else f"{p['size_kb']:.2f} ({p['ratio']:.1f}x)" for p in per_seed)
+            tests = ", ".join(_fmt(p.get("test_return")) for p in per_seed if p["size_kb"] is not None)
+            lines.append(f"| {method} | {_fmt(hv['mean'], 3)} +- {_fmt(hv['std'], 3)} | {sizes or '-'} | {tests or '-'} |")
+        criteria = entry.get("criteria", {})
+        keeps = sorted({k for c in criteria.values() for k in c}, key=float, reverse=True)
+        if criteria:
+            lines += ["", "| criterion | " + " | ".join(f"keep {k}: return (test)" for k in keeps) + " |",
+                      "|---|" + "---|" * len(keeps)]
+            for criterion, by_keep in criteria.items():
+                cells = [f"{_fmt(by_keep[k]['mean_return'])} ({_fmt(by_keep[k]['mean_test_return'])})" if k in by_keep else "-"
+                         for k in keeps]
+                lines.append(f"| {criterion} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--studies", default="cartpole_dqn,lunarlander_ppo",
@@ -249,7 +285,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--out", default=str(ROOT / "runs" / "bench_agents"))
     parser.add_argument("--results", default=str(RESULTS), help="the JSON file written after every step")
+    parser.add_argument("--markdown", action="store_true", help="only print the tables of --results as Markdown")
     args = parser.parse_args(argv)
+    if args.markdown:
+        print(markdown(_cache(Path(args.results))))
+        return 0
     args.strategies = [s for s in args.strategies.split(",") if s]
     args.criteria = [c for c in args.criteria.split(",") if c]
     args.keeps = [float(k) for k in args.keeps.split(",") if k]
