@@ -32,6 +32,7 @@ Usage::
     nice -n 10 .venv/bin/python benchmarks/suite.py              # everything (hours to days on 2 cores)
     .venv/bin/python benchmarks/suite.py --problems digits_cnn --seeds 5 --trials 50
     .venv/bin/python benchmarks/suite.py --analyse-only          # statistics of what the folders hold
+    .venv/bin/python benchmarks/suite.py --markdown benchmarks/results/suite.json   # the tables
 """
 
 from __future__ import annotations
@@ -208,17 +209,19 @@ def aggregate(problems: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
 def analyse(out_root: Path, problems: Sequence[str], *, strategies: Sequence[str] | None,
             seeds: Sequence[int] | None) -> dict[str, Any]:
     """Statistics of every problem folder under ``out_root`` that exists (missing ones listed)."""
+    from compsearch.errors import ConfigError
     from compsearch.studies.results import quiet_optuna
     from compsearch.studies.summary import summarize
 
     out: dict[str, Any] = {}
     for p in problems:
         folder = out_root / p
-        if not (folder / "run.json").is_file():
+        try:
+            with quiet_optuna():
+                summary = summarize(folder)
+        except ConfigError:  # no run folder yet, or one still preparing (no spec in run.json)
             continue
-        with quiet_optuna():
-            out[p] = analyse_problem(summarize(folder), strategies=strategies, seeds=seeds)
-        out[p]["run"] = _rel(folder)
+        out[p] = {**analyse_problem(summary, strategies=strategies, seeds=seeds), "run": _rel(folder)}
     return out
 
 
@@ -232,6 +235,48 @@ def _rel(path: Path) -> str:
 # ---- command line -----------------------------------------------------------------------------
 
 
+def _fmt(stat: Mapping[str, Any]) -> str:
+    if not stat["n"]:
+        return "-"
+    low, high = stat["ci"]
+    return f"{stat['mean']:.4f} [{low:.4f}, {high:.4f}] (n={stat['n']})"
+
+
+def markdown(doc: Mapping[str, Any]) -> str:
+    """Per problem: one row per strategy (hypervolume at 25/50/100 % with bootstrap CIs and
+    seed counts, relative to the best-known front) and the hirl-vs-best-non-RL line; then ranks."""
+    from compsearch.studies.summary import budget_index
+
+    lines = []
+    for name, res in doc["problems"].items():
+        budget = res["budget"]
+        at = [budget_index(f, budget) for f in FRACTIONS]
+        lines += [f"**{name}** (budget {budget}; best-known front HV {res['best_known_front']['hypervolume']:.4f}"
+                  f"{'' if res['complete'] else '; partial'})", "",
+                  f"| strategy | HV @{at[0]} | HV @{at[1]} | HV @{at[2]} | HV / best-known | seeds complete |",
+                  "|---|---|---|---|---|---|"]
+        for s, st in res["strategies"].items():
+            done = res["completion"][s]
+            lines.append(f"| {s} | {_fmt(st['hv']['25%'])} | {_fmt(st['hv']['50%'])} | {_fmt(st['hv']['100%'])} | "
+                         f"{_fmt(st['relative_hv'])} | {len(done['complete_seeds'])} |")
+        v = res["hirl_vs_best_non_rl"]
+        if v.get("best_non_rl"):
+            pair = v["paired_final_hv"]
+            ci = "-" if pair["ci"] is None else f"[{pair['ci'][0]:+.4f}, {pair['ci'][1]:+.4f}]"
+            p_value = "-" if pair["wilcoxon"] is None else f"{pair['wilcoxon']['p_value']:.3f}"
+            reach = v["hirl_evals_to_reach_best_non_rl"]
+            curve = f"reaches it after {reach} evaluations" if reach else "never reaches it"
+            lines += ["", f"hirl - {v['best_non_rl']} (final HV, seeds {pair['seeds']}): mean {pair['mean_difference']:+.4f}, "
+                          f"95% CI {ci}, Wilcoxon p {p_value}, wins/losses {pair['wins']}/{pair['losses']}; "
+                          f"{v['best_non_rl']}'s final mean {v['best_non_rl_final_mean']:.4f}: hirl's mean curve {curve}"]
+        lines.append("")
+    ranks = doc["ranks"]
+    if ranks["order"]:
+        lines += ["| strategy | mean rank | problems |", "|---|---|---|"]
+        lines += [f"| {s} | {ranks['mean_rank'][s]:.2f} | {ranks['problems'][s]} |" for s in ranks["order"]]
+    return "\n".join(lines)
+
+
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="2 problems, 4 strategies, 2 seeds, 20 evaluations")
@@ -243,6 +288,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, help="run folders root (default runs/suite, runs/suite_quick with --quick)")
     p.add_argument("--json", type=Path, help="output file (default benchmarks/results/suite[_quick].json)")
     p.add_argument("--analyse-only", action="store_true", help="no evaluation: statistics of what the folders hold")
+    p.add_argument("--markdown", type=Path, metavar="JSON", help="print the tables of a suite JSON as Markdown and exit")
     return p.parse_args(argv)
 
 
@@ -264,6 +310,10 @@ def _settings(args: argparse.Namespace) -> tuple[list[str], list[str], list[int]
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = _parse(argv)
+    if args.markdown:
+        doc = json.loads(args.markdown.read_text())
+        print(markdown(doc))
+        return dict(doc)
     problems, strategies, seeds, trials = _settings(args)
     out_root = args.out or ROOT / "runs" / ("suite_quick" if args.quick else "suite")
     json_path = args.json or RESULTS / ("suite_quick.json" if args.quick else "suite.json")

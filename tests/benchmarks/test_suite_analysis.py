@@ -95,3 +95,13 @@ def test_suite_specs_pass_check_at_equal_budgets(path: Path, tmp_path: Path) -> 
     suite = _suite()
     assert path.stem in suite.PROBLEMS and len(SUITE_SPECS) == len(suite.PROBLEMS) >= 4
     assert spec.strategies == list(suite.STRATEGIES) and spec.trials >= 50 and len(spec.seeds) >= 5
+
+
+def test_markdown_tables_of_the_hand_summary() -> None:
+    suite = _suite()
+    problem = suite.analyse_problem(SUMMARY)
+    text = suite.markdown({"problems": {"hand": problem}, "ranks": suite.aggregate({"hand": problem})})
+    assert "| strategy | HV @1 | HV @2 | HV @4 | HV / best-known | seeds complete |" in text
+    assert "| hirl | 0.0500 [0.0000, 0.1000] (n=2) | 0.1000 [0.1000, 0.1000] (n=2) | 0.2000 [0.2000, 0.2000] (n=2) |" in text
+    assert "partial" in text and "hirl - tpe (final HV, seeds [0]): mean +0.0400" in text
+    assert "| hirl | 1.00 | 1 |" in text and "| tpe | 2.00 | 1 |" in text
