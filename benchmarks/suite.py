@@ -172,12 +172,15 @@ def analyse_problem(summary: Mapping[str, Any], *, strategies: Sequence[str] | N
     reference = [summary["reference_point"][m] for m, _ in summary["objectives"]]
     front = best_known_front([s["points"] for s in summary["strategies"].values()], directions)
     front_hv = hypervolume(front, directions, reference, summary["scales"]) if len(front) else 0.0
-    names = [s for s in (strategies or summary["strategies"]) if s in summary["strategies"]]
+    wanted = list(strategies or summary["strategies"])
+    names = [s for s in wanted if s in summary["strategies"]]
     keep = {int(s) for s in seeds} if seeds is not None else None
     curves = {s: {int(seed): c for seed, c in summary["strategies"][s]["curves"].items() if keep is None or int(seed) in keep}
               for s in names}
     counted = {s: {int(seed): c for seed, c in summary["strategies"][s]["counted"].items() if keep is None or int(seed) in keep}
                for s in names}
+    for s in names:  # requested seeds the run has not started count as missing
+        counted[s].update({seed: 0 for seed in (keep or ()) if seed not in counted[s]})
     done = {s: completion(counted[s], budget) for s in names}
     finals = {s: checkpoint_values(curves[s], budget) for s in names}
     ranked = [s for s in names if finals[s]]
@@ -185,7 +188,8 @@ def analyse_problem(summary: Mapping[str, Any], *, strategies: Sequence[str] | N
     return {
         "name": summary["name"], "budget": budget, "objectives": summary["objectives"],
         "reference_point": summary["reference_point"], "scales": summary["scales"],
-        "complete": all(not d["partial"] and not d["missing_seeds"] for d in done.values()),
+        "complete": all(not d["partial"] and not d["missing_seeds"] for d in done.values()) and len(names) == len(wanted),
+        "strategies_not_started": [s for s in wanted if s not in names],
         "completion": done,
         "best_known_front": {"points": front.tolist(), "hypervolume": front_hv},
         "strategies": {s: strategy_stats(curves[s], budget, front_hv) for s in names},
@@ -259,6 +263,8 @@ def markdown(doc: Mapping[str, Any]) -> str:
             done = res["completion"][s]
             lines.append(f"| {s} | {_fmt(st['hv']['25%'])} | {_fmt(st['hv']['50%'])} | {_fmt(st['hv']['100%'])} | "
                          f"{_fmt(st['relative_hv'])} | {len(done['complete_seeds'])} |")
+        if res.get("strategies_not_started"):
+            lines += ["", f"not started yet: {', '.join(res['strategies_not_started'])}"]
         v = res["hirl_vs_best_non_rl"]
         if v.get("best_non_rl"):
             pair = v["paired_final_hv"]

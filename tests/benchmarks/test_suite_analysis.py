@@ -67,6 +67,10 @@ def test_analyse_problem_by_hand() -> None:
 def test_analyse_problem_restricts_seeds_and_strategies() -> None:
     out = _suite().analyse_problem(SUMMARY, strategies=["tpe"], seeds=[0])
     assert list(out["strategies"]) == ["tpe"] and out["complete"]
+    # A requested strategy or seed the run has not started makes the problem partial.
+    more = _suite().analyse_problem(SUMMARY, strategies=["tpe", "bo"], seeds=[0, 5])
+    assert more["strategies_not_started"] == ["bo"] and not more["complete"]
+    assert more["completion"]["tpe"]["missing_seeds"] == [5]
     # The front still pools every strategy the run holds.
     assert out["best_known_front"]["hypervolume"] == pytest.approx(0.26)
     assert out["hirl_vs_best_non_rl"]["best_non_rl"] is None
