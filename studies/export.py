@@ -176,7 +176,7 @@ def export_trial(run: Any, selected: Selected, folder: Path, *, verify: bool = T
     example = ev.task.example_input().detach().cpu()
     folder.mkdir(parents=True, exist_ok=True)
     manifest = write_bundle(plain, units, example[:2], folder, dynamo=exporter == "dynamo",
-                            meta={"policy": policy.to_json(), "trial": selected.label})
+                            meta={"policy": policy.to_json(), "trial": selected.label}, removed=policy.removed)
     loaded = load_bundle(folder, clone_model(run.model).cpu())
     onnx = manifest["onnx"]
     onnx_model = _OnnxModule(folder / ONNX, spec.latency.threads) if onnx and onnx["dynamic_batch"] else None
@@ -189,6 +189,7 @@ def export_trial(run: Any, selected: Selected, folder: Path, *, verify: bool = T
         "weights_bytes": manifest["weights_bytes"], "payload_bytes": manifest["payload_bytes"]["total"],
         "onnx_bytes": onnx["bytes"] if onnx else None,
         "removed_units": manifest["removed_units"], "masked_units": manifest["masked_units"],
+        "removed_blocks": manifest.get("removed_blocks", {}),
     }
     if latency:
         metrics.update(_latency(spec, loaded, folder / ONNX if onnx else None, example, batch=batch, threads=threads))

@@ -131,6 +131,23 @@ def kernel_bits(units: Mapping[str, UnitQuant]) -> dict[str, tuple[int, int]]:
             for name, uq in units.items()}
 
 
+def removed_blocks(policy: Policy) -> dict[str, str | None]:
+    """The policy's removed blocks (block -> shortcut path or None)."""
+    return dict(getattr(policy, "removed", None) or {})
+
+
+def without_removed(model: nn.Module, units: Mapping[str, UnitQuant],
+                    removed: Mapping[str, str | None]) -> tuple[nn.Module, dict[str, UnitQuant]]:
+    """``model`` with the removed blocks replaced and the records of units inside them dropped,
+    as :func:`~compsearch.evaluators.bundle.write_bundle` does before planning."""
+    if not removed:
+        return model, dict(units)
+    from compsearch.evaluators.removal import remove_blocks
+
+    gone = Policy({}, removed=removed)
+    return remove_blocks(model, removed), {n: u for n, u in units.items() if not gone.removes(n)}
+
+
 class StructureLatency:
     """Latency of the exported structure of compressed models, measured once per structure.
 
@@ -152,7 +169,7 @@ class StructureLatency:
         self.cache = cache if cache is not None else LatencyCache()
         self.base = architecture_digest(self.model, self.example_input)
         self.measurements = 0
-        self._analyzer: PruneAnalyzer | None = None
+        self._analyzers: dict[str, PruneAnalyzer] = {}
 
     def signature(self, plain: nn.Module, units: Mapping[str, UnitQuant], policy: Policy) -> str:
         """The structure signature of what ``write_bundle(plain, units, ...)`` would export.
@@ -162,32 +179,34 @@ class StructureLatency:
         change between trials), and a group whose channels are alive in this model stays
         masked, by the library's own test (``speedup._live_channels``).
         """
+        removed = removed_blocks(policy)
+        plain, units = without_removed(plain, units, removed)
         channels = pruned_rows(units)
         plan = None
         if channels:
-            if self._analyzer is None:
-                self._analyzer = PruneAnalyzer(self.model, self.example_input[:2])
-            plan = self._analyzer.plan(channels)
+            key = json.dumps(removed, sort_keys=True)
+            if key not in self._analyzers:  # one traced graph per set of removed blocks
+                self._analyzers[key] = PruneAnalyzer(without_removed(self.model, {}, removed)[0], self.example_input[:2])
+            plan = self._analyzers[key].plan(channels)
             model = effective_model(plain, units)
             plan = plan.mask({u: "alive" for u, group in plan.groups.items() if _live_channels(model, u, group)})
-        removed = tuple(getattr(policy, "removed", None) or ())
-        return structure_signature(plan, kernel_bits(units), base=self.base, removed_blocks=removed)
+        return structure_signature(plan, kernel_bits(units), base=self.base, removed_blocks=tuple(removed))
 
     def measure(self, plain: nn.Module, units: Mapping[str, UnitQuant], policy: Policy) -> dict[str, float]:
         """``latency_ms`` and ``latency_iqr_ms`` of the export of ``plain`` (the compressed model's
         stored weights) with ``units``; measured only when its structure is not cached."""
         signature = self.signature(plain, units, policy)
-        got = self.cache.get(signature, self.config, lambda: self._time(plain, units))
+        got = self.cache.get(signature, self.config, lambda: self._time(plain, units, removed_blocks(policy)))
         key = f"{self.config.runtimes[0]}/b{self.config.batch_sizes[0]}"
         return {"latency_ms": float(got[key]["latency_ms"]), "latency_iqr_ms": float(got[key]["iqr_ms"])}
 
-    def _time(self, plain: nn.Module, units: Mapping[str, UnitQuant]) -> dict[str, Latency]:
+    def _time(self, plain: nn.Module, units: Mapping[str, UnitQuant], removed: Mapping[str, str | None]) -> dict[str, Latency]:
         from compsearch.evaluators.bundle import ONNX, load_bundle, write_bundle
 
         self.measurements += 1
         onnx = "onnxruntime" in self.config.runtimes
         with tempfile.TemporaryDirectory(prefix="compsearch-latency-") as tmp:
-            write_bundle(plain, units, self.example_input[:2], tmp, onnx=onnx, dynamo=False)
+            write_bundle(plain, units, self.example_input[:2], tmp, onnx=onnx, dynamo=False, removed=removed)
             model = load_bundle(tmp, clone_model(self.model))
             return measure_latency(model, Path(tmp) / ONNX if onnx else None, self.example_input, self.config)
 
@@ -256,4 +275,5 @@ def evaluator_factory(model: nn.Module, source: Any, spec: Any, out_dir: Path) -
 
 
 __all__ = ["LATENCY_FILE", "LATENCY_METRICS", "LatencyEvaluator", "RunLatencyCache", "StructureLatency",
-           "architecture_digest", "evaluator_factory", "kernel_bits", "latency_config", "needs_latency"]
+           "architecture_digest", "evaluator_factory", "kernel_bits", "latency_config", "needs_latency", "removed_blocks",
+           "without_removed"]

@@ -85,6 +85,21 @@ def test_the_signature_follows_the_exports_plan_and_processes_share_the_file(tmp
     assert len(RunLatencyCache(tmp_path / "l.json")) == 2
 
 
+def test_removed_blocks_are_another_structure_and_are_timed_without_them(tmp_path) -> None:
+    from compsearch.testing import toy_resnet
+
+    ev = LatencyEvaluator(toy_resnet(), make_data(shape=(1, 4, 4), num_classes=3, n=120),
+                          latency_config=latency_config("onnxruntime", 1, warmup=1, repeats=3),
+                          finetune=FineTuneConfig(steps=1, batch_size=16), device="cpu")
+    keep = Policy({"layer2.1.conv": UnitPolicy(w_bits=8, a_bits=8)})
+    gone = Policy({"layer2.1.conv": UnitPolicy(w_bits=8, a_bits=8)}, removed={"layer1.1": None, "layer2.0": "layer2.0.shortcut"})
+    ev.evaluate(keep)
+    plain, units = ev.compressed_model(keep)
+    ev.evaluate(gone)
+    assert ev.latency.measurements == 2  # the same kernels, fewer blocks: another structure
+    assert ev.latency.signature(plain, units, keep) != ev.latency.signature(*ev.compressed_model(gone), gone)
+
+
 def test_a_latency_constraint_violation_is_recorded_as_an_optuna_constraint(tmp_path) -> None:
     ev = _evaluator(tmp_path / "latency.json")
     space = get_space("uniform", ev.units, w_bits=[4], a_bits=[8], keep=[1.0])
@@ -133,3 +148,29 @@ def test_a_run_with_a_latency_objective_and_constraint_then_export(make_spec, tm
     [m] = export_run(tmp_path / "run", trial=f"random-s0:{done[0].number}", exporter="torchscript")
     assert m["verified"] and m["latency_key"] == "onnxruntime/b4" and set(m["latency"]) == {
         "onnxruntime/b1", "onnxruntime/b4", "torch/b1", "torch/b4"}
+
+
+@pytest.mark.slow
+def test_a_depth_run_times_removed_blocks_and_exports_them(tmp_path) -> None:
+    import json
+
+    from compsearch.record import read_policy
+    from compsearch.studies.export import export_run
+    from compsearch.studies.runner import run_study
+    from compsearch.testing import digits_spec
+
+    spec = digits_spec("depthlat", trials=4, finetune={"steps": 2}, strategies=["random"])
+    spec.update(space={"name": "depth+joint", "choices": {"w_bits": [4, 8], "keep": [1.0]}},
+                constraints={"max_latency_ms": 100.0}, latency={"warmup": 1, "repeats": 5})
+    run = run_study(spec, tmp_path / "run", quiet=True, test=False)
+    trials = optuna.load_study(study_name="random-s0", storage=run.storage_url).trials
+    removing = [t for t in trials if (read_policy(t) or {}).get("removed")]
+    assert removing  # seeded: the random strategy removes features.5 at least once
+    cache = json.loads((tmp_path / "run" / "latency.json").read_text())
+    structures = {(json.dumps((read_policy(t) or {}).get("removed")), json.dumps(read_policy(t)["units"], sort_keys=True))
+                  for t in trials}
+    assert len(cache) <= len(structures) + 1  # the baseline and at most one per distinct policy
+    [m] = export_run(tmp_path / "run", trial=f"random-s0:{removing[0].number}", exporter="torchscript")
+    assert m["verified"] and m["removed_blocks"] == {"features.5": None}
+    assert m["onnx_val_accuracy"] == m["val_accuracy"] == read_metrics(removing[0])["accuracy"]
+    assert m["max_abs_logit_error"]["onnxruntime"] <= 1e-3
