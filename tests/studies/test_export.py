@@ -147,3 +147,30 @@ def test_an_agent_trial_exports_with_its_return(tmp_path) -> None:
     ev = run.evaluator(0)
     loaded = compsearch.load_compressed(tmp_path / "run" / "export" / m["trial"].replace(":", "-"), model=run.model)
     assert ev.task.measure(loaded, "val")["return"] == m["val_return"]
+
+
+@pytest.mark.slow
+def test_a_plugin_models_run_exports_with_its_plugin(tmp_path, monkeypatch, capsys) -> None:
+    import sys
+
+    from test_plugins import PLUGIN, SPEC, _forget
+
+    from compsearch.cli import main
+
+    (tmp_path / "my_compress_plugins.py").write_text(PLUGIN)
+    (tmp_path / "mine.toml").write_text(SPEC)
+    monkeypatch.chdir(tmp_path)
+    path = list(sys.path)
+    try:
+        assert main(["run", "mine.toml", "--out", "run", "--quiet", "--no-test"]) == 0
+        _forget("my_compress_plugins")  # a fresh process: nothing imported
+        assert main(["export", "run", "--trial", "random-s0:0", "--exporter", "torchscript", "--no-latency"]) == 2
+        assert "pass --plugin my_compress_plugins" in " ".join(capsys.readouterr().err.split())
+        assert main(["export", "run", "--trial", "random-s0:0", "--exporter", "torchscript", "--no-latency",
+                     "--plugin", "my_compress_plugins"]) == 0
+        metrics = json.loads((tmp_path / "run" / "export" / "random-s0-0" / "metrics.json").read_text())
+        assert metrics["verified"] and metrics["val_accuracy"] == metrics["recorded"]["accuracy"]
+        assert compsearch.load_compressed(tmp_path / "run" / "export" / "random-s0-0")[0].in_channels == 1
+    finally:
+        sys.path[:] = path
+        _forget("my_compress_plugins")
