@@ -58,6 +58,8 @@ from compsearch.studies.hypervolume import hypervolume, hypervolume_curve, paret
 CHOICES = {"w_bits": [2, 4, 8, 32], "keep": [0.25, 0.5, 1.0], "a_bits": 32, "scheme": "symmetric", "granularity": "channel",
            "structure": "channel"}
 DIRECTIONS = ["maximize", "minimize"]
+#: per-strategy options of the depth comparison (NSGA's population fits the budget)
+OPTIONS: dict[str, dict[str, Any]] = {"nsga2": {"population_size": 10}, "nsga3": {"population_size": 10}, "tpe": {"n_startup_trials": 8}}
 
 
 class _Res(nn.Module):
@@ -188,7 +190,7 @@ def depth_vs_joint(large: Problem, *, strategies: Sequence[str], seeds: Sequence
                 if strategy == "n2n" and space == "depth+joint" and seed in n2n_cold:
                     runs[space].append(n2n_cold[seed])
                 else:
-                    runs[space].append(large.study(strategy, space, seed, trials))
+                    runs[space].append(large.study(strategy, space, seed, trials, **OPTIONS.get(strategy, {})))
     limit = 0.2 * large.reference[1]
     fronts = {k: pareto_front(points(v), DIRECTIONS) for k, v in runs.items()}
     low = {k: f[f[:, 1] < limit] for k, f in fronts.items()}
