@@ -210,6 +210,19 @@ def aggregate(problems: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     return rank_table({p: res["rank_scores"] for p, res in problems.items()})
 
 
+def targets(problems: Mapping[str, Mapping[str, Any]]) -> dict[str, list[str]]:
+    """The problems where ``hirl``'s final mean is at or above the best non-RL strategy's, where
+    the paired difference's bootstrap interval lies above 0, and where ``hirl``'s mean curve
+    reaches the best non-RL final mean within half the budget."""
+    versus = {p: r["hirl_vs_best_non_rl"] for p, r in problems.items() if r["hirl_vs_best_non_rl"].get("best_non_rl")}
+    return {
+        "compared": sorted(versus),
+        "hirl_at_or_above_best_non_rl": sorted(p for p, v in versus.items() if v["hirl_final_mean"] >= v["best_non_rl_final_mean"]),
+        "difference_ci_above_zero": sorted(p for p, v in versus.items() if v["paired_final_hv"]["ci_above_zero"]),
+        "hirl_reaches_within_half_budget": sorted(p for p, v in versus.items() if v["hirl_reaches_within_half_budget"]),
+    }
+
+
 def analyse(out_root: Path, problems: Sequence[str], *, strategies: Sequence[str] | None,
             seeds: Sequence[int] | None) -> dict[str, Any]:
     """Statistics of every problem folder under ``out_root`` that exists (missing ones listed)."""
@@ -359,7 +372,7 @@ def report(argv: Sequence[str] | None, problems: Sequence[str], strategies: Sequ
         "partial": any(not r["complete"] for r in results.values()) or len(results) < len(problems),
         "problems_missing": [p for p in problems if p not in results],
         "ci_method": "95% percentile bootstrap of the mean over seeds (10000 resamples, seed 0)",
-        "problems": results, "ranks": aggregate(results),
+        "problems": results, "ranks": aggregate(results), "hirl_targets": targets(results),
     }
 
 

@@ -107,7 +107,8 @@ def paired_comparison(a: Mapping[int, float], b: Mapping[int, float], *, level: 
     Returns:
         ``seeds`` (common, sorted), ``differences`` (``a - b`` per seed), ``mean_difference``,
         ``ci`` (bootstrap interval of the mean difference, :func:`bootstrap_ci`),
-        ``ci_above_zero`` (the interval's low end > 0), ``wilcoxon`` (:func:`wilcoxon`;
+        ``ci_above_zero`` (the interval's low end > 0, with at least 2 seeds: one seed's
+        interval is a point, not evidence), ``wilcoxon`` (:func:`wilcoxon`;
         None for fewer than 2 common seeds), ``wins`` / ``losses`` / ``ties`` of ``a``.
     """
     seeds = sorted(set(a) & set(b))
@@ -118,7 +119,7 @@ def paired_comparison(a: Mapping[int, float], b: Mapping[int, float], *, level: 
     ci = bootstrap_ci(diff, level=level, resamples=resamples, seed=seed)
     return {
         "seeds": seeds, "differences": diff, "mean_difference": float(np.mean(diff)), "ci": list(ci),
-        "ci_above_zero": ci[0] > 0, "wilcoxon": wilcoxon([a[s] for s in seeds], [b[s] for s in seeds]) if len(seeds) > 1 else None,
+        "ci_above_zero": len(seeds) > 1 and ci[0] > 0, "wilcoxon": wilcoxon([a[s] for s in seeds], [b[s] for s in seeds]) if len(seeds) > 1 else None,
         "wins": sum(d > 0 for d in diff), "losses": sum(d < 0 for d in diff), "ties": sum(d == 0 for d in diff),
     }
 

@@ -62,6 +62,10 @@ def test_analyse_problem_by_hand() -> None:
     assert out["rank_seeds"] == [0] and out["rank_scores"] == pytest.approx({"hirl": 0.2, "tpe": 0.16})
     table = _suite().aggregate({"hand": out})
     assert table["ranks"]["hand"] == {"hirl": 1.0, "tpe": 2.0}
+    # hirl 0.2 >= tpe 0.16; one paired seed is no interval (not "above zero"); reached after 4 of 4, not 2.
+    assert not paired["ci_above_zero"]
+    assert _suite().targets({"hand": out}) == {"compared": ["hand"], "hirl_at_or_above_best_non_rl": ["hand"],
+                                               "difference_ci_above_zero": [], "hirl_reaches_within_half_budget": []}
 
 
 def test_analyse_problem_restricts_seeds_and_strategies() -> None:
