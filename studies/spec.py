@@ -547,6 +547,14 @@ class StudySpec(_Model):
         for key, message in check_task_metrics(self.task_name, metrics, self.constraints, self.reference_point):
             raise AtKey(key, message)
         self._gates_fit()
+        for metric in ([] if _READING.get() else metrics):
+            m = get_metric(metric)
+            own = m.direction == "maximize" and f"min_{metric}" in self.constraints
+            if m.reference is None and m.task is None and metric not in self.reference_point and not own:
+                # a task metric (``return``) gets its task's default at run time; these never do
+                raise AtKey(f"reference_point.{metric}", f"objective {metric!r} has no default hypervolume reference; "
+                                                          f"give the worst value you accept, e.g. [reference_point] "
+                                                          f"{metric} = <value>")
         for metric, value in ({} if _READING.get() else self.reference_point).items():
             try:
                 get_metric(metric).check(value, "value")

@@ -61,6 +61,7 @@ def test_defaults_and_normalisation(make_spec) -> None:
         ({"objectives": ["accuracy", {"metric": "size_kb", "direction": "maximize"}]}, r"objectives\[1\]: size_kb is always minimized; got direction='maximize'"),
         ({"objectives": ["accuracy", "speed"]}, r"objectives\[1\]: unknown metric 'speed'"),
         ({"reference_point": {"bops": 1.0}}, r"reference_point: \['bops'\] are not objectives"),
+        ({"objectives": ["accuracy", "latency_ms"]}, r"reference_point\.latency_ms: objective 'latency_ms' has no default"),
         ({"seeds": "many"}, r"seeds: expected a seed count or a list of seeds, got 'many'"),
         ({"seeds": [1, 1]}, r"seeds: \[1, 1\] has duplicates"),
         ({"trials": 0}, r"trials: input should be greater than or equal to 1"),
