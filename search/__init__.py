@@ -2,7 +2,8 @@
 
 Importing the package registers the built-in strategies: Optuna's samplers and the
 heuristic anchors (:mod:`~compsearch.search.baselines`), the hierarchical RL strategies
-(:mod:`~compsearch.search.hirl`) and the Bayesian one (:mod:`~compsearch.search.bayes`).
+(:mod:`~compsearch.search.hirl`), N2N learning (:mod:`~compsearch.search.n2n`) and the
+Bayesian one (:mod:`~compsearch.search.bayes`).
 The registry module itself imports none of them, so the import graph stays one-way
 (strategy modules -> registry). Heavy backends (botorch) stay lazy inside them.
 """
