@@ -16,9 +16,9 @@ first cost objective: ``size_bits`` for size metrics, ``bops``; ``size_bits`` wh
 none) over the uncompressed model's (``evaluator.cost``); ``A`` the study's quality objective
 (``accuracy``, ``return``, ...; ``A_ref / A`` for a minimized one such as ``loss``; 1 when the
 study has no quality objective); ``A_ref`` the uncompressed model's value
-(``evaluator.base_metrics()``), or without it the best value of the trials so far. A metric
-that can be negative (``return``) enters as ``(A - A_worst) / (A_ref - A_worst)`` over the
-trials so far. A trial violating a constraint, a non-finite quality, or a FAILED trial of the
+(``evaluator.base_metrics()``), or without it the best value of the trials so far. A negative
+quality (a ``return`` below 0) enters as ``(A - A_worst) / (A_best - A_worst)`` over the trials
+so far. A trial violating a constraint, a non-finite quality, or a FAILED trial of the
 candidate (diverged, out of memory) gets ``infeasible`` (default -1).
 
 **Learning** is REINFORCE with a moving-average baseline, one update per finished trial in
