@@ -14,7 +14,7 @@ uncompressed size), normalised (:func:`compsearch.studies.hypervolume.hypervolum
 Sections:
 
 * ``transfer``: ``n2n`` searches the small model's ``depth+joint`` space for ``--source-trials``
-  evaluations (seed 0); its learned state (saved like a run's ``strategy_state/n2n-s0.pt``)
+  evaluations (seed ``--source-seed``, 0); its learned state (saved like a run's ``strategy_state/n2n-s0.pt``)
   warm-starts ``n2n`` on the large model (``warm_start``), against a cold start, ``--trials``
   evaluations each, over ``--seeds`` seeds. Reported: mean hypervolume curves, per-seed final
   values, and the evaluations warm needs to reach cold's mean final hypervolume (target: at most
@@ -152,8 +152,8 @@ def first_reaching(curve: Sequence[float], target: float) -> int | None:
 
 
 def transfer(small: Problem, large: Problem, *, seeds: Sequence[int], trials: int, source_trials: int,
-             folder: Path) -> tuple[dict[str, Any], dict[int, optuna.Study]]:
-    src = small.study("n2n", "depth+joint", 0, source_trials)
+             folder: Path, source_seed: int = 0) -> tuple[dict[str, Any], dict[int, optuna.Study]]:
+    src = small.study("n2n", "depth+joint", source_seed, source_trials)
     src.study_name  # noqa: B018
     path = save_study_state(src, folder)
     assert path is not None
@@ -168,7 +168,7 @@ def transfer(small: Problem, large: Problem, *, seeds: Sequence[int], trials: in
     reach = first_reaching(mean_w.tolist(), target)
     copied = warm[seeds[0]].sampler.warm_copied  # type: ignore[attr-defined]
     out = {
-        "source": {"model_depth": 2, "trials": source_trials, "final_hv": round(small.curve(src)[-1], 5)},
+        "source": {"model_depth": 2, "trials": source_trials, "seed": source_seed, "final_hv": round(small.curve(src)[-1], 5)},
         "copied_parameters": {k: len(v) for k, v in copied.items()},
         "cold": {"mean_curve": [round(float(v), 5) for v in mean_c], "final_per_seed": {s: round(c[-1], 5) for s, c in cc.items()}},
         "warm": {"mean_curve": [round(float(v), 5) for v in mean_w], "final_per_seed": {s: round(c[-1], 5) for s, c in wc.items()}},
@@ -217,6 +217,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--trials", type=int, default=40)
     parser.add_argument("--source-trials", type=int, default=40)
+    parser.add_argument("--source-seed", type=int, default=0, help="seed of the small model's n2n run")
     parser.add_argument("--steps", type=int, default=30, help="fine-tuning steps per candidate")
     parser.add_argument("--depth", type=int, default=4, help="blocks per stage of the large model")
     parser.add_argument("--acc-floor", type=float, default=0.5)
@@ -241,7 +242,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     cold: dict[int, optuna.Study] = {}
     with tempfile.TemporaryDirectory() as tmp:
         if args.what in ("transfer", "all"):
-            result["transfer"], cold = transfer(small, large, seeds=seeds, trials=args.trials, source_trials=args.source_trials, folder=Path(tmp))
+            result["transfer"], cold = transfer(small, large, seeds=seeds, trials=args.trials, source_trials=args.source_trials, folder=Path(tmp),
+                                                  source_seed=args.source_seed)
     if args.what in ("depth", "all"):
         result["depth_vs_joint"] = depth_vs_joint(large, strategies=args.strategies.split(","), seeds=seeds, trials=args.trials, n2n_cold=cold)
     result["note"] = "run on a shared 2-core machine under load; wall time is not a measurement"
