@@ -10,7 +10,11 @@ then attaches the candidate's compression to the units:
 
 * pruning masks (importance criterion from :mod:`compsearch.evaluators.masks`, computed on
   the base weights) zero the pruned weights in storage; they are re-applied after every
-  optimizer step, so pruned weights stay exactly 0;
+  optimizer step, so pruned weights stay exactly 0. Channel pruning also holds at 0 the
+  pruned channels' own bias and the coupled per-channel parameters (BatchNorm scale and
+  shift, PReLU, depthwise convs; :mod:`compsearch.evaluators.coupled`) where the channels
+  could be removed physically, so a pruned channel outputs exactly 0 and export removes it;
+  where they could not (a residual stream, a LayerNorm, ...), only the weight rows are zeroed;
 * weight and input fake quantization (:mod:`compsearch.evaluators.quant`): the module's own
   forward runs with the effective weight substituted; the weight is re-quantized in every
   forward, so the weights a forward uses always sit on the grid;
@@ -68,6 +72,7 @@ from compsearch.evaluators.compressed import (
     resolve_weight,
 )
 from compsearch.evaluators.cost import CostModel
+from compsearch.evaluators.coupled import CoupledChannels
 from compsearch.evaluators.finetune import check_diverged, divergence_bound
 from compsearch.evaluators.masks import (
     GradientStats,
@@ -165,14 +170,16 @@ class CompressionEvaluator:
         self.model = copy.deepcopy(model).to(self.device)
         self.task = as_task(task_or_data, eval_batch_size=cfg.eval_batch_size).to(self.device)
         self.task.check_model(self.model)
-        found = units if units is not None else discover_units(self.model, self.task.example_input())
+        self._example = self.task.example_input()  # read once (a streamed dataset counts its reads)
+        found = units if units is not None else discover_units(self.model, self._example)
         self.units: tuple[Unit, ...] = tuple(found)
         self.coverage = coverage(self.model, self.units)
         self._owners = {u.name: resolve_weight(self.model, u.name) for u in self.units}
-        probe_weight_uses(self.model, self._owners, self.task.example_input())
+        probe_weight_uses(self.model, self._owners, self._example)
         for u in self.units:  # discovery may know more (e.g. a fused kernel reading the weight directly)
             if getattr(u, "use", MODULE) == FUNCTIONAL:
                 self._owners[u.name].use = FUNCTIONAL
+        self._unit = {u.name: u for u in self.units}
         self._modules = {name: owner.module for name, owner in self._owners.items()}
         self._weights = {name: owner.weight for name, owner in self._owners.items()}
         self._live = list(self.model.state_dict().values())
@@ -184,6 +191,8 @@ class CompressionEvaluator:
         self._block_checks: dict[str, BlockCheck] | None = None
         self._policy: Policy | None = None
         self._masked: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = []
+        self._zeroed: list[tuple[torch.Tensor, torch.Tensor]] = []  # coupled entries held at 0: (parameter, rows)
+        self._coupled: CoupledChannels | None = None
         self._channel_masks: dict[tuple[str, float], torch.Tensor | None] = {}
         self._grads: dict[str, GradientStats] | None = None
         self._model_scores: dict[str, torch.Tensor] | None = None
@@ -370,7 +379,7 @@ class CompressionEvaluator:
             c.remove()
         for r in self._removals:
             r.remove()
-        self._attached, self._masked, self._policy, self._removals = {}, [], None, []
+        self._attached, self._masked, self._zeroed, self._policy, self._removals = {}, [], [], None, []
         with torch.no_grad():
             torch._foreach_copy_(self._live, self._base)
         for p in self.model.parameters():
@@ -388,11 +397,12 @@ class CompressionEvaluator:
             self._reset()
         act: list[ActQuantizer] = []
         cache = WeightCache()
-        for name, up in policy.items():
-            if up.is_identity or policy.removes(name):
-                continue
+        active = {name: up for name, up in policy.items() if not up.is_identity and not policy.removes(name)}
+        masks = {name: self._mask(name, up) for name, up in active.items()}  # all on the base weights
+        self._zero_coupled(policy, masks)
+        for name, up in active.items():
             weight = self._weights[name]
-            mask = self._mask(name, up)
+            mask = masks[name]
             if mask is not None:
                 with torch.no_grad():
                     weight.mul_(mask)
@@ -409,6 +419,24 @@ class CompressionEvaluator:
         self._policy = policy
         if act:
             self._calibrate(act)
+
+    def _zero_coupled(self, policy: Policy, masks: Mapping[str, torch.Tensor | None]) -> None:
+        """Zero, and remember for :meth:`_apply_masks`, the coupled entries of every channel-pruned
+        unit whose channels could be removed (see :mod:`compsearch.evaluators.coupled`)."""
+        removed = tuple(policy.removed)
+        for name, mask in masks.items():
+            if mask is None or policy[name].structure != "channel" or self._unit[name].is_head:
+                continue  # the head's channels are the outputs: never removed
+            pruned = torch.nonzero(mask.flatten() == 0).flatten().tolist()
+            if not pruned:
+                continue
+            if self._coupled is None:
+                self._coupled = CoupledChannels(self.model, self._example)
+            self._zeroed += self._coupled.rows(name, pruned, removed=removed)
+        if self._zeroed:
+            with torch.no_grad():
+                for param, rows in self._zeroed:
+                    param.index_fill_(0, rows, 0.0)
 
     def _prepare_criteria(self, policy: Policy) -> None:
         """Compute what the criterion needs (gradient statistics, model-level scores) before
@@ -441,14 +469,16 @@ class CompressionEvaluator:
         return mask
 
     def _apply_masks(self) -> None:
-        """Zero the pruned weights again (after an optimizer step); pruned rows by index."""
-        if self._masked:
+        """Zero the pruned weights and the coupled entries again (after an optimizer step); rows by index."""
+        if self._masked or self._zeroed:
             with torch.no_grad():
                 for weight, mask, rows in self._masked:
                     if rows is not None:
                         weight.index_fill_(0, rows, 0.0)
                     else:
                         weight.mul_(mask)
+                for param, rows in self._zeroed:
+                    param.index_fill_(0, rows, 0.0)
 
     def _calibration_inputs(self) -> list[torch.Tensor]:
         cfg = self.config

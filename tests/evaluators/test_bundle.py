@@ -39,8 +39,8 @@ def test_the_bundle_reproduces_the_evaluated_model(tmp_path) -> None:
     plain = clone_model(model)
     plain.load_state_dict(ev.model.state_dict())
     manifest = write_bundle(plain, units, data.x_val[:4], tmp_path / "trial", dynamo=False, meta={"policy": policy.key})
-    # the evaluator leaves unit 4's bias alive at its pruned channels: masked, and the manifest says why
-    assert manifest["removed_units"] == [] and "4.bias is nonzero there" in manifest["masked_units"]["4"]
+    # the evaluator holds unit 4's bias and BatchNorm entries at 0 at its pruned channels: they are removed
+    assert manifest["removed_units"] == ["4"] and manifest["masked_units"] == {}
     assert manifest["onnx"]["qdq_units"] == ["0", "4", "9"] and json.loads((tmp_path / "trial" / "manifest.json").read_text()) == manifest
     assert load_packed(tmp_path / "trial" / "weights.pt")["meta"]["policy"] == policy.key
     loaded = load_bundle(tmp_path / "trial", make_cnn(seed=7))  # another initialization: every weight comes from the file

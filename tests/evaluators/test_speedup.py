@@ -274,11 +274,17 @@ def test_pruning_the_evaluators_model_keeps_its_outputs_and_says_which_channels_
     plain.load_state_dict(ev.model.state_dict())
     evaluated = effective_model(plain, units)  # the evaluator's compressed model (no input quantization here)
     units_ = discover_units(model, x[:2])
-    # the evaluator zeroes the pruned weight rows only: the conv bias survives there, so the channels cannot go
+    # the evaluator holds the pruned channels' conv bias and BatchNorm entries at 0 too: the channels go
     result = physically_prune(evaluated, policy, units_, x[:2], channels=pruned_rows(units), reference="model")
-    assert result.plan.removed == () and "its pruned channels are not 0 in this model (4.bias is nonzero there)" in result.plan.masked["4"]
+    assert result.plan.removed == ("4",) and result.model[4].out_channels == 4 and result.model[5].num_features == 4
     with torch.no_grad():
         assert float((result.model(x) - want).abs().max()) <= 1e-4
+    # with a live conv bias at the pruned channels (as the evaluator once left it) they stay masked, and the reason says so
+    live = clone_model(evaluated)
+    with torch.no_grad():
+        live[4].bias.add_(1.0)
+    plan = plan_pruning(live, policy, units_, x[:2], channels=pruned_rows(units), reference="model")
+    assert plan.removed == () and "its pruned channels are not 0 in this model (4.bias is nonzero there)" in plan.masked["4"]
     # once the whole group is zeroed (what an evaluator applying zero_pruned would train), they go
     plan = plan_pruning(evaluated, policy, units_, x[:2], channels=pruned_rows(units))
     zeroed = zero_pruned(clone_model(evaluated), plan)
