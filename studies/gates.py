@@ -207,7 +207,9 @@ def run_gates(spec: StudySpec | str | Path | dict[str, Any], out_dir: str | Path
 
     Args:
         spec: a spec, a TOML path or a mapping.
-        out_dir: the run folder (the same as ``compsearch run``'s, before or after it).
+        out_dir: the run folder (the same as ``compsearch run``'s, before or after it). When a
+            run already used it, its ``trials`` (e.g. ``compsearch run --trials 3``) replace the
+            spec's: the default strengths are that many, an equal budget.
         seeds: override the spec's seeds (a count or a list).
         strengths: override ``gates.strengths``.
         online: override ``gates.online``.
@@ -225,13 +227,14 @@ def run_gates(spec: StudySpec | str | Path | dict[str, Any], out_dir: str | Path
     from compsearch.studies.storage import open_storage
     from compsearch.studies.validate import check_run
 
-    spec = effective_spec(load_spec(spec), seeds=seeds)
+    out = Path(out_dir).expanduser().resolve()
+    ran = runfile.read(out).get("spec", {}).get("trials")  # the budget this run folder's strategies got
+    spec = effective_spec(load_spec(spec), seeds=seeds, trials=ran if isinstance(ran, int) and ran > 0 else None)
     if strengths is not None or online is not None:
         data = spec.model_dump(mode="json")
         data["gates"] = {**data["gates"], **({"strengths": [float(s) for s in strengths]} if strengths is not None else {}),
                          **({"online": bool(online)} if online is not None else {})}
         spec = load_spec(data)
-    out = Path(out_dir).expanduser().resolve()
     check_run(spec, out, storage=storage)
     runfile.check_resume(out, spec)
     url = runfile.resolve_storage(out, spec, storage, several_processes=False)

@@ -69,8 +69,10 @@ def test_agent_study_with_gates_and_report(tmp_path: Path) -> None:
     assert units and all(u["structure"] == "channel" and (u["keep"] * 32).is_integer() for u in units.values())
     assert strong["size_kb"] == ev.cost(Policy.from_dict(stored))["size_kb"] < ev.cost(Policy())["size_kb"]
 
-    run_gates(SPEC, out)  # resumed: every strength already has its point
+    run_gates({**SPEC, "trials": 16}, out)  # resumed: every strength already has its point
     assert len(optuna.load_study(study_name="gates-s0", storage=run.storage).trials) == 2
+    # the run folder's budget (3 trials per strategy) stays the budget, not the spec file's 16
+    assert json.loads((out / "run.json").read_text())["spec"]["trials"] == 3
     with pytest.raises(ConfigError, match="other \\[gates\\]"):
         run_gates({**SPEC, "gates": {**SPEC["gates"], "lr": 0.1}}, out)
 
