@@ -305,7 +305,12 @@ def cmd_spaces(args: argparse.Namespace, console: Console) -> int:
     from compsearch.spaces import check_blocks, discover, get_space, group_blocks
 
     model, example, space_name, space_kwargs = _model_for_spaces(args)
-    found = discover(model, example)
+    blocks = None
+    if str(args.target).endswith(".toml"):  # a spec's [space.blocks] regroups the units as its runs do
+        from compsearch.studies.spec import load_spec
+
+        blocks = dict(load_spec(args.target).space.blocks) or None
+    found = discover(model, example, blocks=blocks)
     units = found.units
     space = get_space(space_name, units, model=model, example_input=example, **space_kwargs)
     searched = {u.name for u in space.units} if hasattr(space, "units") else {u.name for u in units}

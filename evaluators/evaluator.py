@@ -100,6 +100,7 @@ from compsearch.evaluators.types import (
     Reporter,
     UnitStats,
 )
+from compsearch.spaces.blocks import BlockOverride
 from compsearch.spaces.depth import BlockCheck, RemovableBlock, check_blocks
 from compsearch.spaces.policy import Policy, UnitPolicy
 from compsearch.spaces.units import FUNCTIONAL, MODULE, Unit, coverage, discover_units
@@ -130,6 +131,8 @@ class CompressionEvaluator:
         finetune: overrides ``config.finetune``.
         criterion: overrides ``config.criterion``.
         units: the units to compress (default: :func:`discover_units` on the task's example input).
+        blocks: block grouping override for the discovered units (regex -> block name, or a
+            function of the unit name; see :func:`~compsearch.spaces.discover_units`); not with ``units``.
         device: ``"auto"`` (cuda if available, else cpu), or a torch device.
 
     Attributes:
@@ -156,6 +159,7 @@ class CompressionEvaluator:
         finetune: FineTuneConfig | None = None,
         criterion: str | None = None,
         units: Sequence[Unit] | None = None,
+        blocks: BlockOverride | None = None,
         device: str | torch.device = "auto",
     ) -> None:
         cfg = config if config is not None else EvaluatorConfig()
@@ -171,7 +175,7 @@ class CompressionEvaluator:
         self.task = as_task(task_or_data, eval_batch_size=cfg.eval_batch_size).to(self.device)
         self.task.check_model(self.model)
         self._example = self.task.example_input()  # read once (a streamed dataset counts its reads)
-        found = units if units is not None else discover_units(self.model, self._example)
+        found = units if units is not None else discover_units(self.model, self._example, blocks=blocks)
         self.units: tuple[Unit, ...] = tuple(found)
         self.coverage = coverage(self.model, self.units)
         self._owners = {u.name: resolve_weight(self.model, u.name) for u in self.units}

@@ -258,9 +258,10 @@ def evaluator_factory(model: nn.Module, source: Any, spec: Any, out_dir: Path) -
         ConfigError: latency in onnxruntime is asked for and onnxruntime or onnx is not installed.
     """
     lat = getattr(spec, "latency", None)
+    blocks = dict(spec.space.blocks) or None
     if lat is None or not needs_latency(spec.objective_pairs, spec.constraints):
         return lambda seed: CompressionEvaluator(model, source, config=spec.evaluator.config(seed=seed),
-                                                 device=spec.evaluator.device)
+                                                 blocks=blocks, device=spec.evaluator.device)
     if lat.runtime == "onnxruntime":
         try:
             import onnx  # noqa: F401
@@ -271,7 +272,8 @@ def evaluator_factory(model: nn.Module, source: Any, spec: Any, out_dir: Path) -
     config = latency_config(lat.runtime, lat.batch, threads=lat.threads, warmup=lat.warmup, repeats=lat.repeats)
     cache = RunLatencyCache(out_dir / LATENCY_FILE)
     return lambda seed: LatencyEvaluator(model, source, latency_config=config, cache=cache,
-                                         config=spec.evaluator.config(seed=seed), device=spec.evaluator.device)
+                                         config=spec.evaluator.config(seed=seed), blocks=blocks,
+                                         device=spec.evaluator.device)
 
 
 __all__ = ["LATENCY_FILE", "LATENCY_METRICS", "LatencyEvaluator", "RunLatencyCache", "StructureLatency",

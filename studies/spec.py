@@ -272,6 +272,9 @@ class SpaceSpec(_Model):
         choices: per-field choices of the built-in spaces (a composition gives them to every part that takes them).
         options: extra constructor options of a custom space; in a composition, a table named
             after a part (``[space.options.depth] blocks = [...]``) goes to that part only.
+        blocks: block grouping override, regular expression -> block name (``[space.blocks]
+            "layer[12]\\..*" = "early"``): a unit whose name matches (``re.fullmatch``, first
+            match wins) joins that block; the others keep the discovered grouping.
     """
 
     name: Annotated[str, AfterValidator(_check_space)] = "joint"
@@ -279,6 +282,19 @@ class SpaceSpec(_Model):
     skip_head: bool = True
     choices: ChoicesSpec = Field(default_factory=ChoicesSpec)
     options: dict[str, Any] = Field(default_factory=dict)
+    blocks: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("blocks")
+    @classmethod
+    def _valid_blocks(cls, v: dict[str, str]) -> dict[str, str]:
+        for pattern, block in v.items():
+            try:
+                re.compile(pattern)
+            except re.error as e:
+                raise ValueError(f"{pattern!r} is not a regular expression ({e}); e.g. 'layer[12]\\..*'") from None
+            if not block.strip():
+                raise ValueError(f"{pattern!r} maps to an empty block name; give a name, e.g. 'early'")
+        return v
 
     def space_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for ``get_space(name, units, **kwargs)``."""

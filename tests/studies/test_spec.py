@@ -106,3 +106,23 @@ def test_relative_checkpoint_is_relative_to_the_spec(tmp_path: Path) -> None:
     path.write_text('name = "x"\nstrategies = ["random"]\ntrials = 2\n[model]\nname = "digits_cnn"\ncheckpoint = "w/base.pt"\n')
     spec = load_spec(path)
     assert spec.model.checkpoint == str(tmp_path / "w" / "base.pt") and spec.base is None
+
+
+def test_space_blocks_regroup_the_units_of_a_run(make_spec, tmp_path: Path) -> None:
+    import torch
+
+    from compsearch.evaluators import DataSplits
+    from compsearch.evaluators.models import build_model
+    from compsearch.studies.latency_objective import evaluator_factory
+
+    with pytest.raises(SpecError, match=r"space\.blocks: .*'layer\[1' is not a regular expression"):
+        load_spec(make_spec(space={"name": "block", "blocks": {"layer[1": "early"}}))
+    spec = load_spec(make_spec(space={"name": "block", "blocks": {r"features\.[35]": "body"}}))
+    model = build_model("digits_cnn", num_classes=10, width=8, hidden=32)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(8, 1, 8, 8, generator=g), torch.arange(8) % 10
+    ev = evaluator_factory(model, DataSplits(x, y, x, y, x, y, num_classes=10), spec, tmp_path)(0)
+    # discovered: one block per layer of the plain Sequential; the override joins features.3 and features.5
+    assert [(u.name, u.block) for u in ev.units] == [("features.0", "features.0"), ("features.3", "body"),
+                                                    ("features.5", "body"), ("classifier.1", "classifier.1"),
+                                                    ("classifier.3", "classifier.3")]
