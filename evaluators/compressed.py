@@ -106,6 +106,26 @@ def resolve_weight(model: nn.Module, name: str) -> WeightOwner:
     return WeightOwner(module=owner, param=param, weight=weight, use=FUNCTIONAL)
 
 
+def swap_forward(module: nn.Module, replacement: Any) -> tuple[Any, bool]:
+    """Make ``replacement`` the instance's ``forward``. Returns what :func:`restore_forward`
+    needs: the forward it replaced (bound) and whether the instance had its own ``forward``."""
+    had_own = "forward" in module.__dict__
+    original = module.forward
+    module.forward = replacement  # type: ignore[method-assign]
+    return original, had_own
+
+
+def restore_forward(module: nn.Module, replacement: Any, original: Any, had_own: bool) -> None:
+    """Undo :func:`swap_forward` when ``replacement`` is still the instance's forward (the
+    module is then exactly as before); otherwise leave the module alone."""
+    if module.__dict__.get("forward") is not replacement:
+        return
+    if had_own:
+        module.forward = original  # type: ignore[method-assign]
+    else:
+        del module.forward
+
+
 #: Tensor methods that read a tensor's metadata, not its values (``weight.dtype``, ``.shape``, ...).
 _METADATA = frozenset({"__get__", "size", "dim", "ndimension", "numel", "nelement", "is_floating_point", "is_complex",
                        "element_size", "stride", "is_contiguous", "get_device", "__len__", "data_ptr", "storage_offset"})
@@ -318,6 +338,7 @@ class UnitCompression:
         self._fused = weight_quant is not None and not self._binary and owner.weight.numel() <= FUSED_MAX_NUMEL
         self._forward_mask = mask if self._binary else None
         self._original: Any = None
+        self._had_instance_forward = False
         self._installed = False
         self._version = -1
         self._values: torch.Tensor | None = None
@@ -384,9 +405,7 @@ class UnitCompression:
             self._order = list(m._parameters)
             parametrize.register_parametrization(m, self.owner.param, _Effective(self), unsafe=True)
         else:
-            self._had_instance_forward = "forward" in m.__dict__
-            self._original = m.forward
-            m.forward = self  # type: ignore[method-assign]
+            self._original, self._had_instance_forward = swap_forward(m, self)
         self._installed = True
         return self
 
@@ -398,11 +417,8 @@ class UnitCompression:
         if self.owner.use == FUNCTIONAL:
             if parametrize.is_parametrized(m, self.owner.param):
                 _unparametrize(self.owner, self._order)
-        elif m.__dict__.get("forward") is self:
-            if self._had_instance_forward:
-                m.forward = self._original  # type: ignore[method-assign]
-            else:
-                del m.forward
+        else:
+            restore_forward(m, self, self._original, self._had_instance_forward)
         self._installed, self._version, self._values, self._delta = False, -1, None, None
 
     def check_calibrated(self) -> None:

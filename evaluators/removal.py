@@ -26,6 +26,7 @@ from typing import Any
 from torch import nn
 
 from compsearch.errors import PolicyError
+from compsearch.evaluators.compressed import restore_forward, swap_forward
 from compsearch.spaces.depth import BlockCheck
 from compsearch.spaces.policy import Policy
 
@@ -72,10 +73,7 @@ class BlockRemoval:
 
     def install(self) -> BlockRemoval:
         """Replace the block's forward by the identity or its shortcut."""
-        m = self.block
-        self._had_instance_forward = "forward" in m.__dict__
-        self._original = m.forward
-        m.forward = self  # type: ignore[method-assign]
+        self._original, self._had_instance_forward = swap_forward(self.block, self)
         self._installed = True
         return self
 
@@ -83,12 +81,7 @@ class BlockRemoval:
         """Undo :meth:`install`; the block is exactly as before."""
         if not self._installed:
             return
-        m = self.block
-        if m.__dict__.get("forward") is self:
-            if self._had_instance_forward:
-                m.forward = self._original  # type: ignore[method-assign]
-            else:
-                del m.forward
+        restore_forward(self.block, self, self._original, self._had_instance_forward)
         self._installed = False
 
 
