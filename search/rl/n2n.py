@@ -97,7 +97,12 @@ def n2n_reward(ratio: float, quality: float, reference: float) -> float:
 
 
 class MovingBaseline:
-    """Exponential moving average of rewards: ``b <- m b + (1 - m) R``, ``b_0 = 0``.
+    """Exponential moving average of rewards: ``b <- m b + (1 - m) R``, started at the first
+    reward (``b_1 = R_1``, so the first advantage is 0).
+
+    A baseline started at 0 would give every early episode a positive advantage (the paper's
+    rewards lie in ``[0, 1]``), reinforcing whatever was sampled first until the average caught
+    up, which collapses a warm-started policy onto its first proposals.
 
     Args:
         momentum: ``m`` in ``[0, 1)``.
@@ -105,10 +110,13 @@ class MovingBaseline:
 
     def __init__(self, momentum: float) -> None:
         self.momentum = float(momentum)
-        self.value = 0.0
+        self.value: float | None = None
 
     def advantage(self, reward: float) -> float:
         """``R - b`` with the baseline before ``R``, then ``b`` takes ``R`` in."""
+        if self.value is None:
+            self.value = float(reward)
+            return 0.0
         adv = float(reward) - self.value
         self.value = self.momentum * self.value + (1.0 - self.momentum) * float(reward)
         return adv

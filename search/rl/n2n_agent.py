@@ -12,7 +12,7 @@ Saved state (:meth:`N2NAgent.state_dict`; tensors, lists and strings only, so
       "heads": [[field, n_choices], ...],
       "removal": {name: tensor} | {},   # RemovalPolicy parameters
       "shrink": {name: tensor} | {},    # ShrinkPolicy parameters
-      "baseline": tensor (0-d),
+      "baseline": tensor (0-d; NaN before the first reward),
     }
 
 **Transfer** (:meth:`N2NAgent.load_state_dict` on another model): every LSTM weight reads
@@ -124,7 +124,7 @@ class N2NAgent:
             "heads": [[f, int(n)] for f, n in lay.heads] if lay is not None else [],
             "removal": {k: v.detach().clone() for k, v in self.removal.state_dict().items()} if self.removal is not None else {},
             "shrink": {k: v.detach().clone() for k, v in self.shrink.state_dict().items()} if self.shrink is not None else {},
-            "baseline": torch.tensor(self.baseline.value),
+            "baseline": torch.tensor(float("nan") if self.baseline.value is None else self.baseline.value),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> dict[str, list[str]]:

@@ -42,10 +42,12 @@ def test_reward_by_hand() -> None:
 
 def test_moving_baseline_by_hand() -> None:
     b = MovingBaseline(0.8)
-    assert b.advantage(1.0) == pytest.approx(1.0)  # b_0 = 0
-    assert b.value == pytest.approx(0.2)  # 0.8 * 0 + 0.2 * 1.0
-    assert b.advantage(0.5) == pytest.approx(0.3)  # 0.5 - 0.2
-    assert b.value == pytest.approx(0.26)  # 0.8 * 0.2 + 0.2 * 0.5
+    assert b.advantage(1.0) == 0.0  # the first reward starts the baseline
+    assert b.value == pytest.approx(1.0)
+    assert b.advantage(0.5) == pytest.approx(-0.5)  # 0.5 - 1.0
+    assert b.value == pytest.approx(0.9)  # 0.8 * 1.0 + 0.2 * 0.5
+    assert b.advantage(1.0) == pytest.approx(0.1)  # 1.0 - 0.9
+    assert b.value == pytest.approx(0.92)  # 0.8 * 0.9 + 0.2 * 1.0
 
 
 def test_removal_reinforce_step_by_hand() -> None:
