@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 try:
@@ -69,6 +70,9 @@ class StrategyTuner(Tuner):
         storage, study_name: where the study lives (default: in memory).
         study: use this study (with its sampler) instead of creating one; ``strategy``,
             ``seed``, ``storage``, ``study_name`` and ``options`` are then unused.
+        state_dir: a run folder: after every told trial, a learning strategy's state (``hirl``,
+            ``n2n``) is saved to ``<state_dir>/strategy_state/<study>.pt`` (the sampler lives in
+            this tuner's process, so only the tuner can save it), for a later ``warm_start``.
         **options: the strategy's options (unknown ones raise ``TypeError``).
     """
 
@@ -85,6 +89,7 @@ class StrategyTuner(Tuner):
         storage: str | optuna.storages.BaseStorage | None = None,
         study_name: str | None = None,
         study: optuna.Study | None = None,
+        state_dir: str | Path | None = None,
         **options: Any,
     ) -> None:
         import optuna
@@ -110,6 +115,13 @@ class StrategyTuner(Tuner):
         record.setup_study(self.study, self.objectives, self.bounds)
         self.running: dict[int, optuna.Trial] = {}
         self.asked = 0
+        self.state_dir = state_dir
+
+    def _save_state(self) -> None:
+        if self.state_dir is not None:
+            from compsearch.search.rl.persist import save_study_state
+
+            save_study_state(self.study, self.state_dir)
 
     # ---- nni.tuner.Tuner ---------------------------------------------------------------
     def update_search_space(self, search_space: dict[str, Any]) -> None:
@@ -150,9 +162,10 @@ class StrategyTuner(Tuner):
         if missing:
             record.record_metrics(trial, metrics)
             record.tell_failure(self.study, trial, f"final result lacks objective(s) {missing}: {sorted(metrics)}")
-            return
-        self.study.tell(trial, record.record_success(self.study, trial, metrics, objectives=self.objectives,
-                                                    constraints=self.bounds))
+        else:
+            self.study.tell(trial, record.record_success(self.study, trial, metrics, objectives=self.objectives,
+                                                        constraints=self.bounds))
+        self._save_state()
 
     def trial_end(self, parameter_id: int, success: bool, **kwargs: Any) -> None:
         """A trial that ended without a final result is FAILED (its reason: NNI's trial log)."""
@@ -160,6 +173,7 @@ class StrategyTuner(Tuner):
         if trial is not None:
             reason = "ended without a final result" if success else "the NNI trial failed (see its trial.log)"
             record.tell_failure(self.study, trial, reason)
+            self._save_state()
 
     def import_data(self, data: list[dict[str, Any]]) -> None:
         """Add finished ``{"parameter": params, "value": result}`` entries to the study."""
@@ -210,6 +224,7 @@ class SpecTuner(StrategyTuner):
             space=run.space, objectives=run.objectives, strategy=strategy, seed=seed, evaluator=run.evaluator(seed),
             constraints=run.spec.constraints, n_trials=n_trials or run.spec.trials, study=study,
             storage=run.storage if url else None, study_name=study_name(strategy, seed) if url else None,
+            state_dir=run.out_dir if url else None,
             **((options or run.spec.strategy_options.get(strategy, {})) if study is None else {}),
         )
 

@@ -59,6 +59,31 @@ def test_tuner_asks_tells_the_full_metric_dict_and_stops_at_the_budget(space) ->
     assert t2.state == TrialState.FAIL and t2.user_attrs["fail_reason"].startswith("the NNI trial failed")
 
 
+def test_tuner_saves_a_learning_strategys_state_after_every_told_trial(space, tmp_path: Path) -> None:
+    from compsearch.search.rl.persist import STATE_DIR, read_state
+
+    tuner = StrategyTuner(space=space, objectives=OBJECTIVES, strategy="n2n", seed=0, n_trials=3,
+                          study_name="n2n-s0", storage=optuna.storages.InMemoryStorage(), state_dir=tmp_path)
+    tuner.update_search_space(space.nni_search_space())
+    params = [tuner.generate_parameters(i) for i in range(2)]
+    path = tmp_path / STATE_DIR / "n2n-s0.pt"
+    assert not path.exists()  # nothing told yet
+    tuner.receive_trial_result(0, params[0], {"default": 0.8, "accuracy": 0.8, "size_kb": 2.0})
+    first = read_state(path)
+    r0 = tuner.study.sampler.rewards[0]
+    assert first["format"] == "compsearch.rl.n2n/1" and first["baseline"].item() == pytest.approx(r0)  # b_1 = R_1
+    tuner.trial_end(1, False)  # a failed trial is learned from too (the infeasible reward -1)
+    second = read_state(path)
+    assert tuner.study.sampler.rewards[1] == -1.0
+    assert second["baseline"].item() == pytest.approx(0.8 * r0 + 0.2 * -1.0)  # momentum 0.8
+    assert any(not torch.equal(first["removal"][k], second["removal"][k]) for k in first["removal"]) or any(
+        not torch.equal(first["shrink"][k], second["shrink"][k]) for k in first["shrink"])
+    random_tuner = StrategyTuner(space=space, objectives=OBJECTIVES, strategy="random", seed=0, state_dir=tmp_path / "r")
+    random_tuner.update_search_space(space.nni_search_space())
+    random_tuner.receive_trial_result(0, random_tuner.generate_parameters(0), {"accuracy": 0.8, "size_kb": 2.0})
+    assert not (tmp_path / "r").exists()  # random learns nothing: no file
+
+
 def test_tuner_rejects_a_foreign_search_space(space) -> None:
     tuner = StrategyTuner(space=space, objectives=OBJECTIVES, strategy="random")
     with pytest.raises(ValueError, match="NNI search space differs"):
