@@ -314,7 +314,8 @@ def train_agent(recipe: AgentRecipe, folder: str | Path, *, device: str = "cpu")
     with ``<key>.json`` beside it (the recipe, ``seconds`` of training, versions). A second
     call with the same recipe loads the file (through :func:`load_agent`) instead of training.
     Training is seeded by ``recipe.seed`` (SB3's ``set_random_seed``); the caller's global
-    torch/numpy/random states are restored afterwards.
+    torch/numpy/random states are restored afterwards. Runs of 100k steps or more print their
+    progress to stderr at every 10% of the steps.
 
     Raises:
         ConfigError: unknown env id, a space the algorithm cannot act in, or bad ``agent.hyper``.
@@ -324,10 +325,11 @@ def train_agent(recipe: AgentRecipe, folder: str | Path, *, device: str = "cpu")
     path, meta_path = folder / f"{key}.zip", folder / f"{key}.json"
     if path.is_file() and meta_path.is_file():
         return load_agent(path, recipe, meta=json.loads(meta_path.read_text()))
-    from compsearch.evaluators.sb3_train import learn
+    from compsearch.evaluators.sb3_train import learn, progress_callback
 
     start = time.perf_counter()
-    model = learn(recipe, policy_kwargs(recipe), DEFAULT_HYPER[recipe.algo], device=device)
+    progress = progress_callback(f"training agent {recipe.algo} on {recipe.env}", recipe.steps) if recipe.steps >= 100_000 else None
+    model = learn(recipe, policy_kwargs(recipe), DEFAULT_HYPER[recipe.algo], device=device, callback=progress)
     seconds = time.perf_counter() - start
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / f"{key}.tmp.zip"

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import inspect
 import random
+import sys
+import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -79,3 +81,28 @@ def learn(
             random.setstate(py_state)
             np.random.set_state(np_state)
     return model
+
+
+def progress_callback(label: str, total: int, *, every: float = 0.1, stream: Any = None) -> Any:
+    """An SB3 callback printing ``label: steps/total (pct), elapsed, mean return of the last
+    episodes, time left`` to ``stream`` (default stderr) at every ``every`` fraction of ``total``
+    environment steps: agent training runs for minutes to hours without other output."""
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    class _Progress(BaseCallback):  # type: ignore[misc]
+        def _on_training_start(self) -> None:
+            self.start, self.next = time.perf_counter(), every
+
+        def _on_step(self) -> bool:
+            done = self.num_timesteps / total
+            if done >= self.next or self.num_timesteps >= total:
+                self.next = (int(done / every) + 1) * every
+                elapsed = time.perf_counter() - self.start
+                returns = [e["r"] for e in self.model.ep_info_buffer or []]
+                mean = f", return {np.mean(returns):.1f} (last {len(returns)} episodes)" if returns else ""
+                left = elapsed * (1 - done) / done if done > 0 else 0.0
+                print(f"{label}: {self.num_timesteps:,}/{total:,} steps ({done:.0%}), {elapsed / 60:.1f} min{mean}, "
+                      f"~{left / 60:.1f} min left", file=stream or sys.stderr, flush=True)
+            return True
+
+    return _Progress()

@@ -148,3 +148,16 @@ def test_sac_network_is_the_squashed_rescaled_mean_and_small_cnn() -> None:
     cnn = SmallCNN(space, features_dim=32)
     # conv3x3 on 10x10 -> 16 x 8 x 8 = 1024 features -> 32
     assert cnn(torch.zeros(3, 10, 10, 4)).shape == (3, 32) and cnn.linear[0].in_features == 1024
+
+
+def test_training_progress_lines_at_every_tenth_of_the_steps() -> None:
+    from compsearch.evaluators.agents import DEFAULT_HYPER, policy_kwargs
+    from compsearch.evaluators.sb3_train import learn, progress_callback
+
+    recipe = AgentRecipe(algo="ppo", env="CartPole-v1", steps=256, net_arch=(8,), hyper={"n_steps": 64, "batch_size": 32})
+    out = io.StringIO()
+    learn(recipe, policy_kwargs(recipe), DEFAULT_HYPER["ppo"], callback=progress_callback("agent", 256, every=0.25, stream=out))
+    lines = out.getvalue().splitlines()
+    # PPO steps one environment at a time: a line at 64, 128, 192 and 256 of 256 steps
+    assert [line.split(" steps")[0] for line in lines] == [f"agent: {n}/256" for n in (64, 128, 192, 256)]
+    assert lines[-1].split("(")[1].startswith("100%)") and lines[-1].endswith("~0.0 min left")
