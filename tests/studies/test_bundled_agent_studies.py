@@ -1,5 +1,5 @@
 """The bundled agent studies: cartpole_dqn end to end (slow: its agent trains for about a minute),
-lunarlander_ppo checked without training."""
+lunarlander_ppo and minatar_breakout_dqn checked without training."""
 
 from __future__ import annotations
 
@@ -21,6 +21,21 @@ def test_lunarlander_spec_checks_without_training(tmp_path: Path) -> None:
     assert spec.agent is not None and spec.agent.algo == "ppo" and spec.agent.env == "LunarLander-v3"
     check_run(spec, tmp_path / "run")  # env id, action space, hyper keys; nothing trained or written
     assert not (tmp_path / "run").exists()
+
+
+def test_minatar_spec_checks_without_training(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("minatar", reason="MinAtar needs the minatar extra (make bench)")
+    from compsearch.cli import main
+
+    spec = load_spec(STUDIES / "minatar_breakout_dqn.toml")
+    assert spec.agent is not None and spec.agent.features == "small_cnn" and spec.agent.net_arch == []
+    check_run(spec, tmp_path / "run")  # the hierarchy needs the two blocks of [space.blocks]
+    assert not (tmp_path / "run").exists()
+    assert main(["spaces", str(STUDIES / "minatar_breakout_dqn.toml"), "--format", "csv"]) == 0
+    rows = [line.split(",")[:5] for line in capsys.readouterr().out.splitlines()[1:4]]
+    # 10x10x4 frames: conv3x3 4 -> 16, linear 16*8*8 -> 128, Q head 128 -> 3; blocks from [space.blocks]
+    assert rows == [["features.cnn.0", "conv2d", "module", "conv", "16x4x3x3"],
+                    ["features.linear.0", "linear", "module", "fc", "128x1024"], ["head", "linear", "module", "head", "3x128"]]
 
 
 @pytest.mark.slow
