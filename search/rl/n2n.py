@@ -23,7 +23,7 @@ gives invalid architectures).
 
 **REINFORCE** (:func:`reinforce_step`): loss ``-mean_e (R_e - b_e) log pi(a_e) - beta H``
 with ``b_e`` the exponential moving average of the earlier rewards,
-``b <- m b + (1 - m) R`` (:class:`MovingBaseline`, ``b_0 = 0``).
+``b <- m b + (1 - m) R`` (:class:`MovingBaseline`, ``b_1 = R_1``).
 
 Shapes: ``E`` episodes, ``B`` removable blocks, ``K`` kernels, ``H`` heads.
 """
