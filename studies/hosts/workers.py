@@ -52,11 +52,24 @@ def run_job_worker(run: Run, strategy: str, seed: int, *, worker: int = 0, on_tr
             trial = run_trial(budgeted, objective)  # type: ignore[arg-type]
         except BudgetSpent:
             if worker == 0:  # worker 0 samples with the study seed, as a single process would
+                wait_running(study)  # the other workers' last trials, so that the state learns from them
                 save_learned_state(run, study)
             return done
         done += 1
         if on_trial is not None:
             on_trial(study, trial)
+
+
+def wait_running(study: optuna.Study, *, timeout: float = 600.0, poll: float = 1.0,
+                 clock: Any = time.monotonic, sleep: Any = time.sleep) -> bool:
+    """Wait until ``study`` holds no RUNNING trial, at most ``timeout`` seconds (a worker that
+    died leaves its trial RUNNING until the next run recovers it); True when none is left."""
+    end = clock() + timeout
+    while study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        if clock() >= end:
+            return False
+        sleep(poll)
+    return True
 
 
 def _worker_main(spec: dict[str, Any], out_dir: str, storage: str, jobs: list[Job], worker: int, threads: int) -> None:
@@ -152,4 +165,4 @@ def _advance(run: Run, jobs: Sequence[Job], progress: Any, seen: set[tuple[str, 
                 progress.on_trial(study, t)
 
 
-__all__ = ["WorkerHost", "run_job_worker"]
+__all__ = ["WorkerHost", "run_job_worker", "wait_running"]

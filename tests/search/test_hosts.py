@@ -98,3 +98,34 @@ def test_nni_tuner(name: str) -> None:
     last = tuner.generate_parameters(3)
     tuner.receive_trial_result(3, last, {"default": 0.0, **_metrics(space, last)})
     _check(space, name, concurrent, tuner.study, 4)
+
+
+class _FakeTime:
+    """A clock that advances only by the sleeps; ``on_sleep(n)`` runs after the n-th sleep."""
+
+    def __init__(self, on_sleep: Any = None) -> None:
+        self.now, self.on_sleep = 0.0, on_sleep
+        self.sleeps: list[float] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+        if self.on_sleep is not None:
+            self.on_sleep(len(self.sleeps))
+
+
+def test_wait_running_returns_when_the_last_running_trial_ends_or_at_the_timeout() -> None:
+    from compsearch.studies.hosts.workers import wait_running
+
+    study = optuna.create_study()
+    running = study.ask()
+    other_worker = _FakeTime(on_sleep=lambda n: study.tell(running, 1.0) if n == 3 else None)  # ends after 3 polls
+    assert wait_running(study, timeout=10.0, poll=2.0, clock=other_worker.clock, sleep=other_worker.sleep) is True
+    assert other_worker.sleeps == [2.0, 2.0, 2.0]
+    study.ask()  # a trial nobody finishes (its worker died): give up at the timeout, 10 s = 5 polls of 2 s
+    dead = _FakeTime()
+    assert wait_running(study, timeout=10.0, poll=2.0, clock=dead.clock, sleep=dead.sleep) is False
+    assert dead.sleeps == [2.0] * 5
