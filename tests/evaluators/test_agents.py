@@ -150,7 +150,7 @@ def test_sac_network_is_the_squashed_rescaled_mean_and_small_cnn() -> None:
     assert cnn(torch.zeros(3, 10, 10, 4)).shape == (3, 32) and cnn.linear[0].in_features == 1024
 
 
-def test_training_progress_lines_at_every_tenth_of_the_steps() -> None:
+def test_training_progress_lines_at_every_quarter_of_the_steps() -> None:
     from compsearch.evaluators.agents import DEFAULT_HYPER, policy_kwargs
     from compsearch.evaluators.sb3_train import learn, progress_callback
 
