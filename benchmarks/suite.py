@@ -154,6 +154,18 @@ def hirl_vs_best(curves: Mapping[str, Mapping[int, Sequence[float]]], budget: in
             "paired_final_hv": paired_comparison(finals[hirl], finals[best])}
 
 
+def hirl_vs_ablations(curves: Mapping[str, Mapping[int, Sequence[float]]], budget: int,
+                      hirl: str = "hirl") -> dict[str, Any]:
+    """``hirl`` minus each of its ablations (``hirl-*``) on the final hypervolume, paired over
+    the seeds both completed: which component carries the result."""
+    from compsearch.studies.significance import paired_comparison
+
+    if hirl not in curves:
+        return {}
+    mine = checkpoint_values(curves[hirl], budget)
+    return {s: paired_comparison(mine, checkpoint_values(c, budget)) for s, c in curves.items() if s.startswith(f"{hirl}-")}
+
+
 def analyse_problem(summary: Mapping[str, Any], *, strategies: Sequence[str] | None = None,
                     seeds: Sequence[int] | None = None) -> dict[str, Any]:
     """Every statistic of one problem from :func:`compsearch.studies.summary.summarize`'s output.
@@ -195,6 +207,7 @@ def analyse_problem(summary: Mapping[str, Any], *, strategies: Sequence[str] | N
         "strategies": {s: strategy_stats(curves[s], budget, front_hv) for s in names},
         "mean_curves": {s: mean_curve(curves[s], budget) for s in names},
         "hirl_vs_best_non_rl": hirl_vs_best(curves, budget),
+        "hirl_vs_ablations": hirl_vs_ablations(curves, budget),
         # Ranking score: mean final hypervolume over the seeds every ranked strategy completed
         # (seeds differ in difficulty as much as strategies do); strategies without a complete seed are unranked.
         "rank_seeds": common,
@@ -259,6 +272,18 @@ def _fmt(stat: Mapping[str, Any]) -> str:
     return f"{stat['mean']:.4f} [{low:.4f}, {high:.4f}] (n={stat['n']})"
 
 
+def _ci_and_p(pair: Mapping[str, Any]) -> tuple[str, str]:
+    """A paired comparison's bootstrap interval and Wilcoxon p as text ("-" when absent)."""
+    ci = "-" if pair["ci"] is None else f"[{pair['ci'][0]:+.4f}, {pair['ci'][1]:+.4f}]"
+    return ci, "-" if pair["wilcoxon"] is None else f"{pair['wilcoxon']['p_value']:.3f}"
+
+
+def _ablation_row(name: str, pair: Mapping[str, Any]) -> str:
+    ci, p_value = _ci_and_p(pair)
+    return (f"| {name} | {pair['mean_difference']:+.4f} | {ci} | {p_value} | {pair['wins']}/{pair['losses']} | "
+            f"{len(pair['seeds'])} |")
+
+
 def markdown(doc: Mapping[str, Any]) -> str:
     """Per problem: one row per strategy (hypervolume at 25/50/100 % with bootstrap CIs and
     seed counts, relative to the best-known front) and the hirl-vs-best-non-RL line; then ranks."""
@@ -281,13 +306,16 @@ def markdown(doc: Mapping[str, Any]) -> str:
         v = res["hirl_vs_best_non_rl"]
         if v.get("best_non_rl"):
             pair = v["paired_final_hv"]
-            ci = "-" if pair["ci"] is None else f"[{pair['ci'][0]:+.4f}, {pair['ci'][1]:+.4f}]"
-            p_value = "-" if pair["wilcoxon"] is None else f"{pair['wilcoxon']['p_value']:.3f}"
+            ci, p_value = _ci_and_p(pair)
             reach = v["hirl_evals_to_reach_best_non_rl"]
             curve = f"reaches it after {reach} evaluations" if reach else "never reaches it"
             lines += ["", f"hirl - {v['best_non_rl']} (final HV, seeds {pair['seeds']}): mean {pair['mean_difference']:+.4f}, "
                           f"95% CI {ci}, Wilcoxon p {p_value}, wins/losses {pair['wins']}/{pair['losses']}; "
                           f"{v['best_non_rl']}'s final mean {v['best_non_rl_final_mean']:.4f}: hirl's mean curve {curve}"]
+        ablations = {a: pair for a, pair in res.get("hirl_vs_ablations", {}).items() if pair["seeds"]}
+        if ablations:
+            lines += ["", "| hirl minus | final HV difference | 95% CI | Wilcoxon p | wins/losses | seeds |", "|---|---|---|---|---|---|"]
+            lines += [_ablation_row(a, pair) for a, pair in ablations.items()]
         lines.append("")
     ranks = doc["ranks"]
     if ranks["order"]:

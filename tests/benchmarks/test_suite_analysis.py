@@ -105,6 +105,20 @@ def test_suite_specs_pass_check_at_equal_budgets(path: Path, tmp_path: Path) -> 
     assert spec.strategies == list(suite.STRATEGIES) and spec.trials >= 50 and len(spec.seeds) >= 5
 
 
+def test_hirl_against_its_ablations_by_hand() -> None:
+    summary = json.loads(json.dumps(SUMMARY))
+    summary["strategies"]["hirl-flat"] = {"curves": {"0": [0.1, 0.1, 0.1, 0.15], "1": [0.1, 0.1, 0.1, 0.3]},
+                                          "counted": {"0": 4, "1": 4}, "points": [[0.8, 40.0]]}
+    suite = _suite()
+    out = suite.analyse_problem(summary)
+    pair = out["hirl_vs_ablations"]["hirl-flat"]  # hirl's finals 0.2, 0.2 minus 0.15, 0.3
+    assert list(out["hirl_vs_ablations"]) == ["hirl-flat"]  # tpe is not an ablation
+    assert pair["seeds"] == [0, 1] and pair["differences"] == pytest.approx([0.05, -0.1])
+    assert pair["mean_difference"] == pytest.approx(-0.025) and (pair["wins"], pair["losses"]) == (1, 1)
+    text = suite.markdown({"problems": {"hand": out}, "ranks": suite.aggregate({"hand": out})})
+    assert "| hirl-flat | -0.0250 | [-0.1000, +0.0500] |" in text and "| 1/1 | 2 |" in text
+
+
 def test_markdown_tables_of_the_hand_summary() -> None:
     suite = _suite()
     problem = suite.analyse_problem(SUMMARY)
