@@ -304,12 +304,7 @@ def cmd_list(args: argparse.Namespace, console: Console) -> int:
 def cmd_spaces(args: argparse.Namespace, console: Console) -> int:
     from compsearch.spaces import check_blocks, discover, get_space, group_blocks
 
-    model, example, space_name, space_kwargs = _model_for_spaces(args)
-    blocks = None
-    if str(args.target).endswith(".toml"):  # a spec's [space.blocks] regroups the units as its runs do
-        from compsearch.studies.spec import load_spec
-
-        blocks = dict(load_spec(args.target).space.blocks) or None
+    model, example, space_name, space_kwargs, blocks = _model_for_spaces(args)
     found = discover(model, example, blocks=blocks)
     units = found.units
     space = get_space(space_name, units, model=model, example_input=example, **space_kwargs)
@@ -353,8 +348,9 @@ def _print_discovery(found: Any, console: Console) -> None:
         console.print(f"not compressible: {line}")
 
 
-def _model_for_spaces(args: argparse.Namespace) -> tuple[Any, Any, str, dict[str, Any]]:
-    """(model, example input ``2 x sample``, space name, space kwargs) for ``compsearch spaces``."""
+def _model_for_spaces(args: argparse.Namespace) -> tuple[Any, Any, str, dict[str, Any], dict[str, str] | None]:
+    """(model, example input ``2 x sample``, space name, space kwargs, block override) for
+    ``compsearch spaces``; a spec's ``[space.blocks]`` regroups the units as its runs do."""
     import torch
 
     if args.target.endswith(".toml") or Path(args.target).is_file():
@@ -366,11 +362,12 @@ def _model_for_spaces(args: argparse.Namespace) -> tuple[Any, Any, str, dict[str
         if spec.agent is not None:
             from compsearch.studies.agent_run import check_agent
 
-            return (*check_agent(spec), args.space or spec.space.name, spec.space.space_kwargs())
+            return (*check_agent(spec), args.space or spec.space.name, spec.space.space_kwargs(), spec.space.block_override())
         data = load_dataset(spec.data.name, seed=spec.data.seed, **spec.data.options)
-        return _build_model(spec, data), data.x_train[:2], args.space or spec.space.name, spec.space.space_kwargs()
+        return (_build_model(spec, data), data.x_train[:2], args.space or spec.space.name, spec.space.space_kwargs(),
+                spec.space.block_override())
     model = _spaces_model(args)
-    return model, torch.zeros(2, *_sample_shape(args, model)), args.space or "joint", {}
+    return model, torch.zeros(2, *_sample_shape(args, model)), args.space or "joint", {}, None
 
 
 def _spaces_model(args: argparse.Namespace) -> Any:

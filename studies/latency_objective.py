@@ -258,7 +258,7 @@ def evaluator_factory(model: nn.Module, source: Any, spec: Any, out_dir: Path) -
         ConfigError: latency in onnxruntime is asked for and onnxruntime or onnx is not installed.
     """
     lat = getattr(spec, "latency", None)
-    blocks = dict(spec.space.blocks) or None
+    blocks = spec.space.block_override()
     if lat is None or not needs_latency(spec.objective_pairs, spec.constraints):
         return lambda seed: CompressionEvaluator(model, source, config=spec.evaluator.config(seed=seed),
                                                  blocks=blocks, device=spec.evaluator.device)

@@ -296,6 +296,10 @@ class SpaceSpec(_Model):
                 raise ValueError(f"{pattern!r} maps to an empty block name; give a name, e.g. 'early'")
         return v
 
+    def block_override(self) -> dict[str, str] | None:
+        """``blocks`` for :func:`~compsearch.spaces.discover_units` (None: the discovered grouping)."""
+        return dict(self.blocks) or None
+
     def space_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for ``get_space(name, units, **kwargs)``."""
         chosen = {k: v for k, v in self.choices.model_dump().items() if v is not None}

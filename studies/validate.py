@@ -178,7 +178,7 @@ def check_space_and_strategies(spec: StudySpec, model: torch.nn.Module, example:
     from compsearch.spaces import discover_units, get_space
 
     try:
-        units = discover_units(model, example, blocks=dict(spec.space.blocks) or None)
+        units = discover_units(model, example, blocks=spec.space.block_override())
     except (CompsearchError, RuntimeError, ValueError, TypeError) as e:
         if spec.agent is not None:
             raise _error("agent", f"the acting network does not run on the environment's observations of shape "
