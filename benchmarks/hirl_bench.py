@@ -10,6 +10,15 @@
 * ``--what origins --run DIR``: where the proposals of each strategy came from (the trials'
   ``compsearch:proposal_origin``: ``startup``, ``agents``, ``greedy``, ``mutation``, ``random``,
   ``fallback``, ``+``-joined when several sources produced the same policy), counts and shares.
+* ``--what replay --run DIR --study hirl-s0 --after 3,9``: what the study's strategy (``sls``,
+  ``hirl`` or a variant, with the run's strategy options) would propose after the study's first
+  ``k`` finished trials, for each ``k`` of ``--after``, without evaluating it: the proposal's budget
+  target, exact size, surrogate-predicted quality (mean, ensemble std, optimism weight) and reward
+  score, next to the same numbers for the trials it learned from. Reads the run folder's stored
+  base model or agent (never trains one). The sampler is rebuilt and fitted once on those ``k``
+  trials, so its proposal can differ from the one the run made (that sampler retrained along
+  the way, with its own random state). ``--option name=value`` (repeatable, JSON value)
+  overrides a strategy option, e.g. ``--option kappa=0`` (no optimism bonus).
 * ``--what proxy``: a cheap real problem for ablations of the parts that need many runs: the
   digits CNN's logit MSE against the uncompressed model (``proxy``, one forward per "evaluation",
   no fine-tuning) against ``size_kb``; every strategy / part setting in ``--variants`` over
@@ -20,6 +29,7 @@ Usage::
 
     .venv/bin/python benchmarks/hirl_bench.py --what compare --run runs/h5_quick
     .venv/bin/python benchmarks/hirl_bench.py --what proxy --trials 40 --seeds 3
+    .venv/bin/python benchmarks/hirl_bench.py --what replay --run runs/bench_agents/minatar_breakout_dqn --study hirl-s0 --after 3,9
 """
 
 from __future__ import annotations
@@ -139,6 +149,60 @@ def origins(run_dir: str) -> dict[str, Any]:
     }
 
 
+def replay(run_dir: str, study_name: str, after: Sequence[int], options: dict[str, Any]) -> dict[str, Any]:
+    """The study's next proposal after its first ``k`` finished trials, each ``k`` in ``after`` (module docstring)."""
+    from compsearch.evaluators import sb3_train
+    from compsearch.search.registry import get_strategy
+    from compsearch.studies.run import prepare
+
+    def no_training(*_: Any, **__: Any) -> Any:
+        raise SystemExit(f"--what replay: the run folder {run_dir} has no stored agent for its spec; it would be trained")
+
+    sb3_train.learn = no_training  # type: ignore[assignment]
+    from compsearch.studies.results import load_studies
+    from compsearch.studies.storage import open_storage
+    from compsearch.studies.summary import read_run, run_storage
+
+    meta, spec = read_run(run_dir)
+    studies = load_studies(open_storage(run_storage(meta, run_dir), out_dir=run_dir))
+    found = {f"{name}-s{seed}": trials for (name, seed), trials in studies.items()}
+    if study_name not in found:
+        raise SystemExit(f"--study {study_name!r}: not in {run_dir}; it holds {sorted(found)}")
+    strategy, seed = study_name.rsplit("-s", 1)
+    run = prepare(spec, run_dir)
+    finished = [t for t in found[study_name] if t.values is not None]
+    evaluator = run.evaluator(int(seed))
+    opts = {**run.spec.strategy_options.get(strategy, {}), **options}
+    out: dict[str, Any] = {"run": run_dir, "study": study_name, "options": opts, "after": {}}
+    for k in after:
+        sampler = get_strategy(strategy, space=run.space, seed=int(seed), evaluator=evaluator, objectives=run.objectives,
+                               constraints=run.spec.constraints, n_trials=run.spec.trials, **opts)
+        study = optuna.create_study(directions=run.directions, sampler=sampler)
+        study.add_trials(finished[:k])
+        trial = study.ask()
+        run.space.suggest(trial)
+        obj = getattr(sampler, "_objective", None)
+        if obj is None or obj.mode != "budget":
+            raise SystemExit(f"--what replay: {strategy!r} after {k} trials has no budget-mode objective (sls, hirl and its variants)")
+        acts = np.array([run.space.actions_from_params(t.params) for t in finished[:k]] + [run.space.actions_from_params(trial.params)],
+                        dtype=np.int64)
+        goal = obj.proposal_goal(k)
+        score = obj.score(acts, np.full(len(acts), goal), [obj.default_weights])[0][:, 0]
+        mean, std = obj.surrogate.predict(obj.featurize(acts)) if obj.surrogate is not None else (np.full((len(acts), 1), np.nan),) * 2
+        size = obj.cost.metrics(acts)["size_kb"]
+        sign = 1.0 if obj.learned[0].direction == "maximize" else -1.0
+
+        observed = [round(float(t.values[obj.learned[0].index]), 4) for t in finished[:k]] + [None]
+        rows = [{"observed": o, "size_kb": round(float(size[i]), 2), "predicted": round(sign * float(mean[i, 0]), 3),
+                 "std": round(float(std[i, 0]), 3), "score": round(float(score[i]), 4)} for i, o in enumerate(observed)]
+        out["after"][k] = {
+            "goal_ratio": round(goal, 4), "ratio_min": round(obj.ratio_min, 4), "kappa": round(obj.kappa, 3),
+            "surrogate_on": "proxy" if obj.proxy_mode else "real trials", "quality": obj.learned[0].metric,
+            "proposal": {**rows[-1], "origin": sampler.origins.get(trial.number)}, "learned_from": rows[:-1],
+        }
+    return out
+
+
 # ---- the proxy problem -------------------------------------------------------------------------
 class _NoProxy:
     """The evaluator's hooks without ``proxy`` (so no strategy gets a free cold start on the objective)."""
@@ -206,10 +270,26 @@ def proxy_problem(
     return out
 
 
+def _options(p: argparse.ArgumentParser, pairs: Sequence[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            p.error(f"--option {pair!r}: expected NAME=VALUE, e.g. --option kappa=0")
+        try:
+            out[name] = json.loads(value)
+        except json.JSONDecodeError:
+            out[name] = value
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    p.add_argument("--what", choices=("sample", "compare", "origins", "proxy"), default="sample")
-    p.add_argument("--run", help="run folder (compare, origins)")
+    p.add_argument("--what", choices=("sample", "compare", "origins", "proxy", "replay"), default="sample")
+    p.add_argument("--run", help="run folder (compare, origins, replay)")
+    p.add_argument("--study", help="study name, e.g. hirl-s0 (replay)")
+    p.add_argument("--after", default="3,6,9", help="comma-separated counts of finished trials (replay)")
+    p.add_argument("--option", action="append", default=[], metavar="NAME=JSON", help="strategy option override (replay)")
     p.add_argument("--trials", type=int, default=30)
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--first-seed", type=int, default=0, help="first seed (proxy)")
@@ -221,7 +301,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    if args.what in ("compare", "origins") and not args.run:
+    if args.what in ("compare", "origins", "replay") and not args.run:
         p.error(f"--what {args.what} needs --run DIR (a studies-runner run folder)")
     if args.what == "sample":
         result: Any = {"sample_relative": time_sample_relative(trials=args.trials)}
@@ -229,6 +309,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         result = compare(args.run)
     elif args.what == "origins":
         result = origins(args.run)
+    elif args.what == "replay":
+        if not args.study:
+            p.error("--what replay needs --study NAME (e.g. hirl-s0)")
+        result = replay(args.run, args.study, [int(k) for k in args.after.split(",")], _options(p, args.option))
     else:
         extra = {"scheme": "symmetric"} if args.symmetric else {}
         result = proxy_problem(

@@ -1,0 +1,65 @@
+"""benchmarks/hirl_bench.py --what replay: a finished study's next proposal, re-derived without evaluating it."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import optuna
+import pytest
+
+from compsearch.studies.runner import run_study
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _bench() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("hirl_bench", ROOT / "benchmarks" / "hirl_bench.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def sls_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "replay"
+    run_study({
+        "name": "replay", "strategies": ["sls"], "trials": 5, "seeds": 1, "objectives": ["accuracy", "size_kb"],
+        "model": {"name": "digits_cnn", "kwargs": {"width": 8, "hidden": 32}}, "base": {"steps": 60, "lr": 0.01},
+        "data": {"name": "digits"},
+        "space": {"name": "joint", "choices": {"w_bits": [2, 4, 8, 32], "keep": [0.5, 1.0]}},
+        "evaluator": {"device": "cpu", "finetune": {"steps": 3, "lr": 0.01}},
+        "constraints": {"max_size_kb": 12.0},
+    }, out, quiet=True)
+    return out
+
+
+def _trials(run: Path) -> list[optuna.trial.FrozenTrial]:
+    study = optuna.load_study(study_name="sls-s0", storage=f"sqlite:///{run / 'studies.db'}")
+    return [t for t in study.trials if t.values is not None]
+
+
+def test_replay_reports_the_learned_trials_and_the_goal_of_the_sweep(sls_run: Path) -> None:
+    before = _trials(sls_run)
+    out = _bench().replay(str(sls_run), "sls-s0", [4], {})
+    got = out["after"][4]
+    # the rows it learned from are the study's first 4 trials: observed accuracy as recorded, and
+    # the exact-cost size equal to the size the evaluator measured
+    assert [r["observed"] for r in got["learned_from"]] == [round(t.values[0], 4) for t in before[:4]]
+    assert [r["size_kb"] for r in got["learned_from"]] == [round(t.values[1], 2) for t in before[:4]]
+    # proposal 4's budget target: van der Corput vdc(5) = 0.625 of the log range [r_min, r_max],
+    # r_max = 12 KiB / the uncompressed size (the max_size_kb constraint)
+    identity_kb = json.loads((sls_run / "baseline.json").read_text())["0"]["size_kb"]
+    r_min, r_max = got["ratio_min"], 12.0 / identity_kb
+    assert got["goal_ratio"] == pytest.approx(np.exp(np.log(r_min) + 0.625 * (np.log(r_max) - np.log(r_min))), rel=1e-3)
+    assert got["proposal"]["observed"] is None and got["proposal"]["size_kb"] > 0
+    assert len(_trials(sls_run)) == len(before)  # nothing written to the run
+
+
+def test_replay_names_the_studies_it_has(sls_run: Path) -> None:
+    with pytest.raises(SystemExit, match=r"--study 'hirl-s9'.*\['sls-s0'\]"):
+        _bench().replay(str(sls_run), "hirl-s9", [4], {})
