@@ -171,6 +171,8 @@ def replay(run_dir: str, study_name: str, after: Sequence[int], options: dict[st
     strategy, seed = study_name.rsplit("-s", 1)
     run = prepare(spec, run_dir)
     finished = [t for t in found[study_name] if t.values is not None]
+    if too_many := [k for k in after if not 1 <= k <= len(finished)]:
+        raise SystemExit(f"--after {','.join(map(str, too_many))}: {study_name} has {len(finished)} finished trials; give counts 1..{len(finished)}")
     evaluator = run.evaluator(int(seed))
     opts = {**run.spec.strategy_options.get(strategy, {}), **options}
     out: dict[str, Any] = {"run": run_dir, "study": study_name, "options": opts, "after": {}}

@@ -63,3 +63,8 @@ def test_replay_reports_the_learned_trials_and_the_goal_of_the_sweep(sls_run: Pa
 def test_replay_names_the_studies_it_has(sls_run: Path) -> None:
     with pytest.raises(SystemExit, match=r"--study 'hirl-s9'.*\['sls-s0'\]"):
         _bench().replay(str(sls_run), "hirl-s9", [4], {})
+
+
+def test_replay_refuses_more_trials_than_the_study_finished(sls_run: Path) -> None:
+    with pytest.raises(SystemExit, match=r"--after 9: sls-s0 has 5 finished trials; give counts 1\.\.5"):
+        _bench().replay(str(sls_run), "sls-s0", [4, 9], {})
