@@ -137,7 +137,14 @@ def tried_keys(study: Study, space: Space, pending: Sequence[Mapping[str, Any]],
     suggesting them all, by the proposal stored in its ``compsearch:proposal`` attribute.
     """
     keys = {space.canonical_key(p) for p in pending}
-    for t in _trials_in(study, trials, (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)):
+    return keys | {space.canonical_key(p) for p in _spent_points(study, space, trials, (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL))}
+
+
+def _spent_points(study: Study, space: Space, trials: Sequence[FrozenTrial] | None,
+                  states: tuple[TrialState, ...]) -> list[dict[str, Any]]:
+    """Points of ``space`` of the trials in ``states`` that count toward the budget (see :func:`tried_keys`)."""
+    out = []
+    for t in _trials_in(study, trials, states):
         if not record.counts_toward_budget(t):
             continue
         params = space_params(t.params, space)
@@ -145,8 +152,15 @@ def tried_keys(study: Study, space: Space, pending: Sequence[Mapping[str, Any]],
         if params is None and proposal is not None:
             params = space_params(proposal, space)
         if params is not None:
-            keys.add(space.canonical_key(params))
-    return keys
+            out.append(params)
+    return out
+
+
+def failed_params(study: Study, space: Space, trials: Sequence[FrozenTrial] | None = None) -> list[dict[str, Any]]:
+    """Points of ``space`` of FAILED trials that failed for a reason of the candidate (a
+    diverged fine-tune, out of memory; not an interruption): spent, but absent from the
+    history a strategy learns from, so a strategy that walks a fixed design must skip them."""
+    return _spent_points(study, space, trials, (TrialState.FAIL,))
 
 
 class CompressionSampler(BaseSampler, ABC):
@@ -279,6 +293,7 @@ def is_multi_objective(study: Study) -> bool:
 __all__ = [
     "CompressionSampler",
     "Observation",
+    "failed_params",
     "is_multi_objective",
     "observations",
     "params_key",

@@ -6,12 +6,13 @@ evaluator's exact ``cost(policy)`` returns (``size_bits``, ``size_kb``,
 (accuracy, ...) get one GP each. Proposal ``t`` (counting finished and running trials
 of the space) is
 
-* ``t < n_startup``: the first unused, cost-feasible point of the initial design --
+* ``t < n_startup``: the first unused (not finished, running or failed), cost-feasible
+  point of the initial design --
   the uniform anchors (every dimension at the same relative position: most
   compressed, middle, uncompressed) if enabled, then a scrambled Sobol sequence over
   the choice indices;
 * afterwards: the maximizer of qLogNEHVI over (GP metrics, exact costs) among the
-  cost-feasible policies not yet observed nor pending (``acquisition.py``); running
+  cost-feasible policies not yet observed, pending or failed (``acquisition.py``); running
   trials are fantasized as ``X_pending``.
 
 The sampler keeps no learnt state: everything is rebuilt from the study's trials at
@@ -34,7 +35,7 @@ from optuna.study import StudyDirection
 
 from compsearch.errors import ConfigError, check_int_at_least
 from compsearch.metrics import pareto_indices, parse_constraints
-from compsearch.search.common import CompressionSampler, Observation, params_key
+from compsearch.search.common import CompressionSampler, Observation, failed_params, params_key
 from compsearch.search.registry import DEFAULT_OBJECTIVES, SearchContext
 from compsearch.spaces.policy import Policy
 
@@ -191,7 +192,10 @@ class BayesianSampler(CompressionSampler):
     # ---- proposal -----------------------------------------------------------------------
     def propose(self, study: Study, history: list[Observation], pending: list[dict[str, Any]]) -> dict[str, Any]:
         rng = self._proposal_rng(len(history), len(pending))
-        used = {params_key(o.params) for o in history} | {params_key(p) for p in pending}
+        # a failed candidate (diverged, out of memory) is spent too: without it here the design
+        # would propose it again, and again after every failure
+        spent = [o.params for o in history] + pending + failed_params(study, self.space)
+        used = {params_key(p) for p in spent}
         usable = [o for o in history if np.all(np.isfinite(o.values))]
         if len(history) + len(pending) < self.config.n_startup or len(usable) < 2:
             params = self._startup(used, rng)

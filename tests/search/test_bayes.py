@@ -191,6 +191,35 @@ def test_startup_design_starts_with_uniform_anchors() -> None:
     assert len(design) == 7
 
 
+def test_a_failed_design_point_is_spent_and_the_design_moves_on() -> None:
+    """A diverged candidate is absent from the history bo learns from; before it counted as
+    spent, the design proposed it again after every failure (and the framework's de-duplication
+    turned each repeat into a one-choice neighbour of it), so one failing anchor trapped the start."""
+    from compsearch import record
+
+    space = make_space()
+    sampler = BayesianSampler(space, evaluator=StubEvaluator(), seed=0, config=FAST)
+    design = sampler.design(4)
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=sampler)
+    first = study.ask()
+    space.suggest(first)
+    assert first.params == design[0]
+    record.tell_failure(study, first, "diverged: FineTuneDiverged: test")
+    asked = [study.ask() for _ in range(2)]
+    for t in asked:
+        space.suggest(t)
+    assert [t.params for t in asked] == [design[1], design[2]]  # the middle and uncompressed anchors, as with no failure
+    # an interrupted trial is not a result: its point is proposed again
+    fresh = optuna.create_study(directions=["maximize", "minimize"],
+                                sampler=BayesianSampler(space, evaluator=StubEvaluator(), seed=0, config=FAST))
+    t0 = fresh.ask()
+    space.suggest(t0)
+    assert record.record_interrupted(fresh, t0.number, "SIGTERM")
+    again = fresh.ask()
+    space.suggest(again)
+    assert again.params == design[0]
+
+
 def test_unit_cost_estimate_without_evaluator() -> None:
     units = [_unit("a", 100, 0, "a"), _unit("b", 200, 1, "b")]
     space = get_space("joint", units, skip_first=False, skip_head=False)
