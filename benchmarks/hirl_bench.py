@@ -152,14 +152,23 @@ def origins(run_dir: str) -> dict[str, Any]:
 def replay(run_dir: str, study_name: str, after: Sequence[int], options: dict[str, Any]) -> dict[str, Any]:
     """The study's next proposal after its first ``k`` finished trials, each ``k`` in ``after`` (module docstring)."""
     from compsearch.evaluators import sb3_train
-    from compsearch.search.registry import get_strategy
-    from compsearch.studies.run import prepare
+
+    learn = sb3_train.learn
 
     def no_training(*_: Any, **__: Any) -> Any:
         raise SystemExit(f"--what replay: the run folder {run_dir} has no stored agent for its spec; it would be trained")
 
     sb3_train.learn = no_training  # type: ignore[assignment]
+    try:
+        return _replay(run_dir, study_name, after, options)
+    finally:
+        sb3_train.learn = learn  # type: ignore[assignment]
+
+
+def _replay(run_dir: str, study_name: str, after: Sequence[int], options: dict[str, Any]) -> dict[str, Any]:
+    from compsearch.search.registry import get_strategy
     from compsearch.studies.results import load_studies
+    from compsearch.studies.run import prepare
     from compsearch.studies.storage import open_storage
     from compsearch.studies.summary import read_run, run_storage
 

@@ -60,9 +60,13 @@ def test_replay_reports_the_learned_trials_and_the_goal_of_the_sweep(sls_run: Pa
     assert len(_trials(sls_run)) == len(before)  # nothing written to the run
 
 
-def test_replay_names_the_studies_it_has(sls_run: Path) -> None:
+def test_replay_names_the_studies_it_has_and_leaves_agent_training_as_it_was(sls_run: Path) -> None:
+    from compsearch.evaluators import sb3_train
+
+    learn = sb3_train.learn
     with pytest.raises(SystemExit, match=r"--study 'hirl-s9'.*\['sls-s0'\]"):
         _bench().replay(str(sls_run), "hirl-s9", [4], {})
+    assert sb3_train.learn is learn  # replay blocks training only while it runs
 
 
 def test_replay_refuses_more_trials_than_the_study_finished(sls_run: Path) -> None:
