@@ -14,8 +14,8 @@
   ``hirl`` or a variant, with the run's strategy options) would propose after the study's first
   ``k`` finished trials, for each ``k`` of ``--after``, without evaluating it: the proposal's budget
   target, exact size, surrogate-predicted quality (mean, ensemble std, optimism weight) and reward
-  score, next to the same numbers for the trials it learned from. Reads the run folder's stored
-  base model or agent (never trains one). The sampler is rebuilt and fitted once on those ``k``
+  score, next to the same numbers for the trials it learned from. Uses the run folder's stored
+  base model or agent (refuses to train an agent). The sampler is rebuilt and fitted once on those ``k``
   trials, so its proposal can differ from the one the run made (that sampler retrained along
   the way, with its own random state). ``--option name=value`` (repeatable, JSON value)
   overrides a strategy option, e.g. ``--option kappa=0`` (no optimism bonus).
