@@ -2,26 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import optuna
 import pytest
+from benchmark_loader import load_benchmark
 
 from compsearch.studies.runner import run_study
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("hirl_bench", ROOT / "benchmarks" / "hirl_bench.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +34,7 @@ def _trials(run: Path) -> list[optuna.trial.FrozenTrial]:
 
 def test_replay_reports_the_learned_trials_and_the_goal_of_the_sweep(sls_run: Path) -> None:
     before = _trials(sls_run)
-    out = _bench().replay(str(sls_run), "sls-s0", [4], {})
+    out = load_benchmark("hirl_bench").replay(str(sls_run), "sls-s0", [4], {})
     got = out["after"][4]
     # the rows it learned from are the study's first 4 trials: observed accuracy as recorded, and
     # the exact-cost size equal to the size the evaluator measured
@@ -65,10 +54,10 @@ def test_replay_names_the_studies_it_has_and_leaves_agent_training_as_it_was(sls
 
     learn = sb3_train.learn
     with pytest.raises(SystemExit, match=r"--study 'hirl-s9'.*\['sls-s0'\]"):
-        _bench().replay(str(sls_run), "hirl-s9", [4], {})
+        load_benchmark("hirl_bench").replay(str(sls_run), "hirl-s9", [4], {})
     assert sb3_train.learn is learn  # replay blocks training only while it runs
 
 
 def test_replay_refuses_more_trials_than_the_study_finished(sls_run: Path) -> None:
     with pytest.raises(SystemExit, match=r"--after 9: sls-s0 has 5 finished trials; give counts 1\.\.5"):
-        _bench().replay(str(sls_run), "sls-s0", [4, 9], {})
+        load_benchmark("hirl_bench").replay(str(sls_run), "sls-s0", [4, 9], {})

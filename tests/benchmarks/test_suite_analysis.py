@@ -2,25 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
-from types import ModuleType
 
 import pytest
+from benchmark_loader import ROOT, load_benchmark
 
 from compsearch.errors import CompsearchError
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _suite() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("suite_bench", ROOT / "benchmarks" / "suite.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 # Objectives accuracy (max) and size_kb (min), reference (0.5, 100), scales (1, 100).
 # hirl's point (0.9, 50) has gains (0.4, 0.5): hypervolume 0.2; tpe's (0.7, 20) has gains
@@ -38,7 +26,7 @@ SUMMARY = {
 
 
 def test_analyse_problem_by_hand() -> None:
-    out = _suite().analyse_problem(SUMMARY)
+    out = load_benchmark("suite").analyse_problem(SUMMARY)
     assert out["best_known_front"]["points"] == [[0.7, 20.0], [0.9, 50.0]]
     assert out["best_known_front"]["hypervolume"] == pytest.approx(0.26)
     # Checkpoints of a budget of 4: 25% -> 1 evaluation, 50% -> 2, 100% -> 4.
@@ -60,19 +48,19 @@ def test_analyse_problem_by_hand() -> None:
     assert paired["seeds"] == [0] and paired["mean_difference"] == pytest.approx(0.04) and paired["wilcoxon"] is None
     # Ranked on the seeds both completed (seed 0): hirl 0.2, tpe 0.16.
     assert out["rank_seeds"] == [0] and out["rank_scores"] == pytest.approx({"hirl": 0.2, "tpe": 0.16})
-    table = _suite().aggregate({"hand": out})
+    table = load_benchmark("suite").aggregate({"hand": out})
     assert table["ranks"]["hand"] == {"hirl": 1.0, "tpe": 2.0}
     # hirl 0.2 >= tpe 0.16; one paired seed is no interval (not "above zero"); reached after 4 of 4, not 2.
     assert not paired["ci_above_zero"]
-    assert _suite().targets({"hand": out}) == {"compared": ["hand"], "hirl_at_or_above_best_non_rl": ["hand"],
+    assert load_benchmark("suite").targets({"hand": out}) == {"compared": ["hand"], "hirl_at_or_above_best_non_rl": ["hand"],
                                                "difference_ci_above_zero": [], "hirl_reaches_within_half_budget": []}
 
 
 def test_analyse_problem_restricts_seeds_and_strategies() -> None:
-    out = _suite().analyse_problem(SUMMARY, strategies=["tpe"], seeds=[0])
+    out = load_benchmark("suite").analyse_problem(SUMMARY, strategies=["tpe"], seeds=[0])
     assert list(out["strategies"]) == ["tpe"] and out["complete"]
     # A requested strategy or seed the run has not started makes the problem partial.
-    more = _suite().analyse_problem(SUMMARY, strategies=["tpe", "bo"], seeds=[0, 5])
+    more = load_benchmark("suite").analyse_problem(SUMMARY, strategies=["tpe", "bo"], seeds=[0, 5])
     assert more["strategies_not_started"] == ["bo"] and not more["complete"]
     assert more["completion"]["tpe"]["missing_seeds"] == [5]
     # The front still pools every strategy the run holds.
@@ -81,7 +69,7 @@ def test_analyse_problem_restricts_seeds_and_strategies() -> None:
 
 
 def test_command_line_errors_and_empty_analysis(tmp_path: Path) -> None:
-    suite = _suite()
+    suite = load_benchmark("suite")
     with pytest.raises(CompsearchError, match=r"--problems: unknown problem\(s\) \['nope'\]"):
         suite.main(["--problems", "nope", "--analyse-only"])
     with pytest.raises(CompsearchError, match="--trials=0 must be at least 1"):
@@ -100,7 +88,7 @@ def test_suite_specs_pass_check_at_equal_budgets(path: Path, tmp_path: Path) -> 
     from compsearch.studies.validate import check_run
 
     spec = check_run(load_spec(path), tmp_path / "run")  # what `compsearch check` runs (no training)
-    suite = _suite()
+    suite = load_benchmark("suite")
     assert path.stem in suite.PROBLEMS and len(SUITE_SPECS) == len(suite.PROBLEMS) >= 4
     assert spec.strategies == list(suite.STRATEGIES) and spec.trials >= 50 and len(spec.seeds) >= 5
 
@@ -109,7 +97,7 @@ def test_hirl_against_its_ablations_by_hand() -> None:
     summary = json.loads(json.dumps(SUMMARY))
     summary["strategies"]["hirl-flat"] = {"curves": {"0": [0.1, 0.1, 0.1, 0.15], "1": [0.1, 0.1, 0.1, 0.3]},
                                           "counted": {"0": 4, "1": 4}, "points": [[0.8, 40.0]]}
-    suite = _suite()
+    suite = load_benchmark("suite")
     out = suite.analyse_problem(summary)
     pair = out["hirl_vs_ablations"]["hirl-flat"]  # hirl's finals 0.2, 0.2 minus 0.15, 0.3
     assert list(out["hirl_vs_ablations"]) == ["hirl-flat"]  # tpe is not an ablation
@@ -120,7 +108,7 @@ def test_hirl_against_its_ablations_by_hand() -> None:
 
 
 def test_markdown_tables_of_the_hand_summary() -> None:
-    suite = _suite()
+    suite = load_benchmark("suite")
     problem = suite.analyse_problem(SUMMARY)
     text = suite.markdown({"problems": {"hand": problem}, "ranks": suite.aggregate({"hand": problem})})
     assert "| strategy | HV @1 | HV @2 | HV @4 | HV / best-known | seeds complete |" in text
