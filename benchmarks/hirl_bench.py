@@ -104,13 +104,20 @@ def time_sample_relative(*, trials: int = 30, seed: int = 0, space: Any = None, 
 
 
 # ---- run folders -----------------------------------------------------------------------------
-def _load(run_dir: str) -> tuple[dict[str, Any], dict[tuple[str, int], list[Any]]]:
+def _run_studies(run_dir: str) -> tuple[Any, dict[tuple[str, int], list[Any]]]:
+    """The run folder's spec and ``(strategy, seed) -> trials`` of its studies."""
     from compsearch.studies.results import load_studies
     from compsearch.studies.storage import open_storage
-    from compsearch.studies.summary import read_run, run_storage, summarize
+    from compsearch.studies.summary import read_run, run_storage
 
-    run, _ = read_run(run_dir)
-    return summarize(run_dir), load_studies(open_storage(run_storage(run, run_dir), out_dir=run_dir))
+    run, spec = read_run(run_dir)
+    return spec, load_studies(open_storage(run_storage(run, run_dir), out_dir=run_dir))
+
+
+def _load(run_dir: str) -> tuple[dict[str, Any], dict[tuple[str, int], list[Any]]]:
+    from compsearch.studies.summary import summarize
+
+    return summarize(run_dir), _run_studies(run_dir)[1]
 
 
 def compare(run_dir: str) -> dict[str, Any]:
@@ -167,26 +174,24 @@ def replay(run_dir: str, study_name: str, after: Sequence[int], options: dict[st
 
 def _replay(run_dir: str, study_name: str, after: Sequence[int], options: dict[str, Any]) -> dict[str, Any]:
     from compsearch.search.registry import get_strategy
-    from compsearch.studies.results import load_studies
+    from compsearch.studies.results import parse_study_name
+    from compsearch.studies.results import study_name as name_of
     from compsearch.studies.run import prepare
-    from compsearch.studies.storage import open_storage
-    from compsearch.studies.summary import read_run, run_storage
 
-    meta, spec = read_run(run_dir)
-    studies = load_studies(open_storage(run_storage(meta, run_dir), out_dir=run_dir))
-    found = {f"{name}-s{seed}": trials for (name, seed), trials in studies.items()}
-    if study_name not in found:
-        raise SystemExit(f"--study {study_name!r}: not in {run_dir}; it holds {sorted(found)}")
-    strategy, seed = study_name.rsplit("-s", 1)
+    spec, studies = _run_studies(run_dir)
+    key = parse_study_name(study_name)
+    if key not in studies:
+        raise SystemExit(f"--study {study_name!r}: not in {run_dir}; it holds {sorted(name_of(*k) for k in studies)}")
+    strategy, seed = key
     run = prepare(spec, run_dir)
-    finished = [t for t in found[study_name] if t.values is not None]
+    finished = [t for t in studies[key] if t.values is not None]
     if too_many := [k for k in after if not 1 <= k <= len(finished)]:
         raise SystemExit(f"--after {','.join(map(str, too_many))}: {study_name} has {len(finished)} finished trials; give counts 1..{len(finished)}")
-    evaluator = run.evaluator(int(seed))
+    evaluator = run.evaluator(seed)
     opts = {**run.spec.strategy_options.get(strategy, {}), **options}
     out: dict[str, Any] = {"run": run_dir, "study": study_name, "options": opts, "after": {}}
     for k in after:
-        sampler = get_strategy(strategy, space=run.space, seed=int(seed), evaluator=evaluator, objectives=run.objectives,
+        sampler = get_strategy(strategy, space=run.space, seed=seed, evaluator=evaluator, objectives=run.objectives,
                                constraints=run.spec.constraints, n_trials=run.spec.trials, **opts)
         study = optuna.create_study(directions=run.directions, sampler=sampler)
         study.add_trials(finished[:k])
