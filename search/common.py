@@ -270,6 +270,13 @@ class CompressionSampler(BaseSampler, ABC):
                 return other
         return params
 
+    def spent(self, study: Study, history: Sequence[Observation], pending: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Every point a proposal should not repeat: the finished ``history``, ``pending``, and
+        the candidates that FAILED for a reason of their own (:func:`failed_params`). Those are
+        absent from ``history``, so a strategy that avoids only what it learned from proposes a
+        failed point again (and :meth:`distinct` turns the repeat into a neighbour of it)."""
+        return [o.params for o in history] + list(pending) + failed_params(study, self.space)
+
     def canonical_key(self, params: Mapping[str, Any]) -> str:
         """The canonical policy key of ``params`` (equal for equivalent policies)."""
         return self.space.canonical_key(params)

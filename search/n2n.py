@@ -43,7 +43,7 @@ from optuna.trial import TrialState
 from compsearch import record
 from compsearch.errors import check_keywords
 from compsearch.metrics import parse_constraints
-from compsearch.search.common import CompressionSampler, Observation, space_params
+from compsearch.search.common import CompressionSampler, Observation, params_key, space_params
 from compsearch.search.registry import SearchContext, register_strategy
 from compsearch.search.rl.n2n import N2NConfig, n2n_reward
 from compsearch.search.rl.n2n_agent import N2NAgent, check_format
@@ -177,17 +177,18 @@ class N2NSampler(CompressionSampler):
         with self._lock:
             agent = self._setup()
             self._learn(study, history)
-            avoid = {self.space.canonical_key(p) for p in [o.params for o in history] + pending}
+            spent = self.spent(study, history, pending)
+            avoid = {self.space.canonical_key(p) for p in spent}
             index = len(history) + len(pending)
             if len(history) < self.config.startup_trials:
-                return self.random_params()
+                return self.random_params({params_key(p) for p in spent})
             gen = torch.Generator().manual_seed(int(np.random.default_rng([self.seed, index, 3]).integers(2**62)))
-            params: dict[str, Any] = {}
             for _ in range(20):
                 params = self.space.params_from_actions(agent.sample(gen).tolist())
                 if self.space.canonical_key(params) not in avoid:
-                    break
-            return params
+                    return params
+            # the policy keeps drawing spent points (a nearly exhausted space): an unspent one at random
+            return self.random_params({params_key(p) for p in spent})
 
     # ---- learned state -------------------------------------------------------------------------
     def learned_state(self, study: Study | None = None) -> dict[str, Any]:

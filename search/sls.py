@@ -165,7 +165,7 @@ class SLSSampler(CompressionSampler):
     # ---- the strategy -----------------------------------------------------------------------
     def propose(self, study: Study, history: list[Observation], pending: list[dict[str, Any]]) -> dict[str, Any]:
         with self._lock:
-            avoid = {tuple(self.space.actions_from_params(p)) for p in [o.params for o in history] + pending}
+            avoid = {tuple(self.space.actions_from_params(p)) for p in self.spent(study, history, pending)}
             if len(history) < max(self.config.startup_trials, 1):
                 return self._random(avoid, "startup")
             obj = self._setup(study)

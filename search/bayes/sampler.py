@@ -35,7 +35,7 @@ from optuna.study import StudyDirection
 
 from compsearch.errors import ConfigError, check_int_at_least
 from compsearch.metrics import pareto_indices, parse_constraints
-from compsearch.search.common import CompressionSampler, Observation, failed_params, params_key
+from compsearch.search.common import CompressionSampler, Observation, params_key
 from compsearch.search.registry import DEFAULT_OBJECTIVES, SearchContext
 from compsearch.spaces.policy import Policy
 
@@ -192,10 +192,9 @@ class BayesianSampler(CompressionSampler):
     # ---- proposal -----------------------------------------------------------------------
     def propose(self, study: Study, history: list[Observation], pending: list[dict[str, Any]]) -> dict[str, Any]:
         rng = self._proposal_rng(len(history), len(pending))
-        # a failed candidate (diverged, out of memory) is spent too: without it here the design
+        # a failed candidate (diverged, out of memory) is spent too: without it the design
         # would propose it again, and again after every failure
-        spent = [o.params for o in history] + pending + failed_params(study, self.space)
-        used = {params_key(p) for p in spent}
+        used = {params_key(p) for p in self.spent(study, history, pending)}
         usable = [o for o in history if np.all(np.isfinite(o.values))]
         if len(history) + len(pending) < self.config.n_startup or len(usable) < 2:
             params = self._startup(used, rng)

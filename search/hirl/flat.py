@@ -124,7 +124,7 @@ class FlatRLSampler(CompressionSampler):
     def propose(self, study: Study, history: list[Observation], pending: list[dict[str, Any]]) -> dict[str, Any]:
         with self._lock:
             episodes, agent = self._setup(study)
-            avoid = {tuple(self.space.actions_from_params(p)) for p in [o.params for o in history] + pending}
+            avoid = {tuple(self.space.actions_from_params(p)) for p in self.spent(study, history, pending)}
             n = len(history)
             if n > self._trained_n and n >= 2:
                 steps = self.config.updates_per_trial * (n - self._trained_n)

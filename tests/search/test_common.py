@@ -127,3 +127,37 @@ def test_a_resumed_study_continues_the_uninterrupted_sequence(name: str) -> None
 def test_a_resumed_learning_strategy_evaluates_no_policy_twice(name: str) -> None:
     resumed = _params(name, 7, kill_after=4)
     assert len(set(resumed)) == len(resumed)
+
+
+@pytest.mark.parametrize("name", ["sls", "hirl", "amc", "n2n"])
+def test_a_failed_candidate_is_spent_for_every_strategy(name: str) -> None:
+    """Keep ratios in {0.5, 1.0} on 3 units (for ``n2n``: keep or remove 4 blocks): 8 (16)
+    policies. All but the last FAILED for a reason of their own (a diverged fine-tune), which
+    keeps them out of the history a strategy learns from; the strategy's own proposal, before
+    the framework's de-duplication, must be the last (a uniform draw that ignored the failures
+    would pick a failed one with probability 7/8, 15/16)."""
+    import itertools
+
+    from compsearch import record
+    from compsearch.search.common import observations
+    from compsearch.search.registry import get_strategy
+
+    if name == "n2n":
+        space = toy_space("depth")
+    else:
+        space = toy_space("joint", w_bits=[8], a_bits=[32], keep=[0.5, 1.0], scheme="symmetric",
+                          granularity="channel", structure="channel")
+    sizes = space.action_sizes()
+    points = [space.params_from_actions(list(a)) for a in itertools.product(*(range(n) for n in sizes))]
+    assert len(points) == (16 if name == "n2n" else 8)
+    failed, last = points[:-1], points[-1]
+    dists = space.optuna_distributions()
+    for seed in range(4):
+        sampler = get_strategy(name, space=space, seed=seed)
+        study = optuna.create_study(directions=["maximize", "minimize"])
+        for p in failed:
+            study.add_trial(optuna.trial.create_trial(
+                state=TrialState.FAIL, params=p, distributions=dists,
+                user_attrs={record.FAIL_REASON_ATTR: "diverged: FineTuneDiverged: test"}))
+        assert sorted(map(params_key, sampler.spent(study, observations(study, space), []))) == sorted(map(params_key, failed))
+        assert sampler.propose(study, observations(study, space), []) == last
