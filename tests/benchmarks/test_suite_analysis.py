@@ -26,7 +26,8 @@ SUMMARY = {
 
 
 def test_analyse_problem_by_hand() -> None:
-    out = load_benchmark("suite").analyse_problem(SUMMARY)
+    suite = load_benchmark("suite")
+    out = suite.analyse_problem(SUMMARY)
     assert out["best_known_front"]["points"] == [[0.7, 20.0], [0.9, 50.0]]
     assert out["best_known_front"]["hypervolume"] == pytest.approx(0.26)
     # Checkpoints of a budget of 4: 25% -> 1 evaluation, 50% -> 2, 100% -> 4.
@@ -48,19 +49,20 @@ def test_analyse_problem_by_hand() -> None:
     assert paired["seeds"] == [0] and paired["mean_difference"] == pytest.approx(0.04) and paired["wilcoxon"] is None
     # Ranked on the seeds both completed (seed 0): hirl 0.2, tpe 0.16.
     assert out["rank_seeds"] == [0] and out["rank_scores"] == pytest.approx({"hirl": 0.2, "tpe": 0.16})
-    table = load_benchmark("suite").aggregate({"hand": out})
+    table = suite.aggregate({"hand": out})
     assert table["ranks"]["hand"] == {"hirl": 1.0, "tpe": 2.0}
     # hirl 0.2 >= tpe 0.16; one paired seed is no interval (not "above zero"); reached after 4 of 4, not 2.
     assert not paired["ci_above_zero"]
-    assert load_benchmark("suite").targets({"hand": out}) == {"compared": ["hand"], "hirl_at_or_above_best_non_rl": ["hand"],
-                                               "difference_ci_above_zero": [], "hirl_reaches_within_half_budget": []}
+    assert suite.targets({"hand": out}) == {"compared": ["hand"], "hirl_at_or_above_best_non_rl": ["hand"],
+                                            "difference_ci_above_zero": [], "hirl_reaches_within_half_budget": []}
 
 
 def test_analyse_problem_restricts_seeds_and_strategies() -> None:
-    out = load_benchmark("suite").analyse_problem(SUMMARY, strategies=["tpe"], seeds=[0])
+    suite = load_benchmark("suite")
+    out = suite.analyse_problem(SUMMARY, strategies=["tpe"], seeds=[0])
     assert list(out["strategies"]) == ["tpe"] and out["complete"]
     # A requested strategy or seed the run has not started makes the problem partial.
-    more = load_benchmark("suite").analyse_problem(SUMMARY, strategies=["tpe", "bo"], seeds=[0, 5])
+    more = suite.analyse_problem(SUMMARY, strategies=["tpe", "bo"], seeds=[0, 5])
     assert more["strategies_not_started"] == ["bo"] and not more["complete"]
     assert more["completion"]["tpe"]["missing_seeds"] == [5]
     # The front still pools every strategy the run holds.
