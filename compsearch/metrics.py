@@ -319,6 +319,56 @@ def pareto_indices(points: np.ndarray | Sequence[Sequence[float]], directions: S
     return [int(i) for i in np.flatnonzero(pareto_mask(points, directions))]
 
 
+def _hv2d(gains: np.ndarray) -> float:
+    """Area dominated by 2-D gains (maximisation, origin reference): sweep in decreasing g0."""
+    order = np.argsort(-gains[:, 0], kind="stable")
+    area, best_g1 = 0.0, 0.0
+    for g0, g1 in gains[order]:
+        if g1 > best_g1:
+            area += g0 * (g1 - best_g1)
+            best_g1 = g1
+    return float(area)
+
+
+def _nondominated_max(gains: np.ndarray) -> np.ndarray:
+    """Non-dominated rows under maximisation, duplicates removed."""
+    if len(gains) <= 1:
+        return gains
+    gains = np.unique(gains, axis=0)
+    return gains[pareto_mask(gains, ["maximize"] * gains.shape[1])]
+
+
+def _wfg(gains: np.ndarray) -> float:
+    """Hypervolume of maximisation gains against the origin, WFG recursion."""
+    if len(gains) == 0:
+        return 0.0
+    m = gains.shape[1]
+    if m == 1:
+        return float(gains[:, 0].max())
+    if m == 2:
+        return _hv2d(gains)
+    gains = _nondominated_max(gains)
+    gains = gains[np.argsort(-gains[:, 0], kind="stable")]
+    total = 0.0
+    for i, p in enumerate(gains):
+        # Exclusive volume of p: its box minus what the later points share with it.
+        limited = np.minimum(gains[i + 1 :], p)
+        total += float(np.prod(p)) - _wfg(_nondominated_max(limited[np.all(limited > 0, axis=1)]))
+    return total
+
+
+def dominated_volume(gains: np.ndarray | Sequence[Sequence[float]]) -> float:
+    """Volume dominated by ``gains`` (``n x m``, larger is better) against the origin: the
+    union of the boxes ``[0, g]``. Rows not strictly positive in every column add nothing.
+
+    Exact: a sweep for ``m = 2``, the WFG recursion (exclusive volumes) above.
+    """
+    arr = np.asarray(gains, dtype=np.float64)
+    if arr.size == 0:
+        return 0.0
+    return _wfg(arr[np.all(arr > 0, axis=1)])
+
+
 __all__ = [
     "DIRECTIONS",
     "METRICS",
@@ -326,6 +376,7 @@ __all__ = [
     "Constraint",
     "Metric",
     "direction",
+    "dominated_volume",
     "get_metric",
     "is_known",
     "metric_names",

@@ -177,7 +177,7 @@ class SLSSampler(CompressionSampler):
             goal = obj.proposal_goal(index)
             ctx = PoolContext(obj, history, goal, np.random.default_rng([self.seed, index, 5]), self._hierarchy())
             self._before_pick(index)
-            got = pick(self.sources, ctx, avoid, lambda c, n: self._critic.scores(obj, c, n, goal))
+            got = pick(self.sources, ctx, avoid, lambda c, n: self._critic.scores(obj, c, n, goal, history))
             if got is None:
                 return self._random(avoid, "fallback")
             return self._tag(self.space.params_from_actions(got[0].tolist()), got[1])

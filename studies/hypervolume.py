@@ -32,7 +32,14 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from compsearch.errors import ConfigError
-from compsearch.metrics import DIRECTIONS, get_metric, is_known, pareto_indices, pareto_mask
+from compsearch.metrics import (
+    DIRECTIONS,
+    dominated_volume,
+    get_metric,
+    is_known,
+    pareto_indices,
+    pareto_mask,
+)
 
 
 def _as_points(points: np.ndarray | Sequence[Sequence[float]], m: int | None = None) -> np.ndarray:
@@ -103,44 +110,6 @@ def normalized_gains(
     return gains[np.all(gains > 0, axis=1)] if len(gains) else gains.reshape(0, len(dirs))
 
 
-def _hv2d(gains: np.ndarray) -> float:
-    """Area dominated by 2-D gains (maximisation, origin reference): sweep in decreasing g0."""
-    order = np.argsort(-gains[:, 0], kind="stable")
-    area, best_g1 = 0.0, 0.0
-    for g0, g1 in gains[order]:
-        if g1 > best_g1:
-            area += g0 * (g1 - best_g1)
-            best_g1 = g1
-    return float(area)
-
-
-def _nondominated_max(gains: np.ndarray) -> np.ndarray:
-    """Non-dominated rows under maximisation, duplicates removed."""
-    if len(gains) <= 1:
-        return gains
-    gains = np.unique(gains, axis=0)
-    return gains[pareto_mask(gains, ["maximize"] * gains.shape[1])]
-
-
-def _wfg(gains: np.ndarray) -> float:
-    """Hypervolume of maximisation gains against the origin, WFG recursion."""
-    if len(gains) == 0:
-        return 0.0
-    m = gains.shape[1]
-    if m == 1:
-        return float(gains[:, 0].max())
-    if m == 2:
-        return _hv2d(gains)
-    gains = _nondominated_max(gains)
-    gains = gains[np.argsort(-gains[:, 0], kind="stable")]
-    total = 0.0
-    for i, p in enumerate(gains):
-        # Exclusive volume of p: its box minus what the later points share with it.
-        limited = np.minimum(gains[i + 1 :], p)
-        total += float(np.prod(p)) - _wfg(_nondominated_max(limited[np.all(limited > 0, axis=1)]))
-    return total
-
-
 def hypervolume(
     points: np.ndarray | Sequence[Sequence[float]],
     directions: Sequence[str],
@@ -161,7 +130,7 @@ def hypervolume(
         The volume of the union of boxes ``[0, g(p)]`` in normalised gain space (0 for no
         point better than the reference).
     """
-    return _wfg(normalized_gains(points, directions, reference, scale))
+    return dominated_volume(normalized_gains(points, directions, reference, scale))
 
 
 def hypervolume_curve(

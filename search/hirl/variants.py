@@ -9,6 +9,8 @@ name                what differs from ``hirl``
 ``hirl-real``       no surrogate: the agents learn from real trials only
 ``hirl-nofisher``   no Fisher prior (no sensitivity features, no allocation prior)
 ``hirl-curriculum`` a curriculum on the compression target (mild targets first)
+``hirl-front``      the proposal is the candidate with the largest predicted hypervolume gain
+                    (:class:`~compsearch.search.rl.critic.FrontRewards`), not the best for its goal
 =================== ======================================================================
 
 The default ``hirl`` proposes only what its agents sample (plus their greedy rollout); ``sls``
@@ -22,7 +24,7 @@ from typing import Any
 
 from compsearch.errors import UnknownNameError
 from compsearch.search.rl.allocation import FixedAllocation
-from compsearch.search.rl.critic import BudgetCurriculum, RealRewards
+from compsearch.search.rl.critic import BudgetCurriculum, FrontRewards, RealRewards
 from compsearch.search.rl.proposals import AgentProposals, GreedyProposal, MutationProposals
 from compsearch.search.rl.state import NoPrior
 
@@ -33,6 +35,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "hirl-real": {"rewards": RealRewards()},
     "hirl-nofisher": {"prior": NoPrior()},
     "hirl-curriculum": {"curriculum": BudgetCurriculum()},
+    "hirl-front": {"rewards": FrontRewards()},
 }
 
 

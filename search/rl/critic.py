@@ -15,6 +15,10 @@ Reward parts are frozen specs whose ``build(seed)`` returns the live critic:
   :meth:`~compsearch.search.rl.hierarchy.Hierarchy.learn_from`, hindsight goals), and a
   proposal is the candidate with the best exact-cost score (budget and constraint violation,
   ties broken by how many sources produced it); the quality metric is never guessed.
+* :class:`FrontRewards` -> :class:`FrontCritic`: the surrogate rewards above for training, but
+  a proposal is the candidate with the largest predicted hypervolume gain over the finished
+  trials' feasible front (optimistic surrogate quality, exact cost), not the best reward for the
+  proposal's goal; the goal still steers which candidates the sources produce.
 
 Curricula (:class:`NoCurriculum`, :class:`BudgetCurriculum`) give the lower end of the training
 targets' range after each retraining.
@@ -110,9 +114,30 @@ class SurrogateCritic:
         rng = np.random.default_rng([self.seed, len(history)])
         hier.train(obj.score, lambda e: obj.sample_goals(rng, e, low), iterations=iterations, episodes=episodes)
 
-    def scores(self, obj: StrategyObjective, cands: np.ndarray, counts: np.ndarray, goal: float) -> np.ndarray:
+    def scores(self, obj: StrategyObjective, cands: np.ndarray, counts: np.ndarray, goal: float, history: Sequence[Observation]) -> np.ndarray:
         """Surrogate-predicted reward of each candidate for ``goal`` (``M``)."""
         return obj.score(cands, np.full(len(cands), goal), [obj.default_weights])[0][:, 0]
+
+
+@dataclass(frozen=True)
+class FrontRewards(SurrogateRewards):
+    """:class:`SurrogateRewards` whose proposal is the candidate with the largest predicted
+    hypervolume gain over the finished trials (module docstring); the agents train as before."""
+
+    def build(self, seed: int) -> FrontCritic:
+        return FrontCritic(self, seed)
+
+
+class FrontCritic(SurrogateCritic):
+    """Live :class:`FrontRewards`."""
+
+    def scores(self, obj: StrategyObjective, cands: np.ndarray, counts: np.ndarray, goal: float, history: Sequence[Observation]) -> np.ndarray:
+        """Predicted hypervolume gain (:meth:`StrategyObjective.front_scores`) of each candidate,
+        ``M``; the goal's reward while the surrogate still models the proxy (cold start) or for a
+        single objective."""
+        if obj.proxy_mode or len(obj.objectives) < 2:
+            return super().scores(obj, cands, counts, goal, history)
+        return obj.front_scores(cands, history)
 
 
 @dataclass(frozen=True)
@@ -142,7 +167,7 @@ class RealCritic:
         for _ in range(max(1, iterations // 4)):
             hier.learn_from(actions, goals, rewards, deltas)
 
-    def scores(self, obj: StrategyObjective, cands: np.ndarray, counts: np.ndarray, goal: float) -> np.ndarray:
+    def scores(self, obj: StrategyObjective, cands: np.ndarray, counts: np.ndarray, goal: float, history: Sequence[Observation]) -> np.ndarray:
         """Exact-cost score plus ``1e-3`` per source that produced the candidate (``M``)."""
         return obj.cost_score(cands, goal) + 1e-3 * counts
 
@@ -175,8 +200,8 @@ class BudgetCurriculum:
         return float(np.exp(np.log(mild) + frac * (np.log(obj.ratio_min) - np.log(mild))))
 
 
-Critic = SurrogateCritic | RealCritic
+Critic = SurrogateCritic | FrontCritic | RealCritic
 Curriculum = NoCurriculum | BudgetCurriculum
 __all__: Sequence[str] = (
-    "BudgetCurriculum", "Critic", "Curriculum", "NoCurriculum", "RealCritic", "RealRewards", "SurrogateCritic", "SurrogateRewards",
+    "BudgetCurriculum", "Critic", "Curriculum", "FrontCritic", "FrontRewards", "NoCurriculum", "RealCritic", "RealRewards", "SurrogateCritic", "SurrogateRewards",
 )

@@ -227,6 +227,85 @@ class StrategyObjective:
             s = s - np.maximum(0.0, ratio / goal - 1.0) + 0.01 * np.minimum(ratio / goal, 1.0)
         return s
 
+    # ---- predicted hypervolume gain (FrontRewards) ------------------------------------------
+    def _gain_space(self, actions: np.ndarray, learned_signed: np.ndarray) -> np.ndarray:
+        """Every objective as a signed value (larger is better), learned ones first: the learned
+        signed values as given, the exact ones as :meth:`_exact_signed` (0 at the uncompressed cost)."""
+        metrics = self.cost.metrics(actions)
+        return np.concatenate([learned_signed, self._exact_signed(metrics, self._ratio(actions, metrics))], axis=1)
+
+    def _gain_reference(self, front: np.ndarray) -> np.ndarray:
+        """Signed reference point of :meth:`_gain_space`: the study's ``reference_point`` where it
+        names the metric; else the uncompressed cost (0) for a cost, and for any other objective the
+        worst feasible value seen minus a tenth of the seen range."""
+        given = self.ctx.reference_point
+        ref = []
+        for j, o in enumerate(self.learned + self.exact):
+            sign = 1.0 if o.direction == "maximize" else -1.0
+            if o.metric in given and o.exact and o.metric in MINIMIZE_COST:
+                ref.append(1.0 - float(given[o.metric]) / self.cost.identity[o.metric])
+            elif o.metric in given and o.exact and o.metric == "compression_ratio":
+                ref.append(1.0 - 1.0 / float(given[o.metric]))
+            elif o.metric in given:
+                ref.append(sign * float(given[o.metric]))
+            elif o.exact and (o.metric in MINIMIZE_COST or o.metric == "compression_ratio"):
+                ref.append(0.0)
+            elif len(front):
+                lo, hi = float(front[:, j].min()), float(front[:, j].max())
+                ref.append(lo - 0.1 * (hi - lo) - 1e-9 * max(1.0, abs(lo)))
+            else:
+                ref.append(-np.inf)
+        return np.array(ref)
+
+    def front_scores(self, actions: np.ndarray, history: Sequence[Observation]) -> np.ndarray:
+        """Predicted hypervolume gain of each of ``E x D`` candidate actions over the feasible
+        finished trials, ``E`` (larger is better).
+
+        A candidate's learned objectives are the surrogate's optimistic prediction (mean plus
+        ``kappa`` standard deviations), its exact ones the exact cost. Objectives are scaled by
+        the range the finished trials span (1 where it is 0) and measured from
+        :meth:`_gain_reference`. A candidate that adds volume scores its added volume (> 0);
+        one that adds none scores ``-d``, ``d`` the smallest shift that would make it add some
+        (the distance to beat the reference, or the point of the front it is nearest to escape);
+        a predicted constraint violation costs ``penalty * violation`` on top.
+        """
+        from compsearch.metrics import dominated_volume
+
+        actions = np.asarray(actions, dtype=np.int64)
+        mean, std = self.surrogate.predict(self.featurize(actions)) if self.surrogate is not None and self.learned else (
+            np.zeros((len(actions), 0)), np.zeros((len(actions), 0)))
+        optimistic = mean + self.kappa * std
+        cand = self._gain_space(actions, optimistic)
+        done = [o for o in history if np.all(np.isfinite(self._signed(o)))]
+        if done:
+            seen_actions = np.array([self.space.actions_from_params(o.params) for o in done], dtype=np.int64)
+            seen_signed = np.array([self._signed(o) for o in done]).reshape(len(done), len(self.learned))
+            seen = self._gain_space(seen_actions, seen_signed)
+            feasible = self._violation(seen_actions, seen_signed) <= 0
+            front = seen[feasible]
+        else:
+            front = np.zeros((0, cand.shape[1]))
+        ref = self._gain_reference(front)
+        ref = np.where(np.isfinite(ref), ref, cand.min(0) - 1.0)
+        span = np.ptp(front, axis=0) if len(front) > 1 else np.ones(cand.shape[1])
+        span = np.where(span > 1e-12, span, 1.0)
+        g_front = (front - ref) / span
+        g_front = g_front[np.all(g_front > 0, axis=1)]
+        g_cand = (cand - ref) / span
+        base = dominated_volume(g_front)
+        gain = np.array([dominated_volume(np.vstack([g_front, c])) - base for c in g_cand])
+        below = np.maximum(0.0, -g_cand).sum(1)
+        escape = (np.max(np.min(g_front[None, :, :] - g_cand[:, None, :], axis=2), axis=1).clip(min=0.0)
+                  if len(g_front) else np.zeros(len(g_cand)))
+        score = np.where(gain > 1e-15, gain, -(below + escape) - 1e-9)
+        return score - self.default_weights.penalty * self._violation(actions, optimistic)
+
+    def _violation(self, actions: np.ndarray, learned_signed: np.ndarray) -> np.ndarray:
+        """Constraint violation (:func:`constraint_penalty`) of actions with the given signed learned values."""
+        metrics = self.cost.metrics(actions)
+        raw = {o.metric: learned_signed[:, i] * (1 if o.direction == "maximize" else -1) for i, o in enumerate(self.learned)}
+        return constraint_penalty({**metrics, **raw}, self.ctx.constraints)
+
     def real_episodes(self, history: Sequence[Observation], rng: np.random.Generator, lo: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Finished trials as episodes for the real-rewards-only ablation: actions ``n x D``,
         goals ``n`` (budget mode: hindsight, the trial's own cost ratio), rewards ``n``, kernel cost deltas ``n x K x 3``."""
