@@ -234,24 +234,26 @@ class StrategyObjective:
         metrics = self.cost.metrics(actions)
         return np.concatenate([learned_signed, self._exact_signed(metrics, self._ratio(actions, metrics))], axis=1)
 
-    def _gain_reference(self, front: np.ndarray) -> np.ndarray:
+    def _gain_reference(self, seen: np.ndarray) -> np.ndarray:
         """Signed reference point of :meth:`_gain_space`: the study's ``reference_point`` where it
-        names the metric; else the uncompressed cost (0) for a cost, and for any other objective the
-        worst feasible value seen minus a tenth of the seen range."""
-        given = self.ctx.reference_point
+        names the metric; else a cost's uncompressed value (0); else the bound of a ``min_`` /
+        ``max_`` constraint on the metric; else the worst value ``seen`` minus a tenth of its range
+        (-inf with nothing seen)."""
+        given, bounds = self.ctx.reference_point, self.ctx.constraints
         ref = []
         for j, o in enumerate(self.learned + self.exact):
             sign = 1.0 if o.direction == "maximize" else -1.0
-            if o.metric in given and o.exact and o.metric in MINIMIZE_COST:
-                ref.append(1.0 - float(given[o.metric]) / self.cost.identity[o.metric])
-            elif o.metric in given and o.exact and o.metric == "compression_ratio":
-                ref.append(1.0 - 1.0 / float(given[o.metric]))
+            bound = bounds.get(f"{'min' if sign > 0 else 'max'}_{o.metric}")
+            if o.exact and o.metric in MINIMIZE_COST:
+                ref.append(1.0 - float(given.get(o.metric, self.cost.identity[o.metric])) / self.cost.identity[o.metric])
+            elif o.exact and o.metric == "compression_ratio":
+                ref.append(1.0 - 1.0 / float(given.get(o.metric, 1.0)))
             elif o.metric in given:
                 ref.append(sign * float(given[o.metric]))
-            elif o.exact and (o.metric in MINIMIZE_COST or o.metric == "compression_ratio"):
-                ref.append(0.0)
-            elif len(front):
-                lo, hi = float(front[:, j].min()), float(front[:, j].max())
+            elif bound is not None:
+                ref.append(sign * float(bound))
+            elif len(seen):
+                lo, hi = float(seen[:, j].min()), float(seen[:, j].max())
                 ref.append(lo - 0.1 * (hi - lo) - 1e-9 * max(1.0, abs(lo)))
             else:
                 ref.append(-np.inf)
@@ -262,12 +264,13 @@ class StrategyObjective:
         finished trials, ``E`` (larger is better).
 
         A candidate's learned objectives are the surrogate's optimistic prediction (mean plus
-        ``kappa`` standard deviations), its exact ones the exact cost. Objectives are scaled by
-        the range the finished trials span (1 where it is 0) and measured from
-        :meth:`_gain_reference`. A candidate that adds volume scores its added volume (> 0);
+        ``kappa`` standard deviations), its exact ones the exact cost. Objectives are measured
+        from :meth:`_gain_reference` and scaled by the range the finished trials span (1 where
+        it is 0). A candidate that adds volume scores its added volume (> 0);
         one that adds none scores ``-d``, ``d`` the smallest shift that would make it add some
         (the distance to beat the reference, or the point of the front it is nearest to escape);
-        a predicted constraint violation costs ``penalty * violation`` on top.
+        a predicted constraint violation costs ``penalty * violation`` on top. Trials that
+        violate a constraint are not on the front but count for the scales and the reference.
         """
         from compsearch.metrics import dominated_volume
 
@@ -281,13 +284,12 @@ class StrategyObjective:
             seen_actions = np.array([self.space.actions_from_params(o.params) for o in done], dtype=np.int64)
             seen_signed = np.array([self._signed(o) for o in done]).reshape(len(done), len(self.learned))
             seen = self._gain_space(seen_actions, seen_signed)
-            feasible = self._violation(seen_actions, seen_signed) <= 0
-            front = seen[feasible]
+            front = seen[self._violation(seen_actions, seen_signed) <= 0]
         else:
-            front = np.zeros((0, cand.shape[1]))
-        ref = self._gain_reference(front)
+            seen = front = np.zeros((0, cand.shape[1]))
+        ref = self._gain_reference(seen)
         ref = np.where(np.isfinite(ref), ref, cand.min(0) - 1.0)
-        span = np.ptp(front, axis=0) if len(front) > 1 else np.ones(cand.shape[1])
+        span = np.ptp(seen, axis=0) if len(seen) > 1 else np.ones(cand.shape[1])
         span = np.where(span > 1e-12, span, 1.0)
         g_front = (front - ref) / span
         g_front = g_front[np.all(g_front > 0, axis=1)]
