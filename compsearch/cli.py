@@ -9,6 +9,7 @@ Commands::
     compsearch gates SPEC [--out DIR] [--seeds K] [--strengths a,b] [--online] [--quiet] [--storage URL]
     compsearch report DIR [--no-test] [--storage URL]
     compsearch show DIR [--storage URL]
+    compsearch merge SRC DST [--strategies a,b]
     compsearch export DIR (--trial STUDY:NUMBER | --pareto | --best CONSTRAINT) [--out DIR]
                           [--exporter dynamo|torchscript] [--batch N] [--threads N] [--no-latency] [--no-verify]
     compsearch spaces MODEL_OR_SPEC [--space NAME] [--input-shape C,H,W] [--num-classes N]
@@ -125,6 +126,11 @@ def build_parser() -> argparse.ArgumentParser:
     show = sub.add_parser("show", help="print the Pareto table of a run folder")
     show.add_argument("dir")
     show.add_argument("--storage", help="the storage URL when the run's needs a password (or COMPSEARCH_STORAGE)")
+    merge = sub.add_parser("merge", help="copy the studies of run folder SRC (e.g. seeds run on another machine) "
+                                         "into run folder DST of the same spec and base model")
+    merge.add_argument("src", help="the run folder to bring in (read only)")
+    merge.add_argument("dst", help="the run folder to merge into")
+    merge.add_argument("--strategies", type=_names, help="comma-separated strategies to merge (default: every study)")
     export = sub.add_parser("export", help="write trials of a finished run as deployable models (pruned, packed, "
                                            "ONNX, measured)")
     _export_arguments(export)
@@ -245,6 +251,20 @@ def cmd_show(args: argparse.Namespace, console: Console) -> int:
     emit(console, args.format, [("hypervolume", f"{summary['name']}: hypervolume", *summary_rows(summary)),
                                 ("pareto", "Pareto points (selected on validation; test split measured once at the end "
                                            "of the run)", *pareto_rows(summary, policy=False))], csv_table="pareto")
+    return EXIT_OK
+
+
+def cmd_merge(args: argparse.Namespace, console: Console) -> int:
+    from compsearch.studies.merge import merge_run
+
+    try:
+        result = merge_run(args.src, args.dst, strategies=args.strategies)
+    except ConfigError as e:  # name the flag: "--strategies=['x']: ..."
+        raise ConfigError(re.sub(r"^strategies=", "--strategies=", str(e))) from None
+    console.print(f"merged {escape(args.src)} into {escape(args.dst)}", highlight=False)
+    for line in result.lines():
+        console.print(f"  {escape(line)}", highlight=False)
+    console.print(f"report: compsearch report {escape(args.dst)}", highlight=False)
     return EXIT_OK
 
 
@@ -422,7 +442,7 @@ def _table(title: str, header: Sequence[str], rows: Sequence[Sequence[str]]) -> 
 
 
 COMMANDS = {"check": cmd_check, "run": cmd_run, "gates": cmd_gates, "report": cmd_report, "show": cmd_show, "list": cmd_list,
-            "spaces": cmd_spaces, "export": cmd_export}
+            "spaces": cmd_spaces, "export": cmd_export, "merge": cmd_merge}
 
 
 def _quiet_third_party() -> None:
