@@ -32,6 +32,8 @@ Usage::
     nice -n 10 .venv/bin/python benchmarks/suite.py              # everything (hours to days on 2 cores)
     .venv/bin/python benchmarks/suite.py --problems digits_cnn --seeds 5 --trials 50
     .venv/bin/python benchmarks/suite.py --analyse-only          # statistics of what the folders hold
+    .venv/bin/python benchmarks/suite.py --seed-list 3,4 --out runs/suite_b   # seeds 3 and 4 elsewhere
+    .venv/bin/python benchmarks/suite.py --merge runs/suite_b --analyse-only  # bring them back, analyse
     .venv/bin/python benchmarks/suite.py --markdown benchmarks/results/suite.json   # the tables
 """
 
@@ -329,12 +331,17 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="2 problems, 4 strategies, 2 seeds, 20 evaluations")
     p.add_argument("--problems", help=f"comma-separated, from {list(PROBLEMS)}")
     p.add_argument("--strategies", help="comma-separated registered strategy names")
-    p.add_argument("--seeds", type=int, help="seeds 0..n-1 (default 5; 2 with --quick)")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--seeds", type=int, help="seeds 0..n-1 (default 5; 2 with --quick)")
+    which.add_argument("--seed-list", metavar="A,B", help="these seeds only, e.g. 3,4 (to run some seeds in another "
+                                                         "process or machine; bring them back with --merge)")
     p.add_argument("--trials", type=int, help="full evaluations per strategy and seed (default 50; 20 with --quick)")
     p.add_argument("--workers", type=int, default=1, help="worker processes per study (the runner's --workers)")
     p.add_argument("--out", type=Path, help="run folders root (default runs/suite, runs/suite_quick with --quick)")
     p.add_argument("--json", type=Path, help="output file (default benchmarks/results/suite[_quick].json)")
     p.add_argument("--analyse-only", action="store_true", help="no evaluation: statistics of what the folders hold")
+    p.add_argument("--merge", type=Path, metavar="SRC_ROOT", help="first merge every study of SRC_ROOT/<problem> into "
+                   "<out>/<problem> (compsearch merge; same spec and base model required), for each problem with one")
     p.add_argument("--markdown", type=Path, metavar="JSON", help="print the tables of a suite JSON as Markdown and exit")
     return p.parse_args(argv)
 
@@ -352,7 +359,36 @@ def _settings(args: argparse.Namespace) -> tuple[list[str], list[str], list[int]
     for flag, value in (("--seeds", seeds), ("--trials", trials)):
         if value < 1:
             raise ConfigError(f"{flag}={value} must be at least 1")
-    return problems, strategies, list(range(seeds)), trials
+    chosen = _seed_list(args.seed_list) if args.seed_list is not None else list(range(seeds))
+    return problems, strategies, chosen, trials
+
+
+def _seed_list(text: str) -> list[int]:
+    """``"3,4"`` -> [3, 4]: distinct integers >= 0, in the order given."""
+    from compsearch.errors import ConfigError
+    from compsearch.studies.spec import MAX_SEED
+
+    try:
+        seeds = [int(part) for part in text.split(",")]
+    except ValueError:
+        seeds = []
+    if not seeds or any(not 0 <= s <= MAX_SEED for s in seeds) or len(set(seeds)) < len(seeds):
+        raise ConfigError(f"--seed-list={text!r} must be distinct comma-separated integers from 0 to {MAX_SEED}, "
+                          f"e.g. --seed-list 3,4")
+    return seeds
+
+
+def merge_sources(src_root: Path, out_root: Path, problems: Sequence[str]) -> None:
+    """Merge ``src_root/<problem>`` into ``out_root/<problem>`` for each problem that has one there
+    (:func:`compsearch.studies.merge.merge_run`), logging what was done."""
+    from compsearch.studies.merge import merge_run
+
+    for p in problems:
+        if not (src_root / p).is_dir():
+            _log(f"{p}: nothing to merge ({_rel(src_root / p)} does not exist)")
+            continue
+        result = merge_run(src_root / p, out_root / p)
+        _log(f"{p}: merged {_rel(src_root / p)} into {_rel(out_root / p)}: " + "; ".join(result.lines()))
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -367,6 +403,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     started, t0, load0 = datetime.now(timezone.utc).isoformat(timespec="seconds"), time.perf_counter(), os.getloadavg()[0]
     walls: dict[str, float] = {}
     cpu0 = time.process_time()
+    if args.merge:
+        merge_sources(args.merge, out_root, problems)
 
     def write() -> dict[str, Any]:
         out = report(argv, problems, strategies, seeds, trials, out_root)
