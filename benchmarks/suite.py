@@ -16,10 +16,11 @@ trials, so a partial run reports what finished and says which seeds are complete
   CI over seeds (:func:`compsearch.studies.significance.bootstrap_ci`);
 * hypervolume relative to the **best-known front**: the non-dominated union of every
   strategy's feasible points over all seeds of the problem (the empirical limit);
-* ``hirl`` against the best non-RL strategy (highest mean final hypervolume among strategies
-  that are neither ``hirl*`` nor ``amc``/``haq``): paired over the seeds both completed, the
-  mean difference, its bootstrap CI and the Wilcoxon signed-rank test; and after how many
-  evaluations ``hirl``'s mean curve reaches the best non-RL mean final hypervolume;
+* ``hirl`` (or the RL strategy ``--candidate`` names) against the best non-RL strategy
+  (highest mean final hypervolume among strategies that are neither ``hirl*`` nor
+  ``amc``/``haq``): paired over the seeds both completed, the mean difference, its bootstrap CI
+  and the Wilcoxon signed-rank test; and after how many evaluations its mean curve reaches the
+  best non-RL mean final hypervolume (``hirl_targets`` then judges the candidate);
 * an aggregate rank table: strategies ranked per problem by mean final hypervolume over the
   seeds that every ranked strategy completed (strategies without a complete seed are left
   out), mean rank over problems.
@@ -34,6 +35,7 @@ Usage::
     .venv/bin/python benchmarks/suite.py --analyse-only          # statistics of what the folders hold
     .venv/bin/python benchmarks/suite.py --seed-list 3,4 --out runs/suite_b   # seeds 3 and 4 elsewhere
     .venv/bin/python benchmarks/suite.py --merge runs/suite_b --analyse-only  # bring them back, analyse
+    .venv/bin/python benchmarks/suite.py --analyse-only --candidate hirl-front  # a variant judged in hirl's place
     .venv/bin/python benchmarks/suite.py --markdown benchmarks/results/suite.json   # the tables
 """
 
@@ -169,7 +171,7 @@ def hirl_vs_ablations(curves: Mapping[str, Mapping[int, Sequence[float]]], budge
 
 
 def analyse_problem(summary: Mapping[str, Any], *, strategies: Sequence[str] | None = None,
-                    seeds: Sequence[int] | None = None) -> dict[str, Any]:
+                    seeds: Sequence[int] | None = None, candidate: str = "hirl") -> dict[str, Any]:
     """Every statistic of one problem from :func:`compsearch.studies.summary.summarize`'s output.
 
     Args:
@@ -177,6 +179,8 @@ def analyse_problem(summary: Mapping[str, Any], *, strategies: Sequence[str] | N
             ``scales``, per strategy ``curves`` / ``counted`` / ``points``).
         strategies, seeds: restrict the report (default: all the run holds). The best-known
             front always pools every strategy and seed the run holds.
+        candidate: the RL strategy compared with the best non-RL one (``hirl``, or a variant
+            under test such as ``hirl-front``); the ablations are always ``hirl``'s.
     """
     from compsearch.studies.hypervolume import hypervolume
     from compsearch.studies.significance import best_known_front
@@ -208,7 +212,8 @@ def analyse_problem(summary: Mapping[str, Any], *, strategies: Sequence[str] | N
         "best_known_front": {"points": front.tolist(), "hypervolume": front_hv},
         "strategies": {s: strategy_stats(curves[s], budget, front_hv) for s in names},
         "mean_curves": {s: mean_curve(curves[s], budget) for s in names},
-        "hirl_vs_best_non_rl": hirl_vs_best(curves, budget),
+        "candidate": candidate,
+        "hirl_vs_best_non_rl": hirl_vs_best(curves, budget, hirl=candidate),
         "hirl_vs_ablations": hirl_vs_ablations(curves, budget),
         # Ranking score: mean final hypervolume over the seeds every ranked strategy completed
         # (seeds differ in difficulty as much as strategies do); strategies without a complete seed are unranked.
@@ -239,7 +244,7 @@ def targets(problems: Mapping[str, Mapping[str, Any]]) -> dict[str, list[str]]:
 
 
 def analyse(out_root: Path, problems: Sequence[str], *, strategies: Sequence[str] | None,
-            seeds: Sequence[int] | None) -> dict[str, Any]:
+            seeds: Sequence[int] | None, candidate: str = "hirl") -> dict[str, Any]:
     """Statistics of every problem folder under ``out_root`` that exists (missing ones listed)."""
     from compsearch.errors import ConfigError
     from compsearch.studies.results import quiet_optuna
@@ -253,7 +258,7 @@ def analyse(out_root: Path, problems: Sequence[str], *, strategies: Sequence[str
                 summary = summarize(folder)
         except ConfigError:  # no run folder yet, or one still preparing (no spec in run.json)
             continue
-        out[p] = {**analyse_problem(summary, strategies=strategies, seeds=seeds), "run": _rel(folder)}
+        out[p] = {**analyse_problem(summary, strategies=strategies, seeds=seeds, candidate=candidate), "run": _rel(folder)}
     return out
 
 
@@ -311,9 +316,10 @@ def markdown(doc: Mapping[str, Any]) -> str:
             ci, p_value = _ci_and_p(pair)
             reach = v["hirl_evals_to_reach_best_non_rl"]
             curve = f"reaches it after {reach} evaluations" if reach else "never reaches it"
-            lines += ["", f"hirl - {v['best_non_rl']} (final HV, seeds {pair['seeds']}): mean {pair['mean_difference']:+.4f}, "
+            me = res.get("candidate", "hirl")
+            lines += ["", f"{me} - {v['best_non_rl']} (final HV, seeds {pair['seeds']}): mean {pair['mean_difference']:+.4f}, "
                           f"95% CI {ci}, Wilcoxon p {p_value}, wins/losses {pair['wins']}/{pair['losses']}; "
-                          f"{v['best_non_rl']}'s final mean {v['best_non_rl_final_mean']:.4f}: hirl's mean curve {curve}"]
+                          f"{v['best_non_rl']}'s final mean {v['best_non_rl_final_mean']:.4f}: {me}'s mean curve {curve}"]
         ablations = {a: pair for a, pair in res.get("hirl_vs_ablations", {}).items() if pair["seeds"]}
         if ablations:
             lines += ["", "| hirl minus | final HV difference | 95% CI | Wilcoxon p | wins/losses | seeds |", "|---|---|---|---|---|---|"]
@@ -339,6 +345,8 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=1, help="worker processes per study (the runner's --workers)")
     p.add_argument("--out", type=Path, help="run folders root (default runs/suite, runs/suite_quick with --quick)")
     p.add_argument("--json", type=Path, help="output file (default benchmarks/results/suite[_quick].json)")
+    p.add_argument("--candidate", default="hirl", help="the RL strategy compared with the best non-RL one and judged "
+                   "against the targets (default hirl; e.g. a variant under test such as hirl-front)")
     p.add_argument("--analyse-only", action="store_true", help="no evaluation: statistics of what the folders hold")
     p.add_argument("--merge", type=Path, metavar="SRC_ROOT", help="first merge every study of SRC_ROOT/<problem> into "
                    "<out>/<problem> (compsearch merge; same spec and base model required), for each problem with one")
@@ -359,6 +367,9 @@ def _settings(args: argparse.Namespace) -> tuple[list[str], list[str], list[int]
     for flag, value in (("--seeds", seeds), ("--trials", trials)):
         if value < 1:
             raise ConfigError(f"{flag}={value} must be at least 1")
+    if not is_rl(args.candidate):
+        raise ConfigError(f"--candidate={args.candidate!r} is not an RL strategy (hirl, a hirl-* variant, amc or haq); "
+                          f"the comparison is against the best non-RL strategy")
     chosen = _seed_list(args.seed_list) if args.seed_list is not None else list(range(seeds))
     return problems, strategies, chosen, trials
 
@@ -407,7 +418,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         merge_sources(args.merge, out_root, problems)
 
     def write() -> dict[str, Any]:
-        out = report(argv, problems, strategies, seeds, trials, out_root)
+        out = report(argv, problems, strategies, seeds, trials, out_root, candidate=args.candidate)
         out.update(started=started, wall_seconds=round(time.perf_counter() - t0, 1), wall_seconds_per_problem=walls,
                    cpu_seconds=round(time.process_time() - cpu0, 1), load_avg_start=round(load0, 2))
         json_path.parent.mkdir(parents=True, exist_ok=True)
@@ -428,9 +439,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 
 def report(argv: Sequence[str] | None, problems: Sequence[str], strategies: Sequence[str],
-           seeds: Sequence[int], trials: int, out_root: Path) -> dict[str, Any]:
+           seeds: Sequence[int], trials: int, out_root: Path, candidate: str = "hirl") -> dict[str, Any]:
     """The JSON document: settings, per-problem statistics, rank table."""
-    results = analyse(out_root, problems, strategies=strategies, seeds=seeds)
+    results = analyse(out_root, problems, strategies=strategies, seeds=seeds, candidate=candidate)
     return {
         "command": " ".join(["benchmarks/suite.py", *(sys.argv[1:] if argv is None else argv)]),
         "cpus": os.cpu_count(), "load_avg_end": round(os.getloadavg()[0], 2),
@@ -438,7 +449,7 @@ def report(argv: Sequence[str] | None, problems: Sequence[str], strategies: Sequ
         "partial": any(not r["complete"] for r in results.values()) or len(results) < len(problems),
         "problems_missing": [p for p in problems if p not in results],
         "ci_method": "95% percentile bootstrap of the mean over seeds (10000 resamples, seed 0)",
-        "problems": results, "ranks": aggregate(results), "hirl_targets": targets(results),
+        "candidate": candidate, "problems": results, "ranks": aggregate(results), "hirl_targets": targets(results),
     }
 
 

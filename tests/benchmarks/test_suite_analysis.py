@@ -117,3 +117,25 @@ def test_markdown_tables_of_the_hand_summary() -> None:
     assert "| hirl | 0.0500 [0.0000, 0.1000] (n=2) | 0.1000 [0.1000, 0.1000] (n=2) | 0.2000 [0.2000, 0.2000] (n=2) |" in text
     assert "partial" in text and "hirl - tpe (final HV, seeds [0]): mean +0.0400" in text
     assert "| hirl | 1.00 | 1 |" in text and "| tpe | 2.00 | 1 |" in text
+
+
+def test_a_candidate_variant_is_compared_in_hirls_place() -> None:
+    suite = load_benchmark("suite")
+    variant = {"curves": {"0": [0.1, 0.15, 0.15, 0.15], "1": [0.16] * 4}, "counted": {"0": 4, "1": 4}, "points": [[0.8, 60.0]]}
+    summary = {**SUMMARY, "strategies": {**SUMMARY["strategies"], "hirl-front": variant}}
+    out = suite.analyse_problem(summary, candidate="hirl-front")
+    versus = out["hirl_vs_best_non_rl"]
+    # hirl-front is RL: tpe stays the best non-RL strategy (0.16 on its one complete seed);
+    # hirl-front's final mean (0.15 + 0.16) / 2 = 0.155; its mean curve 0.13, 0.155, 0.155, 0.155 never reaches 0.16.
+    assert out["candidate"] == "hirl-front" and versus["best_non_rl"] == "tpe"
+    assert versus["hirl_final_mean"] == pytest.approx(0.155) and versus["hirl_evals_to_reach_best_non_rl"] is None
+    assert versus["paired_final_hv"]["mean_difference"] == pytest.approx(0.15 - 0.16)  # seed 0 only
+    # the ablations stay hirl's: hirl minus hirl-front on seeds 0 and 1 = (0.2 - 0.15, 0.2 - 0.16)
+    assert out["hirl_vs_ablations"]["hirl-front"]["mean_difference"] == pytest.approx(0.045)
+    assert "hirl-front - tpe" in suite.markdown({"problems": {"hand": out}, "ranks": suite.aggregate({"hand": out})})
+
+
+def test_a_non_rl_candidate_is_refused_naming_the_flag() -> None:
+    suite = load_benchmark("suite")
+    with pytest.raises(CompsearchError, match=r"--candidate='tpe' is not an RL strategy"):
+        suite._settings(suite._parse(["--candidate", "tpe"]))
