@@ -137,15 +137,21 @@ class StrategyObjective:
     def _signed(self, obs: Observation) -> np.ndarray:
         return np.array([obs.values[o.index] * (1 if o.direction == "maximize" else -1) for o in self.learned], dtype=float)
 
+    def _finished(self, history: Sequence[Observation]) -> tuple[np.ndarray, np.ndarray]:
+        """Actions ``n x D`` and signed learned values ``n x j`` of the finished trials whose
+        learned values are all finite, in history order."""
+        rows = [(self.space.actions_from_params(o.params), self._signed(o)) for o in history]
+        rows = [(a, y) for a, y in rows if np.all(np.isfinite(y))]
+        actions = np.array([a for a, _ in rows], dtype=np.int64).reshape(len(rows), len(self.space.dimensions()))
+        return actions, np.array([y for _, y in rows], dtype=float).reshape(len(rows), len(self.learned))
+
     def real_data(self, history: Sequence[Observation]) -> tuple[np.ndarray, np.ndarray]:
         """Features ``n x d`` and signed learned values ``n x j`` of the finished trials (finite only)."""
         self.proxy_mode = False
-        rows = [(self.space.actions_from_params(o.params), self._signed(o)) for o in history]
-        rows = [(a, y) for a, y in rows if np.all(np.isfinite(y))]
-        if not rows:
+        actions, y = self._finished(history)
+        if not len(actions):
             return np.zeros((0, 1)), np.zeros((0, len(self.learned)))
-        actions = np.array([a for a, _ in rows], dtype=np.int64)
-        return self.featurize(actions), np.array([y for _, y in rows])
+        return self.featurize(actions), y
 
     def proxy_data(self, rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
         """Cold start: features of ``n`` random policies and ``-log(proxy + eps)`` (larger =
@@ -228,10 +234,10 @@ class StrategyObjective:
         return s
 
     # ---- predicted hypervolume gain (FrontRewards) ------------------------------------------
-    def _gain_space(self, actions: np.ndarray, learned_signed: np.ndarray) -> np.ndarray:
+    def _gain_space(self, actions: np.ndarray, learned_signed: np.ndarray, metrics: Mapping[str, np.ndarray]) -> np.ndarray:
         """Every objective as a signed value (larger is better), learned ones first: the learned
-        signed values as given, the exact ones as :meth:`_exact_signed` (0 at the uncompressed cost)."""
-        metrics = self.cost.metrics(actions)
+        signed values as given, the exact ones as :meth:`_exact_signed` (0 at the uncompressed cost);
+        ``metrics``: the actions' exact costs."""
         return np.concatenate([learned_signed, self._exact_signed(metrics, self._ratio(actions, metrics))], axis=1)
 
     def _gain_reference(self, seen: np.ndarray) -> np.ndarray:
@@ -278,13 +284,13 @@ class StrategyObjective:
         mean, std = self.surrogate.predict(self.featurize(actions)) if self.surrogate is not None and self.learned else (
             np.zeros((len(actions), 0)), np.zeros((len(actions), 0)))
         optimistic = mean + self.kappa * std
-        cand = self._gain_space(actions, optimistic)
-        done = [o for o in history if np.all(np.isfinite(self._signed(o)))]
-        if done:
-            seen_actions = np.array([self.space.actions_from_params(o.params) for o in done], dtype=np.int64)
-            seen_signed = np.array([self._signed(o) for o in done]).reshape(len(done), len(self.learned))
-            seen = self._gain_space(seen_actions, seen_signed)
-            front = seen[self._violation(seen_actions, seen_signed) <= 0]
+        cand_metrics = self.cost.metrics(actions)
+        cand = self._gain_space(actions, optimistic, cand_metrics)
+        seen_actions, seen_signed = self._finished(history)
+        if len(seen_actions):
+            seen_metrics = self.cost.metrics(seen_actions)
+            seen = self._gain_space(seen_actions, seen_signed, seen_metrics)
+            front = seen[self._violation(seen_signed, seen_metrics) <= 0]
         else:
             seen = front = np.zeros((0, cand.shape[1]))
         ref = self._gain_reference(seen)
@@ -300,11 +306,11 @@ class StrategyObjective:
         escape = (np.max(np.min(g_front[None, :, :] - g_cand[:, None, :], axis=2), axis=1).clip(min=0.0)
                   if len(g_front) else np.zeros(len(g_cand)))
         score = np.where(gain > 1e-15, gain, -(below + escape) - 1e-9)
-        return score - self.default_weights.penalty * self._violation(actions, optimistic)
+        return score - self.default_weights.penalty * self._violation(optimistic, cand_metrics)
 
-    def _violation(self, actions: np.ndarray, learned_signed: np.ndarray) -> np.ndarray:
-        """Constraint violation (:func:`constraint_penalty`) of actions with the given signed learned values."""
-        metrics = self.cost.metrics(actions)
+    def _violation(self, learned_signed: np.ndarray, metrics: Mapping[str, np.ndarray]) -> np.ndarray:
+        """Constraint violation (:func:`constraint_penalty`) of policies with the given signed learned
+        values and exact costs."""
         raw = {o.metric: learned_signed[:, i] * (1 if o.direction == "maximize" else -1) for i, o in enumerate(self.learned)}
         return constraint_penalty({**metrics, **raw}, self.ctx.constraints)
 
@@ -331,8 +337,7 @@ class StrategyObjective:
         x, y = self.real_data(history)
         if len(y) == 0:
             return np.zeros((0, len(self.space.dimensions())), dtype=np.int64)
-        finite = [o for o in history if np.all(np.isfinite(self._signed(o)))]
-        actions = np.array([self.space.actions_from_params(o.params) for o in finite], dtype=np.int64)
+        actions, _ = self._finished(history)
         metrics = self.cost.metrics(actions)
         ratio = self._ratio(actions, metrics)
         goals = np.full(len(actions), goal)
