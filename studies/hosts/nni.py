@@ -128,6 +128,29 @@ def nni_experiment(spec: Any, out_dir: str | Path, *, strategy: str = "random", 
 _DONE = ("SUCCEEDED", "FAILED", "USER_CANCELED", "SYS_CANCELED", "EARLY_STOPPED")
 
 
+def wait_recorded(study: Any, *, timeout: float = 120.0, poll: float = 1.0) -> int:
+    """Wait until NNI's tuner process has told ``study`` every trial it asked for.
+
+    NNI marks a job SUCCEEDED when its process exits; the tuner (another process) receives the
+    final result later and only then tells the study. Stopping the experiment in between would
+    leave that trial RUNNING. Returns how many trials are still RUNNING after ``timeout``
+    seconds (0 when all were recorded); those are reported on stderr and counted as interrupted
+    (re-run) when the run resumes.
+    """
+    from optuna.trial import TrialState
+
+    end = time.monotonic() + timeout
+    while True:
+        running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+        if running == 0:
+            return 0
+        if time.monotonic() >= end:
+            print(f"{running} trial(s) of {study.study_name} were not recorded by NNI's tuner within "
+                  f"{timeout:.0f} s; a resume re-runs them", file=sys.stderr)
+            return running
+        time.sleep(poll)
+
+
 class NNIHost:
     """Runs every job as a local NNI experiment on the run's storage, ``workers`` trials at a
     time, until its study holds the budget (``compsearch run --backend nni``).
@@ -140,9 +163,10 @@ class NNIHost:
     name = "nni"
     processes = 2  # NNI's tuner process and this one open the storage
 
-    def __init__(self, workers: int = 1, *, timeout: float = 24 * 3600) -> None:
+    def __init__(self, workers: int = 1, *, timeout: float = 24 * 3600, record_timeout: float = 120.0) -> None:
         self.workers = check_workers(workers)
         self.timeout = timeout
+        self.record_timeout = record_timeout
 
     def run(self, run: Run, jobs: Sequence[Job], *, quiet: bool = True, recover: bool = True) -> None:
         from compsearch.studies.pgserver import free_port
@@ -160,6 +184,7 @@ class NNIHost:
             try:
                 exp.start(free_port(), debug=False)
                 self._wait(exp, left)
+                wait_recorded(study, timeout=self.record_timeout)
             finally:
                 exp.stop()
                 record_counts(run.out_dir, run.storage, [study.study_name])

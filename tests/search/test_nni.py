@@ -97,6 +97,21 @@ def test_tuner_imports_finished_trials(space) -> None:
     assert [t.values for t in tuner.study.get_trials()] == [[0.5, 1.0]]
 
 
+def test_wait_recorded_waits_for_the_tuner_to_tell_running_trials(capsys) -> None:
+    import threading
+
+    from compsearch.studies.hosts.nni import wait_recorded
+
+    study = optuna.create_study(study_name="tpe-s0")
+    trial = study.ask()
+    threading.Timer(0.3, study.tell, args=(trial, 1.0)).start()  # the tuner process, later
+    assert wait_recorded(study, timeout=10, poll=0.05) == 0
+    assert [t.state for t in study.get_trials()] == [TrialState.COMPLETE]
+    study.ask()  # never told: reported after the timeout, left for a resume to re-run
+    assert wait_recorded(study, timeout=0.2, poll=0.05) == 1
+    assert "1 trial(s) of tpe-s0 were not recorded" in capsys.readouterr().err
+
+
 # ---- a real NNI experiment: 4 trials, 2 at a time, on the digits CNN ----------------------------
 
 SPEC = digits_spec("nni-tiny", trials=4, finetune={"steps": 20, "report_every": 10}, strategies=["tpe"])
@@ -127,6 +142,7 @@ def _wait_done(exp, n: int, timeout: float) -> list:
 
 # ~60 s on 2 busy cores: the NNI manager (node), its dispatcher and 4 trial processes
 def test_local_nni_experiment_runs_four_trials_two_at_a_time(experiment) -> None:
+    from compsearch.studies.hosts.nni import wait_recorded
     from compsearch.studies.results import load_studies
     from compsearch.studies.storage import open_storage
 
@@ -141,7 +157,10 @@ def test_local_nni_experiment_runs_four_trials_two_at_a_time(experiment) -> None
         assert entry.value["default"] == entry.value["accuracy"]
     intermediate = exp.get_job_metrics(jobs[0].trialJobId)[jobs[0].trialJobId]
     assert [m.type for m in intermediate] == ["PERIODICAL", "PERIODICAL", "FINAL"]  # steps 10, 20, final
-    trials = load_studies(open_storage(f"journal://{out / 'journal.log'}"))[("tpe", 0)]
+    storage = open_storage(f"journal://{out / 'journal.log'}")
+    # the tuner process tells the study after NNI marks the job SUCCEEDED
+    assert wait_recorded(optuna.load_study(study_name="tpe-s0", storage=storage), timeout=60) == 0
+    trials = load_studies(storage)[("tpe", 0)]
     assert sorted(t.values[0] for t in trials) == sorted(e.value["accuracy"] for e in data)
     assert all(t.state == TrialState.COMPLETE and "policy" in t.user_attrs for t in trials)
 
