@@ -58,7 +58,7 @@ SUITE_DIR = ROOT / "studies" / "suite"
 PROBLEMS = ("digits_cnn", "digits_resnet", "digits_vit", "cartpole")
 # hirl and the non-RL strategies first: an unfinished seed then holds the main comparison.
 STRATEGIES = ("hirl", "sls", "tpe", "nsga2", "bo", "gp", "random",
-              "hirl-mutations", "hirl-flat", "hirl-real", "hirl-nofisher", "hirl-curriculum", "hirl-front", "haq", "amc")
+              "hirl-mutations", "hirl-flat", "hirl-real", "hirl-nofisher", "hirl-curriculum", "hirl-front", "hirl-lean", "haq", "amc")
 QUICK_PROBLEMS = ("digits_cnn", "cartpole")
 QUICK_STRATEGIES = ("hirl", "sls", "tpe", "random")
 QUICK_SEEDS, QUICK_TRIALS = 2, 20

@@ -11,6 +11,9 @@ name                what differs from ``hirl``
 ``hirl-curriculum`` a curriculum on the compression target (mild targets first)
 ``hirl-front``      the proposal is the candidate with the largest predicted hypervolume gain
                     (:class:`~compsearch.search.rl.critic.FrontRewards`), not the best for its goal
+``hirl-lean``       the parts the single-part ablations did not credit swapped as they suggest:
+                    mutations in the pool, no high level, no Fisher prior (one variant, measured
+                    as a whole: the parts' effects need not add up)
 =================== ======================================================================
 
 The default ``hirl`` proposes only what its agents sample (plus their greedy rollout); ``sls``
@@ -36,6 +39,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "hirl-nofisher": {"prior": NoPrior()},
     "hirl-curriculum": {"curriculum": BudgetCurriculum()},
     "hirl-front": {"rewards": FrontRewards()},
+    "hirl-lean": {"sources": (AgentProposals(), GreedyProposal(), MutationProposals()),
+                  "allocation": FixedAllocation(), "prior": NoPrior()},
 }
 
 

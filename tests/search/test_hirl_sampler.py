@@ -25,6 +25,7 @@ from compsearch.search.rl.critic import RealRewards, SurrogateRewards
 from compsearch.search.rl.ppo import PerBlockLowLevel
 from compsearch.search.rl.proposals import AgentProposals, GreedyProposal, MutationProposals
 from compsearch.search.rl.reward import unit_cost_oracle
+from compsearch.search.rl.state import NoPrior
 from compsearch.search.rl.surrogate import SurrogateConfig
 from compsearch.search.sls import ORIGIN_ATTR
 from compsearch.spaces import discover_units, get_space
@@ -129,7 +130,7 @@ def test_variants_run_and_record_where_proposals_came_from(name: str) -> None:
     origins = [t.system_attrs[ORIGIN_ATTR] for t in study.trials]
     assert origins[:2] == ["startup", "startup"] and all(o != "startup" for o in origins[3:])
     allowed = {"startup", "fallback"} | {n for o in origins for n in o.split("+")}
-    if name != "hirl-mutations":  # the agents' proposals only
+    if name not in ("hirl-mutations", "hirl-lean"):  # the agents' proposals only
         allowed &= {"startup", "fallback", "agents", "greedy"}
     assert {n for o in origins for n in o.split("+")} <= allowed
 
@@ -145,6 +146,10 @@ def test_the_parts_are_objects_passed_in() -> None:
     assert isinstance(hirl(0, name="hirl-real").rewards, RealRewards)
     assert [type(s) for s in hirl(0).sources] == [AgentProposals, GreedyProposal]
     assert [type(s) for s in hirl(0, name="hirl-mutations").sources] == [AgentProposals, GreedyProposal, MutationProposals]
+    lean = hirl(0, name="hirl-lean")
+    assert [type(s) for s in lean.sources] == [AgentProposals, GreedyProposal, MutationProposals]
+    assert isinstance(lean.allocation, FixedAllocation) and isinstance(lean.prior, NoPrior)
+    assert isinstance(lean.rewards, SurrogateRewards)
     custom = HiRLSampler(SPACE, seed=0, allocation=EnsembleAllocation(k=5), sources=(MutationProposals(n=4),))
     assert custom.allocation.k == 5 and custom.sources == (MutationProposals(n=4),)
 
