@@ -134,8 +134,8 @@ def wait_recorded(study: Any, *, timeout: float = 120.0, poll: float = 1.0) -> i
     NNI marks a job SUCCEEDED when its process exits; the tuner (another process) receives the
     final result later and only then tells the study. Stopping the experiment in between would
     leave that trial RUNNING. Returns how many trials are still RUNNING after ``timeout``
-    seconds (0 when all were recorded); those are reported on stderr and counted as interrupted
-    (re-run) when the run resumes.
+    seconds (0 when all were recorded); those are reported on stderr, and a resume marks them
+    interrupted (not counted) and runs as many again.
     """
     from optuna.trial import TrialState
 
@@ -146,7 +146,7 @@ def wait_recorded(study: Any, *, timeout: float = 120.0, poll: float = 1.0) -> i
             return 0
         if time.monotonic() >= end:
             print(f"{running} trial(s) of {study.study_name} were not recorded by NNI's tuner within "
-                  f"{timeout:.0f} s; a resume re-runs them", file=sys.stderr)
+                  f"{timeout:.0f} s; a resume marks them interrupted and runs as many again", file=sys.stderr)
             return running
         time.sleep(poll)
 
