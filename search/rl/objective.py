@@ -334,10 +334,10 @@ class StrategyObjective:
 
     def incumbents(self, history: Sequence[Observation], goal: float, m: int) -> np.ndarray:
         """Actions ``m x D`` of the ``m`` finished trials with the best real reward for ``goal``."""
-        x, y = self.real_data(history)
+        self.proxy_mode = False  # as real_data: the mutation sources' measured sequences rely on it
+        actions, y = self._finished(history)
         if len(y) == 0:
             return np.zeros((0, len(self.space.dimensions())), dtype=np.int64)
-        actions, _ = self._finished(history)
         metrics = self.cost.metrics(actions)
         ratio = self._ratio(actions, metrics)
         goals = np.full(len(actions), goal)
