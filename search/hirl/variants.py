@@ -39,9 +39,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "hirl-nofisher": {"prior": NoPrior()},
     "hirl-curriculum": {"curriculum": BudgetCurriculum()},
     "hirl-front": {"rewards": FrontRewards()},
-    "hirl-lean": {"sources": (AgentProposals(), GreedyProposal(), MutationProposals()),
-                  "allocation": FixedAllocation(), "prior": NoPrior()},
 }
+VARIANTS["hirl-lean"] = {**VARIANTS["hirl-mutations"], **VARIANTS["hirl-flat"], **VARIANTS["hirl-nofisher"]}
 
 
 def variant_parts(name: str) -> dict[str, Any]:
