@@ -10,6 +10,7 @@ Commands::
     compsearch report DIR [--no-test] [--storage URL]
     compsearch show DIR [--storage URL]
     compsearch merge SRC DST [--strategies a,b]
+    compsearch rename RUN OLD=NEW[,OLD=NEW]
     compsearch export DIR (--trial STUDY:NUMBER | --pareto | --best CONSTRAINT) [--out DIR]
                           [--exporter dynamo|torchscript] [--batch N] [--threads N] [--no-latency] [--no-verify]
     compsearch spaces MODEL_OR_SPEC [--space NAME] [--input-shape C,H,W] [--num-classes N]
@@ -131,6 +132,10 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("src", help="the run folder to bring in (read only)")
     merge.add_argument("dst", help="the run folder to merge into")
     merge.add_argument("--strategies", type=_names, help="comma-separated strategies to merge (default: every study)")
+    rename = sub.add_parser("rename", help="rename a strategy's studies in a run folder (e.g. after a default "
+                                           "changed: hirl=hirl-full)")
+    rename.add_argument("dir", help="the run folder")
+    rename.add_argument("renames", help="OLD=NEW, several comma-separated (applied together)")
     export = sub.add_parser("export", help="write trials of a finished run as deployable models (pruned, packed, "
                                            "ONNX, measured)")
     _export_arguments(export)
@@ -251,6 +256,16 @@ def cmd_show(args: argparse.Namespace, console: Console) -> int:
     emit(console, args.format, [("hypervolume", f"{summary['name']}: hypervolume", *summary_rows(summary)),
                                 ("pareto", "Pareto points (selected on validation; test split measured once at the end "
                                            "of the run)", *pareto_rows(summary, policy=False))], csv_table="pareto")
+    return EXIT_OK
+
+
+def cmd_rename(args: argparse.Namespace, console: Console) -> int:
+    from compsearch.studies.rename import parse_renames, rename_strategies
+
+    moved = rename_strategies(args.dir, parse_renames(args.renames))
+    console.print(f"renamed {len(moved)} studies in {escape(args.dir)}" + (": " if moved else ""), highlight=False)
+    for old, new in moved.items():
+        console.print(f"  {escape(old)} -> {escape(new)}", highlight=False)
     return EXIT_OK
 
 
@@ -442,7 +457,7 @@ def _table(title: str, header: Sequence[str], rows: Sequence[Sequence[str]]) -> 
 
 
 COMMANDS = {"check": cmd_check, "run": cmd_run, "gates": cmd_gates, "report": cmd_report, "show": cmd_show, "list": cmd_list,
-            "spaces": cmd_spaces, "export": cmd_export, "merge": cmd_merge}
+            "spaces": cmd_spaces, "export": cmd_export, "merge": cmd_merge, "rename": cmd_rename}
 
 
 def _quiet_third_party() -> None:
