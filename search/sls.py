@@ -15,8 +15,9 @@ Per trial (``propose``), after ``startup_trials`` random ones:
 ``sls`` uses two sources: ``random`` points and ``mutation``s of the best finished trials
 (the same surrogate and mutations as ``hirl``, no agents). Where each proposal came from
 (``startup``, ``random``, ``mutation``, ``agents``, ``greedy``, ``fallback``; ``+``-joined when
-several sources produced it) is stored in the trial's system attr :data:`ORIGIN_ATTR` and in
-:attr:`SLSSampler.origins`.
+several sources produced it; ``<origin>+distinct`` when the proposal was equivalent to a policy
+already tried and the shared ``distinct`` step changed one choice of it) is stored in the trial's
+system attr :data:`ORIGIN_ATTR` and in :attr:`SLSSampler.origins`.
 """
 
 from __future__ import annotations
@@ -122,6 +123,7 @@ class SLSSampler(CompressionSampler):
         self._trained_n: int | None = None
         self._rounds = 0
         self._origins: dict[tuple[tuple[str, Any], ...], str] = {}
+        self._last: tuple[tuple[tuple[str, Any], ...], str] | None = None  # the last proposal's key and origin
         self.origins: dict[int, str] = {}
         self.retrain_seconds: list[float] = []
 
@@ -202,11 +204,16 @@ class SLSSampler(CompressionSampler):
 
     def _tag(self, params: dict[str, Any], origin: str) -> dict[str, Any]:
         self._origins[params_key(params)] = origin
+        self._last = (params_key(params), origin)
         return params
 
     def sample_relative(self, study: Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
         params = super().sample_relative(study, trial, search_space)
         origin = self._origins.pop(params_key(params), None) if params else None
+        if origin is None and params and self._last is not None:  # distinct() changed the proposal
+            self._origins.pop(self._last[0], None)
+            origin = f"{self._last[1]}+distinct"
+        self._last = None
         if origin is not None:
             from compsearch import optuna_compat
 

@@ -72,7 +72,7 @@ def test_sls_proposes_random_points_and_mutations_and_records_each_origin() -> N
     origins = [t.system_attrs[ORIGIN_ATTR] for t in study.trials]
     assert origins[:2] == ["startup", "startup"]
     parts = {p for o in origins[2:] for p in o.split("+")}
-    assert parts <= {"random", "mutation", "fallback"} and "mutation" in parts
+    assert parts <= {"random", "mutation", "fallback", "distinct"} and "mutation" in parts
     assert sampler.origins == {t.number: o for t, o in zip(study.trials, origins, strict=True)}
     assert len({str(t.params) for t in study.trials}) == 10
 
