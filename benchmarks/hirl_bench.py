@@ -1,10 +1,10 @@
 """Benchmarks of ``hirl``, its ablations and ``sls`` (prints JSON; never timed assertions in tests).
 
-* ``--what sample``: median milliseconds per ``sample_relative`` of ``hirl`` once warm,
+* ``--what sample [--strategy hirl-full]``: median milliseconds per ``sample_relative`` of ``hirl`` (or the variant named) once warm,
   *excluding* the periodic surrogate/RL retraining (reported separately as the median seconds
   per retraining) -- :func:`time_sample_relative`.
 * ``--what compare --run DIR``: from a studies-runner run folder (e.g. ``compsearch run
-  studies/digits_compare.toml --strategies hirl,hirl-agents,sls,tpe --trials 30 --seeds 3``),
+  studies/digits_compare.toml --strategies hirl,hirl-full,sls,tpe --trials 30 --seeds 3``),
   per strategy the normalised hypervolume (mean, std over seeds) at 25/50/100% of the budget and
   the evaluations its mean curve needs to reach the best non-RL strategy's final mean.
 * ``--what origins --run DIR``: where the proposals of each strategy came from (the trials'
@@ -48,7 +48,7 @@ import torch
 
 SPACE_CHOICES = dict(w_bits=(2, 3, 4, 5, 6, 8, 32), a_bits=(4, 8, 32), keep=(0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0))
 OBJECTIVES = (("accuracy", "maximize"), ("size_kb", "minimize"))
-RL = ("hirl", "hirl-agents", "hirl-flat", "hirl-real", "hirl-nofisher", "hirl-curriculum", "amc", "haq")
+RL = ("hirl", "hirl-full", "hirl-mutations", "hirl-flat", "hirl-real", "hirl-nofisher", "hirl-curriculum", "hirl-front", "amc", "haq")
 ORIGIN_ATTR = "compsearch:proposal_origin"
 
 
@@ -71,15 +71,16 @@ def digits_setting(*, steps: int = 100, base_steps: int = 600, model_name: str =
     return get_space("joint", ev.units, **{**SPACE_CHOICES, **choices}), ev
 
 
-def time_sample_relative(*, trials: int = 30, seed: int = 0, space: Any = None, evaluator: Any = None) -> dict[str, float]:
-    """Median ms per ``sample_relative`` of ``hirl`` once warm (excluding retraining) and
+def time_sample_relative(*, trials: int = 30, seed: int = 0, space: Any = None, evaluator: Any = None,
+                         strategy: str = "hirl") -> dict[str, float]:
+    """Median ms per ``sample_relative`` of ``strategy`` (``hirl`` or a variant) once warm (excluding retraining) and
     median seconds per retraining, on a study whose values are the exact size and a cheap
     analytic accuracy stand-in (no fine-tuning, so only the sampler is timed)."""
-    from compsearch.search.hirl import HiRLSampler
+    from compsearch.search.registry import get_strategy
 
     if space is None:
         space, evaluator = digits_setting(steps=0, base_steps=200)
-    sampler = HiRLSampler(space, evaluator=evaluator, seed=seed, objectives=OBJECTIVES)
+    sampler = get_strategy(strategy, space=space, evaluator=evaluator, seed=seed, objectives=OBJECTIVES)
     study = optuna.create_study(directions=["maximize", "minimize"], sampler=sampler)
     cheap, retrain = [], []
     for _ in range(trials):
@@ -312,7 +313,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--model", default="digits_cnn", help="model of the proxy problem (a registered or timm name)")
     p.add_argument("--base-steps", type=int, default=600, help="base-model training steps (proxy)")
     p.add_argument("--symmetric", action="store_true", help="fix scheme=symmetric in the space (proxy)")
-    p.add_argument("--variants", default="hirl,hirl-agents,hirl-flat,hirl-nofisher,sls,random,tpe",
+    p.add_argument("--strategy", default="hirl", help="the hirl variant timed (sample)")
+    p.add_argument("--variants", default="hirl,hirl-full,hirl-flat,hirl-nofisher,sls,random,tpe",
                    help="comma-separated strategies; 'name:opt=value;opt=value' for options (proxy)")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
@@ -320,7 +322,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.what in ("compare", "origins", "replay") and not args.run:
         p.error(f"--what {args.what} needs --run DIR (a studies-runner run folder)")
     if args.what == "sample":
-        result: Any = {"sample_relative": time_sample_relative(trials=args.trials)}
+        result: Any = {"strategy": args.strategy, "sample_relative": time_sample_relative(trials=args.trials, strategy=args.strategy)}
     elif args.what == "compare":
         result = compare(args.run)
     elif args.what == "origins":

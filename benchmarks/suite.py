@@ -21,6 +21,8 @@ trials, so a partial run reports what finished and says which seeds are complete
   ``amc``/``haq``): paired over the seeds both completed, the mean difference, its bootstrap CI
   and the Wilcoxon signed-rank test; and after how many evaluations its mean curve reaches the
   best non-RL mean final hypervolume (``hirl_targets`` then judges the candidate);
+* ``hirl-full`` (the full hierarchy) minus each other ``hirl`` variant, paired the same way:
+  each changes parts of it (``hirl`` three at once), so this says which part carries the result;
 * an aggregate rank table: strategies ranked per problem by mean final hypervolume over the
   seeds that every ranked strategy completed (strategies without a complete seed are left
   out), mean rank over problems.
@@ -57,8 +59,10 @@ ROOT = Path(__file__).resolve().parents[1]
 SUITE_DIR = ROOT / "studies" / "suite"
 PROBLEMS = ("digits_cnn", "digits_resnet", "digits_vit", "cartpole")
 # hirl and the non-RL strategies first: an unfinished seed then holds the main comparison.
-STRATEGIES = ("hirl", "sls", "tpe", "nsga2", "bo", "gp", "random",
-              "hirl-mutations", "hirl-flat", "hirl-real", "hirl-nofisher", "hirl-curriculum", "hirl-front", "hirl-lean", "haq", "amc")
+STRATEGIES = ("hirl", "sls", "tpe", "nsga2", "bo", "gp", "random", "hirl-full",
+              "hirl-mutations", "hirl-flat", "hirl-real", "hirl-nofisher", "hirl-curriculum", "hirl-front", "haq", "amc")
+#: the strategy the ablations (``hirl-*``, and ``hirl`` itself) each change parts of
+ABLATION_BASE = "hirl-full"
 QUICK_PROBLEMS = ("digits_cnn", "cartpole")
 QUICK_STRATEGIES = ("hirl", "sls", "tpe", "random")
 QUICK_SEEDS, QUICK_TRIALS = 2, 20
@@ -158,16 +162,17 @@ def hirl_vs_best(curves: Mapping[str, Mapping[int, Sequence[float]]], budget: in
             "paired_final_hv": paired_comparison(finals[hirl], finals[best])}
 
 
-def hirl_vs_ablations(curves: Mapping[str, Mapping[int, Sequence[float]]], budget: int,
-                      hirl: str = "hirl") -> dict[str, Any]:
-    """``hirl`` minus each of its ablations (``hirl-*``) on the final hypervolume, paired over
-    the seeds both completed: which component carries the result."""
+def base_vs_ablations(curves: Mapping[str, Mapping[int, Sequence[float]]], budget: int,
+                      base: str = ABLATION_BASE) -> dict[str, Any]:
+    """``base`` minus each other ``hirl`` variant (``hirl`` and ``hirl-*``: each changes parts of
+    it) on the final hypervolume, paired over the seeds both completed: which part carries the result."""
     from compsearch.studies.significance import paired_comparison
 
-    if hirl not in curves:
+    if base not in curves:
         return {}
-    mine = checkpoint_values(curves[hirl], budget)
-    return {s: paired_comparison(mine, checkpoint_values(c, budget)) for s, c in curves.items() if s.startswith(f"{hirl}-")}
+    mine = checkpoint_values(curves[base], budget)
+    return {s: paired_comparison(mine, checkpoint_values(c, budget)) for s, c in curves.items()
+            if s != base and (s == "hirl" or s.startswith("hirl-"))}
 
 
 def analyse_problem(summary: Mapping[str, Any], *, strategies: Sequence[str] | None = None,
@@ -180,7 +185,7 @@ def analyse_problem(summary: Mapping[str, Any], *, strategies: Sequence[str] | N
         strategies, seeds: restrict the report (default: all the run holds). The best-known
             front always pools every strategy and seed the run holds.
         candidate: the RL strategy compared with the best non-RL one (``hirl``, or a variant
-            under test such as ``hirl-front``); the ablations are always ``hirl``'s.
+            under test such as ``hirl-front``); the ablations are always :data:`ABLATION_BASE`'s.
     """
     from compsearch.studies.hypervolume import hypervolume
     from compsearch.studies.significance import best_known_front
@@ -214,7 +219,8 @@ def analyse_problem(summary: Mapping[str, Any], *, strategies: Sequence[str] | N
         "mean_curves": {s: mean_curve(curves[s], budget) for s in names},
         "candidate": candidate,
         "hirl_vs_best_non_rl": hirl_vs_best(curves, budget, hirl=candidate),
-        "hirl_vs_ablations": hirl_vs_ablations(curves, budget),
+        "ablation_base": ABLATION_BASE,
+        "ablations": base_vs_ablations(curves, budget),
         # Ranking score: mean final hypervolume over the seeds every ranked strategy completed
         # (seeds differ in difficulty as much as strategies do); strategies without a complete seed are unranked.
         "rank_seeds": common,
@@ -320,9 +326,9 @@ def markdown(doc: Mapping[str, Any]) -> str:
             lines += ["", f"{me} - {v['best_non_rl']} (final HV, seeds {pair['seeds']}): mean {pair['mean_difference']:+.4f}, "
                           f"95% CI {ci}, Wilcoxon p {p_value}, wins/losses {pair['wins']}/{pair['losses']}; "
                           f"{v['best_non_rl']}'s final mean {v['best_non_rl_final_mean']:.4f}: {me}'s mean curve {curve}"]
-        ablations = {a: pair for a, pair in res.get("hirl_vs_ablations", {}).items() if pair["seeds"]}
+        ablations = {a: pair for a, pair in res.get("ablations", {}).items() if pair["seeds"]}
         if ablations:
-            lines += ["", "| hirl minus | final HV difference | 95% CI | Wilcoxon p | wins/losses | seeds |", "|---|---|---|---|---|---|"]
+            lines += ["", f"| {res['ablation_base']} minus | final HV difference | 95% CI | Wilcoxon p | wins/losses | seeds |", "|---|---|---|---|---|---|"]
             lines += [_ablation_row(a, pair) for a, pair in ablations.items()]
         lines.append("")
     ranks = doc["ranks"]

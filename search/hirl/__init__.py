@@ -1,5 +1,5 @@
-"""The hierarchical RL strategy ``hirl`` with its registered ablations, and the flat RL
-baselines ``amc`` and ``haq``, as Optuna samplers.
+"""The RL strategy ``hirl``, the full hierarchy ``hirl-full`` with its registered ablations,
+and the flat RL baselines ``amc`` and ``haq``, as Optuna samplers.
 
 The samplers here are thin shells; the maths (PPO agents, allocation ensemble, hierarchy,
 state, rewards, surrogate, DDPG) live in :mod:`compsearch.search.rl`. ``sls``
@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from compsearch.search.hirl.flat import FlatRLConfig, FlatRLSampler
-from compsearch.search.hirl.sampler import HiRLConfig, HiRLSampler, default_parts
+from compsearch.search.hirl.sampler import HiRLConfig, HiRLSampler, default_parts, full_parts
 from compsearch.search.hirl.variants import VARIANTS
 from compsearch.search.registry import SearchContext, register_strategy
 
@@ -42,4 +42,4 @@ def _haq(ctx: SearchContext, **options: Any) -> FlatRLSampler:
     return FlatRLSampler.from_context(ctx, method="haq", **options)
 
 
-__all__ = ["VARIANTS", "FlatRLConfig", "FlatRLSampler", "HiRLConfig", "HiRLSampler", "default_parts"]
+__all__ = ["VARIANTS", "FlatRLConfig", "FlatRLSampler", "HiRLConfig", "HiRLSampler", "default_parts", "full_parts"]

@@ -1,19 +1,28 @@
-"""``HiRLSampler``: the hierarchical RL strategy as an Optuna sampler (a thin shell).
+"""``HiRLSampler``: the RL strategy ``hirl`` and its hierarchical form ``hirl-full`` as Optuna samplers (a thin shell).
 
 It is :class:`~compsearch.search.sls.SLSSampler` (the same proposal loop, reward part and
 mutations) plus a hierarchy of agents (:mod:`~compsearch.search.rl.hierarchy`) built from
 parts passed in:
 
-=============== ================================================== =================================
-part            default                                            ablation
-=============== ================================================== =================================
-``allocation``  :class:`EnsembleAllocation` (K=3 agents, vote)     :class:`FixedAllocation` (flat)
-``low_level``   :class:`SharedLowLevel` (one policy, block embed)  :class:`PerBlockLowLevel`
-``rewards``     :class:`SurrogateRewards`                          :class:`RealRewards`
-``prior``       :class:`FisherPrior`                               :class:`NoPrior`
-``sources``     agents (64) and greedy                             + mutations (16) of the best trials
-``curriculum``  :class:`NoCurriculum`                              :class:`BudgetCurriculum`
-=============== ================================================== =================================
+=============== ====================================== ==============================================
+part            ``hirl`` (default)                     ``hirl-full`` (the hierarchy as HiReLC has it)
+=============== ====================================== ==============================================
+``allocation``  :class:`FixedAllocation` (no high       :class:`EnsembleAllocation` (K=3 agents, vote)
+                level: every block's budget is the
+                global target)
+``low_level``   :class:`SharedLowLevel` (one policy,    the same (:class:`PerBlockLowLevel`: one agent
+                block embedding)                        per block)
+``rewards``     :class:`SurrogateRewards`               the same (:class:`RealRewards`: no surrogate)
+``prior``       :class:`NoPrior`                        :class:`FisherPrior`
+``sources``     agents (64), greedy, mutations (16)     agents (64) and greedy
+                of the 4 best trials
+``curriculum``  :class:`NoCurriculum`                   the same (:class:`BudgetCurriculum`)
+=============== ====================================== ==============================================
+
+The default is ``hirl-full`` with three parts swapped as the benchmark suite's single-part
+ablations of ``hirl-full`` suggest (README, "Benchmark suite"): averaged over its four problems
+the high level and the Fisher prior did not raise the final hypervolume, the mutations did. ``hirl-full`` and its ablations
+(:mod:`~compsearch.search.hirl.variants`) stay registered.
 
 After every refit of the rewards the agents train: by PPO against the surrogate
 (``replay_iterations`` PPO iterations the first time in a process, then ``iterations``, of
@@ -32,7 +41,7 @@ import numpy as np
 from compsearch.errors import check_int_at_least
 from compsearch.search.common import Observation
 from compsearch.search.registry import DEFAULT_OBJECTIVES, SearchContext
-from compsearch.search.rl.allocation import EnsembleAllocation
+from compsearch.search.rl.allocation import EnsembleAllocation, FixedAllocation
 from compsearch.search.rl.critic import NoCurriculum, SurrogateRewards
 from compsearch.search.rl.hierarchy import Hierarchy, build_hierarchy
 from compsearch.search.rl.layout import BlockLayout, LayoutError, block_layout
@@ -40,10 +49,8 @@ from compsearch.search.rl.objective import StrategyObjective
 from compsearch.search.rl.options import route_options
 from compsearch.search.rl.persist import check_hierarchy_state, load_warm_start
 from compsearch.search.rl.ppo import PPOConfig, SharedLowLevel
-from compsearch.search.rl.proposals import AgentProposals, GreedyProposal
-from compsearch.search.rl.state import (
-    FisherPrior,
-)
+from compsearch.search.rl.proposals import AgentProposals, GreedyProposal, MutationProposals
+from compsearch.search.rl.state import FisherPrior, NoPrior
 from compsearch.search.sls import SLS_ALIASES, SLSConfig, SLSSampler, as_config
 
 HIRL_ALIASES = {
@@ -84,8 +91,15 @@ class HiRLConfig(SLSConfig):
 def default_parts() -> dict[str, Any]:
     """The parts of the default ``hirl`` (see the module docstring)."""
     return {
-        "allocation": EnsembleAllocation(), "low_level": SharedLowLevel(), "rewards": SurrogateRewards(), "prior": FisherPrior(),
-        "sources": (AgentProposals(), GreedyProposal()), "curriculum": NoCurriculum(),
+        "allocation": FixedAllocation(), "low_level": SharedLowLevel(), "rewards": SurrogateRewards(), "prior": NoPrior(),
+        "sources": (AgentProposals(), GreedyProposal(), MutationProposals()), "curriculum": NoCurriculum(),
+    }
+
+
+def full_parts() -> dict[str, Any]:
+    """The parts of ``hirl-full``, the hierarchy as HiReLC describes it (module docstring)."""
+    return {
+        **default_parts(), "allocation": EnsembleAllocation(), "prior": FisherPrior(), "sources": (AgentProposals(), GreedyProposal()),
     }
 
 
@@ -146,9 +160,10 @@ class HiRLSampler(SLSSampler):
         aliases of :data:`HIRL_ALIASES`; ``name`` picks the variant's parts as the base."""
         from compsearch.search.hirl.variants import variant_parts
 
-        base = {**default_parts(), **variant_parts(name)}
+        base = variant_parts(name)
         warm_start = options.pop("warm_start", None)
-        config, parts = route_options(name, HiRLConfig(), base, {k: v for k, v in options.items() if k != "config"}, HIRL_ALIASES)
+        config, parts = route_options(name, HiRLConfig(), base, {k: v for k, v in options.items() if k != "config"}, HIRL_ALIASES,
+                                      fix="use 'hirl-full' (the high level and the Fisher prior are its parts, not the default's)")
         if "config" in options:
             config = options["config"]
         return cls(ctx.space, context=ctx, sensitivity=sensitivity, config=config, warm_start=warm_start, name=name, **parts)
@@ -159,7 +174,7 @@ class HiRLSampler(SLSSampler):
         if self.allocation.hierarchical and layout.n_blocks < 2:
             raise LayoutError(
                 f"space {self.space.name!r}: its searched units lie in {layout.n_blocks} model block {list(layout.blocks)}, "
-                f"so the high level has nothing to allocate across; use 'hirl-flat' or 'sls', or give discover_units "
+                f"so the high level has nothing to allocate across; use 'hirl', 'hirl-flat' or 'sls' (no high level), or give discover_units "
                 f"a block override (blocks=...) that splits the model"
             )
         return layout

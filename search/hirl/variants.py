@@ -1,24 +1,29 @@
-"""The registered ``hirl`` variants: the default strategy and one ablation per part.
+"""The registered ``hirl`` variants: the default, the full hierarchy and its single-part ablations.
 
 =================== ======================================================================
-name                what differs from ``hirl``
+name                parts
 =================== ======================================================================
-``hirl``            nothing (the parts of :func:`~compsearch.search.hirl.sampler.default_parts`)
-``hirl-mutations``  the pool also holds 16 one-/two-choice mutations of the 4 best trials (as ``sls``)
-``hirl-flat``       no high level: every block's budget is the global target
-``hirl-real``       no surrogate: the agents learn from real trials only
-``hirl-nofisher``   no Fisher prior (no sensitivity features, no allocation prior)
-``hirl-curriculum`` a curriculum on the compression target (mild targets first)
-``hirl-front``      the proposal is the candidate with the largest predicted hypervolume gain
-                    (:class:`~compsearch.search.rl.critic.FrontRewards`), not the best for its goal
-``hirl-lean``       the parts the single-part ablations did not credit swapped as they suggest:
-                    mutations in the pool, no high level, no Fisher prior (one variant, measured
-                    as a whole: the parts' effects need not add up)
+``hirl``            :func:`~compsearch.search.hirl.sampler.default_parts`: agents, greedy
+                    rollout and mutations of the best trials scored by the surrogate; no
+                    high level, no Fisher prior
+``hirl-full``       :func:`~compsearch.search.hirl.sampler.full_parts`: the hierarchy as
+                    HiReLC describes it (high level of K=3 voting agents, Fisher prior),
+                    proposals from the agents and their greedy rollout only
+``hirl-mutations``  ``hirl-full``, and the pool also holds 16 one-/two-choice mutations of the
+                    4 best trials (as ``sls``)
+``hirl-flat``       ``hirl-full`` without the high level: every block's budget is the global target
+``hirl-real``       ``hirl-full`` without the surrogate: the agents learn from real trials only
+``hirl-nofisher``   ``hirl-full`` without the Fisher prior (no sensitivity features, no allocation prior)
+``hirl-curriculum`` ``hirl-full`` with a curriculum on the compression target (mild targets first)
+``hirl-front``      ``hirl-full`` proposing the candidate with the largest predicted hypervolume
+                    gain (:class:`~compsearch.search.rl.critic.FrontRewards`), not the best for its goal
 =================== ======================================================================
 
-The default ``hirl`` proposes only what its agents sample (plus their greedy rollout); ``sls``
+The ablations change one part of ``hirl-full`` each; ``hirl`` is ``hirl-full`` with the three
+parts they did not credit swapped at once (``hirl-mutations`` + ``hirl-flat`` +
+``hirl-nofisher``), measured as a whole since the parts' effects need not add up. ``sls``
 (:mod:`compsearch.search.sls`) proposes only random points and mutations, scored by the same
-surrogate: together with ``hirl-mutations`` they separate what the agents contribute.
+surrogate: beside ``hirl-full`` and ``hirl-mutations`` it separates what the agents contribute.
 """
 
 from __future__ import annotations
@@ -26,25 +31,27 @@ from __future__ import annotations
 from typing import Any
 
 from compsearch.errors import UnknownNameError
+from compsearch.search.hirl.sampler import default_parts, full_parts
 from compsearch.search.rl.allocation import FixedAllocation
 from compsearch.search.rl.critic import BudgetCurriculum, FrontRewards, RealRewards
 from compsearch.search.rl.proposals import AgentProposals, GreedyProposal, MutationProposals
 from compsearch.search.rl.state import NoPrior
 
+FULL = full_parts()
 VARIANTS: dict[str, dict[str, Any]] = {
-    "hirl": {},
-    "hirl-mutations": {"sources": (AgentProposals(), GreedyProposal(), MutationProposals())},
-    "hirl-flat": {"allocation": FixedAllocation()},
-    "hirl-real": {"rewards": RealRewards()},
-    "hirl-nofisher": {"prior": NoPrior()},
-    "hirl-curriculum": {"curriculum": BudgetCurriculum()},
-    "hirl-front": {"rewards": FrontRewards()},
+    "hirl": default_parts(),
+    "hirl-full": FULL,
+    "hirl-mutations": {**FULL, "sources": (AgentProposals(), GreedyProposal(), MutationProposals())},
+    "hirl-flat": {**FULL, "allocation": FixedAllocation()},
+    "hirl-real": {**FULL, "rewards": RealRewards()},
+    "hirl-nofisher": {**FULL, "prior": NoPrior()},
+    "hirl-curriculum": {**FULL, "curriculum": BudgetCurriculum()},
+    "hirl-front": {**FULL, "rewards": FrontRewards()},
 }
-VARIANTS["hirl-lean"] = {**VARIANTS["hirl-mutations"], **VARIANTS["hirl-flat"], **VARIANTS["hirl-nofisher"]}
 
 
 def variant_parts(name: str) -> dict[str, Any]:
-    """The parts variant ``name`` replaces (module docstring).
+    """Every part of variant ``name`` (module docstring).
 
     Raises:
         UnknownNameError: ``name`` is not a variant.

@@ -139,7 +139,7 @@ def block_layout(space: Space, *, merge: bool = False) -> BlockLayout:
             f"space {space.name!r}: dimension {dim!r} sets group {g or 'all units'!r}, whose units lie in "
             f"{len(spans[g])} model blocks {sorted(spans[g])[:4]}; the hierarchy gives every block its own budget "
             f"and cannot split one choice across blocks. Use a space whose groups are units or blocks "
-            f"('joint', 'block', 'quant', 'prune'), or a strategy without a high level ('hirl-flat', 'sls')"
+            f"('joint', 'block', 'quant', 'prune'), or a strategy without a high level ('hirl', 'hirl-flat', 'sls')"
         )
     root = _merge([spans[g] for g in names])
     first_depth: dict[str, int] = {}

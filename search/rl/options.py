@@ -27,7 +27,8 @@ def _set_source(where: str, sources: tuple[Any, ...], kind: str, field: str, val
 
 
 def route_options(
-    where: str, config: Any, parts: dict[str, Any], options: Mapping[str, Any], aliases: Mapping[str, tuple[str, str]]
+    where: str, config: Any, parts: dict[str, Any], options: Mapping[str, Any], aliases: Mapping[str, tuple[str, str]],
+    fix: str = "",
 ) -> tuple[Any, dict[str, Any]]:
     """``(config, parts)`` with ``options`` applied (module docstring).
 
@@ -37,6 +38,7 @@ def route_options(
         parts: part name -> part (``sources``: a tuple of sources).
         options: the options given.
         aliases: alias -> ``(part name, field)``; for ``sources`` the field is ``"<SourceType>.<field>"``.
+        fix: appended to the message of an alias whose part lacks its field (which variants have it).
 
     Raises:
         TypeError: an option that is none of these (the message lists what is allowed).
@@ -57,7 +59,8 @@ def route_options(
             kind, _, name = field.partition(".")
             parts[part] = _set_source(where, parts[part], kind, name, value)
         elif field not in {f.name for f in fields(parts[part])}:
-            raise ConfigError(f"strategy {where!r}: option {key}={value!r} sets {field!r}, which {type(parts[part]).__name__} does not have")
+            raise ConfigError(f"strategy {where!r}: option {key}={value!r} sets {field!r}, which {type(parts[part]).__name__} "
+                              f"does not have; pass {part}= a part that has it{f', or {fix}' if fix else ''}")
         else:
             parts[part] = replace(parts[part], **{field: value})
     return replace(config, **plain), parts

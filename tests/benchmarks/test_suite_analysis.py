@@ -95,18 +95,24 @@ def test_suite_specs_pass_check_at_equal_budgets(path: Path, tmp_path: Path) -> 
     assert spec.strategies == list(suite.STRATEGIES) and spec.trials >= 50 and len(spec.seeds) >= 5
 
 
-def test_hirl_against_its_ablations_by_hand() -> None:
+def test_the_full_hierarchy_against_its_ablations_by_hand() -> None:
     summary = json.loads(json.dumps(SUMMARY))
+    summary["strategies"]["hirl-full"] = {"curves": {"0": [0.1, 0.1, 0.2, 0.25], "1": [0.1, 0.1, 0.1, 0.2]},
+                                          "counted": {"0": 4, "1": 4}, "points": [[0.8, 40.0]]}
     summary["strategies"]["hirl-flat"] = {"curves": {"0": [0.1, 0.1, 0.1, 0.15], "1": [0.1, 0.1, 0.1, 0.3]},
                                           "counted": {"0": 4, "1": 4}, "points": [[0.8, 40.0]]}
     suite = load_benchmark("suite")
     out = suite.analyse_problem(summary)
-    pair = out["hirl_vs_ablations"]["hirl-flat"]  # hirl's finals 0.2, 0.2 minus 0.15, 0.3
-    assert list(out["hirl_vs_ablations"]) == ["hirl-flat"]  # tpe is not an ablation
-    assert pair["seeds"] == [0, 1] and pair["differences"] == pytest.approx([0.05, -0.1])
-    assert pair["mean_difference"] == pytest.approx(-0.025) and (pair["wins"], pair["losses"]) == (1, 1)
+    assert out["ablation_base"] == "hirl-full"
+    assert list(out["ablations"]) == ["hirl", "hirl-flat"]  # hirl changes parts of hirl-full too; tpe is not an ablation
+    flat = out["ablations"]["hirl-flat"]  # hirl-full's finals 0.25, 0.2 minus 0.15, 0.3
+    assert flat["seeds"] == [0, 1] and flat["differences"] == pytest.approx([0.1, -0.1])
+    assert flat["mean_difference"] == pytest.approx(0.0) and (flat["wins"], flat["losses"]) == (1, 1)
+    lean = out["ablations"]["hirl"]  # minus hirl's 0.2, 0.2
+    assert lean["differences"] == pytest.approx([0.05, 0.0]) and lean["mean_difference"] == pytest.approx(0.025)
     text = suite.markdown({"problems": {"hand": out}, "ranks": suite.aggregate({"hand": out})})
-    assert "| hirl-flat | -0.0250 | [-0.1000, +0.0500] |" in text and "| 1/1 | 2 |" in text
+    assert "| hirl-full minus | final HV difference |" in text
+    assert "| hirl | +0.0250 | [+0.0000, +0.0500] |" in text and "| hirl-flat | +0.0000 | [-0.1000, +0.1000] |" in text
 
 
 def test_markdown_tables_of_the_hand_summary() -> None:
@@ -130,8 +136,8 @@ def test_a_candidate_variant_is_compared_in_hirls_place() -> None:
     assert out["candidate"] == "hirl-front" and versus["best_non_rl"] == "tpe"
     assert versus["hirl_final_mean"] == pytest.approx(0.155) and versus["hirl_evals_to_reach_best_non_rl"] is None
     assert versus["paired_final_hv"]["mean_difference"] == pytest.approx(0.15 - 0.16)  # seed 0 only
-    # the ablations stay hirl's: hirl minus hirl-front on seeds 0 and 1 = (0.2 - 0.15, 0.2 - 0.16)
-    assert out["hirl_vs_ablations"]["hirl-front"]["mean_difference"] == pytest.approx(0.045)
+    # the ablations are hirl-full's, whichever the candidate: none in a run without hirl-full
+    assert out["ablation_base"] == "hirl-full" and out["ablations"] == {}
     assert "hirl-front - tpe" in suite.markdown({"problems": {"hand": out}, "ranks": suite.aggregate({"hand": out})})
 
 

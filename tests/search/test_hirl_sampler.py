@@ -19,13 +19,14 @@ from torch import nn
 
 from compsearch.errors import ConfigError
 from compsearch.search.hirl import VARIANTS, FlatRLSampler, HiRLConfig, HiRLSampler
+from compsearch.search.hirl.variants import variant_parts
 from compsearch.search.registry import get_strategy
 from compsearch.search.rl.allocation import EnsembleAllocation, FixedAllocation
 from compsearch.search.rl.critic import RealRewards, SurrogateRewards
 from compsearch.search.rl.ppo import PerBlockLowLevel
 from compsearch.search.rl.proposals import AgentProposals, GreedyProposal, MutationProposals
 from compsearch.search.rl.reward import unit_cost_oracle
-from compsearch.search.rl.state import NoPrior
+from compsearch.search.rl.state import FisherPrior, NoPrior
 from compsearch.search.rl.surrogate import SurrogateConfig
 from compsearch.search.sls import ORIGIN_ATTR
 from compsearch.spaces import discover_units, get_space
@@ -85,7 +86,9 @@ def test_study_completes_with_distinct_in_space_proposals(long_study) -> None:
     assert len(long_study.trials) == 14 and all(SPACE.contains(t.params) for t in long_study.trials)
     assert len(set(_keys(long_study))) == 14  # never a repeated proposal
     origins = {p for t in long_study.trials for p in t.system_attrs[ORIGIN_ATTR].split("+")}
-    assert "agents" in origins and origins <= {"startup", "agents", "greedy", "fallback"}  # the default proposes no mutations
+    assert "agents" in origins and origins <= {"startup", "agents", "greedy", "mutation", "fallback", "distinct"}
+    # a proposal equivalent to a tried policy is changed by one choice, and says so
+    assert all(t.system_attrs[ORIGIN_ATTR] for t in long_study.trials)
 
 
 @pytest.fixture(scope="module")
@@ -130,26 +133,33 @@ def test_variants_run_and_record_where_proposals_came_from(name: str) -> None:
     origins = [t.system_attrs[ORIGIN_ATTR] for t in study.trials]
     assert origins[:2] == ["startup", "startup"] and all(o != "startup" for o in origins[3:])
     allowed = {"startup", "fallback"} | {n for o in origins for n in o.split("+")}
-    if name not in ("hirl-mutations", "hirl-lean"):  # the agents' proposals only
-        allowed &= {"startup", "fallback", "agents", "greedy"}
+    if name != "hirl-mutations":  # the agents' proposals only
+        allowed &= {"startup", "fallback", "agents", "greedy", "distinct"}
     assert {n for o in origins for n in o.split("+")} <= allowed
 
 
 def test_majority_vote_and_per_block_low_level_run() -> None:
-    study = _run(hirl(0, voting="majority", k=2, low_level=PerBlockLowLevel()), 7)
+    study = _run(hirl(0, name="hirl-full", voting="majority", k=2, low_level=PerBlockLowLevel()), 7)
     assert len(set(_keys(study))) == 7
 
 
 def test_the_parts_are_objects_passed_in() -> None:
-    sampler = hirl(0, name="hirl-flat")
-    assert isinstance(sampler.allocation, FixedAllocation) and isinstance(sampler.rewards, SurrogateRewards)
+    default = hirl(0)
+    assert [type(s) for s in default.sources] == [AgentProposals, GreedyProposal, MutationProposals]
+    assert isinstance(default.allocation, FixedAllocation) and isinstance(default.prior, NoPrior)
+    assert isinstance(default.rewards, SurrogateRewards)
+    full = hirl(0, name="hirl-full")
+    assert [type(s) for s in full.sources] == [AgentProposals, GreedyProposal]
+    assert isinstance(full.allocation, EnsembleAllocation) and isinstance(full.prior, FisherPrior)
+    assert isinstance(hirl(0, name="hirl-flat").allocation, FixedAllocation)
     assert isinstance(hirl(0, name="hirl-real").rewards, RealRewards)
-    assert [type(s) for s in hirl(0).sources] == [AgentProposals, GreedyProposal]
     assert [type(s) for s in hirl(0, name="hirl-mutations").sources] == [AgentProposals, GreedyProposal, MutationProposals]
-    lean = hirl(0, name="hirl-lean")
-    assert [type(s) for s in lean.sources] == [AgentProposals, GreedyProposal, MutationProposals]
-    assert isinstance(lean.allocation, FixedAllocation) and isinstance(lean.prior, NoPrior)
-    assert isinstance(lean.rewards, SurrogateRewards)
+    # each ablation swaps one part of hirl-full; hirl swaps three (sources, allocation, prior)
+    full_parts = variant_parts("hirl-full")
+    for name in set(VARIANTS) - {"hirl-full"}:
+        changed = {k for k, v in variant_parts(name).items() if v != full_parts[k]}
+        assert len(changed) == (3 if name == "hirl" else 1), name
+    assert {k for k, v in variant_parts("hirl").items() if v != full_parts[k]} == {"sources", "allocation", "prior"}
     custom = HiRLSampler(SPACE, seed=0, allocation=EnsembleAllocation(k=5), sources=(MutationProposals(n=4),))
     assert custom.allocation.k == 5 and custom.sources == (MutationProposals(n=4),)
 
@@ -159,9 +169,11 @@ def test_options_route_onto_parts_and_errors_name_the_option() -> None:
     assert (s.allocation.k, s.allocation.voting, s.rewards.min_real, s.prior.strength) == (5, "majority", 2, 0.5)
     assert [type(x).__name__ for x in s.sources] == ["AgentProposals", "GreedyProposal"] and s.sources[0].n == 8
     with pytest.raises(ConfigError, match=r"MutationProposals.n=3 has no effect"):
-        hirl(0, mutations=3)
+        hirl(0, name="hirl-full", mutations=3)
     with pytest.raises(ConfigError, match="voting='median' is unknown"):
-        hirl(0, voting="median")
+        hirl(0, name="hirl-full", voting="median")
+    with pytest.raises(ConfigError, match=r"option k=3 sets 'k', which FixedAllocation does not have.*hirl-full"):
+        hirl(0, k=3)  # the default has no high level
     with pytest.raises(TypeError, match="sls.*pool"):
         get_strategy("sls", space=SPACE, seed=0, pool=3)
     # nested settings as plain mappings (what a TOML spec gives)

@@ -40,12 +40,12 @@ def test_uniform_space_cannot_be_split_across_blocks() -> None:
     merged = block_layout(toy_space("uniform"), merge=True)
     assert merged.blocks == ("layer1.0+fc",) and merged.n_kernels == 1
     with pytest.raises(LayoutError, match="whose units lie in 2 model blocks"):
-        get_strategy("hirl", space=toy_space("uniform"), seed=0)
+        get_strategy("hirl-full", space=toy_space("uniform"), seed=0)
 
 
 def test_flat_variants_and_sls_run_on_the_uniform_space() -> None:
     space = toy_space("uniform")
-    for name in ("hirl-flat", "sls"):
+    for name in ("hirl", "hirl-flat", "sls"):
         sampler = get_strategy(name, space=space, seed=0, startup_trials=2)
         study = optuna.create_study(directions=["maximize", "minimize"], sampler=sampler)
         study.optimize(toy_objective(space), n_trials=5)
@@ -56,8 +56,8 @@ def test_flat_variants_and_sls_run_on_the_uniform_space() -> None:
 def test_a_model_of_one_block_has_nothing_to_allocate() -> None:
     units = discover_units(toy_model(), torch.zeros(1, 1, 4, 4), blocks=lambda name: "all")
     space = get_space("joint", units, **TOY_CHOICES)
-    with pytest.raises(LayoutError, match=r"lie in 1 model block \['all'\].*'hirl-flat'"):
-        get_strategy("hirl", space=space, seed=0)
+    with pytest.raises(LayoutError, match=r"lie in 1 model block \['all'\].*'hirl', 'hirl-flat' or 'sls'"):
+        get_strategy("hirl-full", space=space, seed=0)
     assert get_strategy("hirl-flat", space=space, seed=0) is not None
 
 
