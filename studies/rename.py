@@ -16,8 +16,8 @@ moves each of those studies to ``<new>-s<seed>``:
   ``sessions`` gets a ``"renamed"`` entry. Written last, atomically.
 
 Several renames apply together, in an order where no target is still in use
-(``hirl=hirl-full,hirl-lean=hirl`` first moves ``hirl`` away, then takes its name). A target
-that names a strategy the run holds and that is not renamed away, or renames that form a cycle
+(``hirl=hirl-full,hirl-new=hirl`` first moves ``hirl`` away, then renames ``hirl-new`` to
+``hirl``). A target that names a strategy the run holds and that is not renamed away, or renames that form a cycle
 (``a=b,b=a``), raise :class:`~compsearch.errors.ConfigError`. Nothing is unpickled.
 """
 

@@ -13,8 +13,8 @@ from collections.abc import Callable
 from typing import Any
 
 from compsearch.search.hirl.flat import FlatRLConfig, FlatRLSampler
-from compsearch.search.hirl.sampler import HiRLConfig, HiRLSampler, default_parts, full_parts
-from compsearch.search.hirl.variants import VARIANTS
+from compsearch.search.hirl.sampler import HiRLConfig, HiRLSampler
+from compsearch.search.hirl.variants import VARIANTS, default_parts, full_parts
 from compsearch.search.registry import SearchContext, register_strategy
 
 

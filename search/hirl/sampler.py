@@ -40,17 +40,14 @@ import numpy as np
 
 from compsearch.errors import check_int_at_least
 from compsearch.search.common import Observation
+from compsearch.search.hirl.variants import default_parts, variant_parts
 from compsearch.search.registry import DEFAULT_OBJECTIVES, SearchContext
-from compsearch.search.rl.allocation import EnsembleAllocation, FixedAllocation
-from compsearch.search.rl.critic import NoCurriculum, SurrogateRewards
 from compsearch.search.rl.hierarchy import Hierarchy, build_hierarchy
 from compsearch.search.rl.layout import BlockLayout, LayoutError, block_layout
 from compsearch.search.rl.objective import StrategyObjective
 from compsearch.search.rl.options import route_options
 from compsearch.search.rl.persist import check_hierarchy_state, load_warm_start
-from compsearch.search.rl.ppo import PPOConfig, SharedLowLevel
-from compsearch.search.rl.proposals import AgentProposals, GreedyProposal, MutationProposals
-from compsearch.search.rl.state import FisherPrior, NoPrior
+from compsearch.search.rl.ppo import PPOConfig
 from compsearch.search.sls import SLS_ALIASES, SLSConfig, SLSSampler, as_config
 
 HIRL_ALIASES = {
@@ -86,21 +83,6 @@ class HiRLConfig(SLSConfig):
         super().__post_init__()
         check_int_at_least("HiRLConfig", self, {"episodes": 1, "iterations": 1, "replay_iterations": 0})
         as_config(self, "ppo", PPOConfig)
-
-
-def default_parts() -> dict[str, Any]:
-    """The parts of the default ``hirl`` (see the module docstring)."""
-    return {
-        "allocation": FixedAllocation(), "low_level": SharedLowLevel(), "rewards": SurrogateRewards(), "prior": NoPrior(),
-        "sources": (AgentProposals(), GreedyProposal(), MutationProposals()), "curriculum": NoCurriculum(),
-    }
-
-
-def full_parts() -> dict[str, Any]:
-    """The parts of ``hirl-full``, the hierarchy as HiReLC describes it (module docstring)."""
-    return {
-        **default_parts(), "allocation": EnsembleAllocation(), "prior": FisherPrior(), "sources": (AgentProposals(), GreedyProposal()),
-    }
 
 
 class HiRLSampler(SLSSampler):
@@ -158,8 +140,6 @@ class HiRLSampler(SLSSampler):
     def from_context(cls, ctx: SearchContext, *, sensitivity: Mapping[str, float] | None = None, name: str = "hirl", **options: Any) -> HiRLSampler:
         """Registry factory: ``options`` are :class:`HiRLConfig` fields, parts by name, or the
         aliases of :data:`HIRL_ALIASES`; ``name`` picks the variant's parts as the base."""
-        from compsearch.search.hirl.variants import variant_parts
-
         base = variant_parts(name)
         warm_start = options.pop("warm_start", None)
         config, parts = route_options(name, HiRLConfig(), base, {k: v for k, v in options.items() if k != "config"}, HIRL_ALIASES,

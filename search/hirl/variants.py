@@ -3,10 +3,10 @@
 =================== ======================================================================
 name                parts
 =================== ======================================================================
-``hirl``            :func:`~compsearch.search.hirl.sampler.default_parts`: agents, greedy
+``hirl``            :func:`default_parts`: agents, greedy
                     rollout and mutations of the best trials scored by the surrogate; no
                     high level, no Fisher prior
-``hirl-full``       :func:`~compsearch.search.hirl.sampler.full_parts`: the hierarchy as
+``hirl-full``       :func:`full_parts`: the hierarchy as
                     HiReLC describes it (high level of K=3 voting agents, Fisher prior),
                     proposals from the agents and their greedy rollout only
 ``hirl-mutations``  ``hirl-full``, and the pool also holds 16 one-/two-choice mutations of the
@@ -31,11 +31,33 @@ from __future__ import annotations
 from typing import Any
 
 from compsearch.errors import UnknownNameError
-from compsearch.search.hirl.sampler import default_parts, full_parts
-from compsearch.search.rl.allocation import FixedAllocation
-from compsearch.search.rl.critic import BudgetCurriculum, FrontRewards, RealRewards
+from compsearch.search.rl.allocation import EnsembleAllocation, FixedAllocation
+from compsearch.search.rl.critic import (
+    BudgetCurriculum,
+    FrontRewards,
+    NoCurriculum,
+    RealRewards,
+    SurrogateRewards,
+)
+from compsearch.search.rl.ppo import SharedLowLevel
 from compsearch.search.rl.proposals import AgentProposals, GreedyProposal, MutationProposals
-from compsearch.search.rl.state import NoPrior
+from compsearch.search.rl.state import FisherPrior, NoPrior
+
+
+def default_parts() -> dict[str, Any]:
+    """The parts of the default ``hirl`` (see the module docstring)."""
+    return {
+        "allocation": FixedAllocation(), "low_level": SharedLowLevel(), "rewards": SurrogateRewards(), "prior": NoPrior(),
+        "sources": (AgentProposals(), GreedyProposal(), MutationProposals()), "curriculum": NoCurriculum(),
+    }
+
+
+def full_parts() -> dict[str, Any]:
+    """The parts of ``hirl-full``, the hierarchy as HiReLC describes it (module docstring)."""
+    return {
+        **default_parts(), "allocation": EnsembleAllocation(), "prior": FisherPrior(), "sources": (AgentProposals(), GreedyProposal()),
+    }
+
 
 FULL = full_parts()
 VARIANTS: dict[str, dict[str, Any]] = {
