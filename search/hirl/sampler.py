@@ -1,4 +1,5 @@
-"""``HiRLSampler``: the RL strategy ``hirl`` and its hierarchical form ``hirl-full`` as Optuna samplers (a thin shell).
+"""``HiRLSampler``: the RL strategy ``hirl`` and its hierarchical form ``hirl-full`` as Optuna
+samplers (a thin shell).
 
 It is :class:`~compsearch.search.sls.SLSSampler` (the same proposal loop, reward part and
 mutations) plus a hierarchy of agents (:mod:`~compsearch.search.rl.hierarchy`) built from
@@ -21,8 +22,8 @@ part            ``hirl`` (default)                     ``hirl-full`` (the hierar
 
 The default is ``hirl-full`` with three parts swapped as the benchmark suite's single-part
 ablations of ``hirl-full`` suggest (README, "Benchmark suite"): averaged over its four problems
-the high level and the Fisher prior did not raise the final hypervolume, the mutations did. ``hirl-full`` and its ablations
-(:mod:`~compsearch.search.hirl.variants`) stay registered.
+the high level and the Fisher prior did not raise the final hypervolume, the mutations did.
+``hirl-full`` and its ablations (:mod:`~compsearch.search.hirl.variants`) stay registered.
 
 After every refit of the rewards the agents train: by PPO against the surrogate
 (``replay_iterations`` PPO iterations the first time in a process, then ``iterations``, of

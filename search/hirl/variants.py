@@ -3,12 +3,11 @@
 =================== ======================================================================
 name                parts
 =================== ======================================================================
-``hirl``            :func:`default_parts`: agents, greedy
-                    rollout and mutations of the best trials scored by the surrogate; no
-                    high level, no Fisher prior
-``hirl-full``       :func:`full_parts`: the hierarchy as
-                    HiReLC describes it (high level of K=3 voting agents, Fisher prior),
-                    proposals from the agents and their greedy rollout only
+``hirl``            :func:`default_parts`: agents, greedy rollout and mutations of the best
+                    trials scored by the surrogate; no high level, no Fisher prior
+``hirl-full``       :func:`full_parts`: the hierarchy as HiReLC describes it (high level of
+                    K=3 voting agents, Fisher prior), proposals from the agents and their
+                    greedy rollout only
 ``hirl-mutations``  ``hirl-full``, and the pool also holds 16 one-/two-choice mutations of the
                     4 best trials (as ``sls``)
 ``hirl-flat``       ``hirl-full`` without the high level: every block's budget is the global target
