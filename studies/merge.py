@@ -185,11 +185,11 @@ def _counted(storage: optuna.storages.BaseStorage, name: str) -> tuple[int, Any]
     return sum(counts_toward_budget(t) for t in study.get_trials(deepcopy=False)), study.user_attrs.get(runfile.RUN_ATTR)
 
 
-def _studies(storage: optuna.storages.BaseStorage) -> dict[str, int]:
-    """``name -> number of trials`` of every study in ``storage``."""
+def _studies(storage: optuna.storages.BaseStorage) -> set[str]:
+    """The names of every study in ``storage`` (no trial is read)."""
     import optuna
 
-    return {s.study_name: s.n_trials for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
+    return set(optuna.get_all_study_names(storage))
 
 
 def _select(names: Sequence[str], src: Mapping[str, Any], strategies: Sequence[str] | None,
@@ -280,11 +280,12 @@ def merge_run(src: str | Path, dst: str | Path, *, strategies: Sequence[str] | N
     if src_url == dst_url:
         raise ConfigError(f"SRC and DST keep their studies in one storage ({redact(dst_url)}): there is nothing to copy")
     src_storage, dst_storage = open_storage(src_url, out_dir=src_dir), open_storage(dst_url, out_dir=dst_dir)
-    names = _select(list(_studies(src_storage)), src_run, strategies, src_storage)
+    names = _select(sorted(_studies(src_storage)), src_run, strategies, src_storage)
     result = _merge_studies(names, src_storage, dst_storage, src_id=src_run["run_id"], dst_id=dst_run["run_id"])
     states = _copy_states(src_dir, dst_dir, list(result.copied))
     caches = {name: _merge_json(src_dir, dst_dir, name) for name in JSON_CACHES}
-    seeds, added = _update_run_file(dst_dir, src_dir, src_run, result, _studies(dst_storage))
+    counts = {name: runfile.n_trials(dst_storage, name) for name in [*result.copied, *result.skipped_present]}
+    seeds, added = _update_run_file(dst_dir, src_dir, src_run, result, counts)
     return replace(result, copied_states=states, seeds_added=tuple(seeds), strategies_added=tuple(added),
                    cache_entries=caches)
 

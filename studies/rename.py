@@ -113,7 +113,7 @@ def rename_strategies(folder: str | Path, renames: Mapping[str, str]) -> dict[st
                 continue
             target = study_name(new, seed)
             with quiet_optuna():
-                if target not in optuna.get_all_study_names(storage):
+                if target not in _studies(storage):
                     optuna.copy_study(from_study_name=name, from_storage=storage, to_storage=storage, to_study_name=target)
                     copy = optuna.load_study(study_name=target, storage=storage)
                     copy.set_user_attr("strategy", new)

@@ -144,7 +144,7 @@ def check_studies(out_dir: str | Path, url: str, names: Sequence[str] = ()) -> N
             raise _refuse(url, f"does not exist (run.json recorded {sum(map(int, counts.values()))} trials in it)")
         return  # a new file storage: nothing to compare
     storage = open_storage(url, out_dir=out_dir)
-    present = {s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
+    present = set(optuna.get_all_study_names(storage))
     for name in sorted(set(names) & present - set(counts)):
         stamp = optuna.load_study(study_name=name, storage=storage).user_attrs.get(RUN_ATTR)
         if stamp is not None and stamp != record.get("run_id"):
