@@ -122,8 +122,7 @@ class SLSSampler(CompressionSampler):
         self._ready = False
         self._trained_n: int | None = None
         self._rounds = 0
-        self._origins: dict[tuple[tuple[str, Any], ...], str] = {}
-        self._last: tuple[tuple[tuple[str, Any], ...], str] | None = None  # the last proposal's key and origin
+        self._last: tuple[tuple[tuple[str, Any], ...], str] | None = None  # this call's proposal: key, origin
         self.origins: dict[int, str] = {}
         self.retrain_seconds: list[float] = []
 
@@ -203,17 +202,17 @@ class SLSSampler(CompressionSampler):
         return self._tag(self.random_params({params_key(self.space.params_from_actions(list(a))) for a in avoid}), origin)
 
     def _tag(self, params: dict[str, Any], origin: str) -> dict[str, Any]:
-        self._origins[params_key(params)] = origin
         self._last = (params_key(params), origin)
         return params
 
     def sample_relative(self, study: Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
-        params = super().sample_relative(study, trial, search_space)
-        origin = self._origins.pop(params_key(params), None) if params else None
-        if origin is None and params and self._last is not None:  # distinct() changed the proposal
-            self._origins.pop(self._last[0], None)
-            origin = f"{self._last[1]}+distinct"
         self._last = None
+        params = super().sample_relative(study, trial, search_space)  # proposes (and tags) at most once
+        origin = None
+        if params and self._last is not None:
+            key, origin = self._last
+            if key != params_key(params):  # distinct() changed the proposal
+                origin = f"{origin}+distinct"
         if origin is not None:
             from compsearch import optuna_compat
 
