@@ -10,7 +10,10 @@ other with an (in-memory, by default) Optuna study:
   metric dict (``NNIReporter`` reports all metrics with ``"default"`` = the first
   objective), so a multi-objective study is told every objective; the metrics and the
   constraint values are recorded through :mod:`compsearch.record`;
-* ``trial_end(id, success=False)`` -> FAILED with ``fail_reason``;
+* ``trial_end(id, success=False)`` -> FAILED with ``fail_reason``; ``trial_end(id, success=True)``
+  before the final result (NNI's manager may send a trial's metrics after its end event) waits
+  for the result: the trial is FAILED ("ended without a final result") only if none arrived
+  ``result_grace`` seconds after the end, checked whenever NNI next calls the tuner;
 * the budget: after ``n_trials`` asks, ``nni.NoMoreTrialError``.
 
 This module imports ``nni`` (needed to subclass its ``Tuner``); import it only where
@@ -22,6 +25,7 @@ instantiates from JSON ``class_args``, and the NNI host.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -73,6 +77,8 @@ class StrategyTuner(Tuner):
         state_dir: a run folder: after every told trial, a learning strategy's state (``hirl``,
             ``n2n``) is saved to ``<state_dir>/strategy_state/<study>.pt`` (the sampler lives in
             this tuner's process, so only the tuner can save it), for a later ``warm_start``.
+        result_grace: seconds a trial that NNI reported SUCCEEDED may wait for its final result
+            before it is told FAILED.
         **options: the strategy's options (unknown ones raise ``TypeError``).
     """
 
@@ -90,6 +96,7 @@ class StrategyTuner(Tuner):
         study_name: str | None = None,
         study: optuna.Study | None = None,
         state_dir: str | Path | None = None,
+        result_grace: float = 60.0,
         **options: Any,
     ) -> None:
         import optuna
@@ -114,6 +121,8 @@ class StrategyTuner(Tuner):
                                              load_if_exists=study_name is not None)
         record.setup_study(self.study, self.objectives, self.bounds)
         self.running: dict[int, optuna.Trial] = {}
+        self.ended: dict[int, float] = {}  # parameter id -> when NNI said it SUCCEEDED, its result not yet here
+        self.result_grace = float(result_grace)
         self.asked = 0
         self.state_dir = state_dir
 
@@ -138,6 +147,7 @@ class StrategyTuner(Tuner):
         is told at once, and the next trial is asked."""
         from compsearch.evaluators.objective import suggest_policy
 
+        self._fail_overdue()
         while True:
             if self.n_trials is not None and self.asked >= self.n_trials:
                 raise nni.NoMoreTrialError(f"budget of {self.n_trials} trials used")
@@ -155,6 +165,8 @@ class StrategyTuner(Tuner):
     def receive_trial_result(self, parameter_id: int, parameters: dict[str, Any], value: Any, **kwargs: Any) -> None:
         """Tell the study the trial's objective values (from the full final metric dict)."""
         trial = self.running.pop(int(parameter_id), None)
+        self.ended.pop(int(parameter_id), None)
+        self._fail_overdue()
         if trial is None:
             return  # a customized trial NNI did not get from this tuner
         metrics = metrics_of(value, self.objectives[0][0])
@@ -168,12 +180,27 @@ class StrategyTuner(Tuner):
         self._save_state()
 
     def trial_end(self, parameter_id: int, success: bool, **kwargs: Any) -> None:
-        """A trial that ended without a final result is FAILED (its reason: NNI's trial log)."""
-        trial = self.running.pop(int(parameter_id), None)
-        if trial is not None:
-            reason = "ended without a final result" if success else "the NNI trial failed (see its trial.log)"
-            record.tell_failure(self.study, trial, reason)
-            self._save_state()
+        """A failed trial is FAILED (its reason: NNI's trial log). A succeeded one whose final
+        result has not arrived waits ``result_grace`` seconds for it (NNI's manager may send a
+        trial's metrics after its end event)."""
+        pid = int(parameter_id)
+        if pid in self.running:
+            if success:
+                self.ended[pid] = time.monotonic()
+            else:
+                self._fail(pid, "the NNI trial failed (see its trial.log)")
+        self._fail_overdue()
+
+    def _fail(self, parameter_id: int, reason: str) -> None:
+        self.ended.pop(parameter_id, None)
+        record.tell_failure(self.study, self.running.pop(parameter_id), reason)
+        self._save_state()
+
+    def _fail_overdue(self) -> None:
+        """Tell FAILED every succeeded trial whose final result is ``result_grace`` s overdue."""
+        now = time.monotonic()
+        for pid in [p for p, at in self.ended.items() if now - at >= self.result_grace]:
+            self._fail(pid, f"ended without a final result (none {self.result_grace:g} s after NNI's end event)")
 
     def import_data(self, data: list[dict[str, Any]]) -> None:
         """Add finished ``{"parameter": params, "value": result}`` entries to the study."""

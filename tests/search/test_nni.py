@@ -59,6 +59,22 @@ def test_tuner_asks_tells_the_full_metric_dict_and_stops_at_the_budget(space) ->
     assert t2.state == TrialState.FAIL and t2.user_attrs["fail_reason"].startswith("the NNI trial failed")
 
 
+def test_a_final_result_after_nnis_end_event_is_still_told(space) -> None:
+    # NNI's manager may send a trial's metrics after reporting it SUCCEEDED (its dispatcher says so)
+    tuner = StrategyTuner(space=space, objectives=OBJECTIVES, strategy="random", seed=0, n_trials=4)
+    params = [tuner.generate_parameters(i) for i in range(2)]
+    tuner.trial_end(0, True)
+    assert [t.state for t in tuner.study.get_trials()] == [TrialState.RUNNING] * 2  # waits for the result
+    tuner.receive_trial_result(0, params[0], {"default": 0.8, "accuracy": 0.8, "size_kb": 2.0})
+    assert tuner.study.get_trials()[0].values == [0.8, 2.0] and tuner.ended == {}
+    tuner.result_grace = 0.0  # a succeeded trial whose result never comes fails at the tuner's next call
+    tuner.trial_end(1, True)
+    t1 = tuner.study.get_trials()[1]
+    assert t1.state == TrialState.FAIL and t1.user_attrs["fail_reason"].startswith("ended without a final result")
+    tuner.receive_trial_result(1, params[1], {"default": 0.7, "accuracy": 0.7, "size_kb": 1.0})  # too late: ignored
+    assert [t.state for t in tuner.study.get_trials()] == [TrialState.COMPLETE, TrialState.FAIL]
+
+
 def test_tuner_saves_a_learning_strategys_state_after_every_told_trial(space, tmp_path: Path) -> None:
     from compsearch.search.rl.persist import STATE_DIR, read_state
 
