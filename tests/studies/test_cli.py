@@ -123,7 +123,9 @@ def ray_shutdown():
     ray.shutdown()
 
 
-@pytest.mark.parametrize("backend", ["optuna", "ray"])
+# the ray case is slow (~70 s); the default suite runs the Ray backend in tests/search/test_tune.py and
+# tests/studies/test_ray_cluster.py
+@pytest.mark.parametrize("backend", ["optuna", pytest.param("ray", marks=pytest.mark.slow)])
 def test_run_with_two_workers_then_report(backend: str, tmp_path: Path, ray_shutdown: None, mini_spec,  # noqa: ANN001
                                           capsys: pytest.CaptureFixture[str]) -> None:
     import json
