@@ -39,6 +39,8 @@ Usage::
     .venv/bin/python benchmarks/suite.py --merge runs/suite_b --analyse-only  # bring them back, analyse
     .venv/bin/python benchmarks/suite.py --analyse-only --candidate hirl-front  # a variant judged in hirl's place
     .venv/bin/python benchmarks/suite.py --markdown benchmarks/results/suite.json   # the tables
+    .venv/bin/python benchmarks/suite.py --pool benchmarks/results/suite_every.json \
+        benchmarks/results/suite_heldout_*.json --json benchmarks/results/suite_pooled.json  # seed sets together
 """
 
 from __future__ import annotations
@@ -357,6 +359,9 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--merge", type=Path, metavar="SRC_ROOT", help="first merge every study of SRC_ROOT/<problem> into "
                    "<out>/<problem> (compsearch merge; same spec and base model required), for each problem with one")
     p.add_argument("--markdown", type=Path, metavar="JSON", help="print the tables of a suite JSON as Markdown and exit")
+    p.add_argument("--pool", type=Path, nargs="+", metavar="JSON", help="no evaluation: the candidate against the best "
+                   "non-RL strategy of the first suite JSON, paired over the seeds of every JSON given (seed sets run "
+                   "apart, e.g. fresh seeds); writes --json (default benchmarks/results/suite_pooled.json)")
     return p.parse_args(argv)
 
 
@@ -408,12 +413,75 @@ def merge_sources(src_root: Path, out_root: Path, problems: Sequence[str]) -> No
         _log(f"{p}: merged {_rel(src_root / p)} into {_rel(out_root / p)}: " + "; ".join(result.lines()))
 
 
+def _final_per_seed(problem: Mapping[str, Any], strategy: str) -> dict[int, float]:
+    stats = problem.get("strategies", {}).get(strategy)
+    return {int(k): float(v) for k, v in stats["hv"]["100%"]["per_seed"].items()} if stats else {}
+
+
+def pool_seed_sets(docs: Sequence[tuple[str, Mapping[str, Any]]], candidate: str = "hirl") -> dict[str, Any]:
+    """``candidate`` against the best non-RL strategy over the seeds of several suite documents
+    (``(name, doc)`` pairs), per problem of the first: that one names the best non-RL strategy (its
+    choice, made on its own seeds, is kept for the others), each document adds the seeds where both
+    strategies have a final hypervolume. The documents must share each problem's reference point
+    and budget, and a seed in two documents must hold the same values.
+
+    Raises:
+        ConfigError: a problem's reference point or budget differs between documents, or a seed
+            repeats with other values.
+    """
+    from compsearch.errors import ConfigError
+    from compsearch.studies.significance import paired_comparison
+
+    first_name, first = docs[0]
+    out: dict[str, Any] = {}
+    for name, base in first["problems"].items():
+        best = (base.get("hirl_vs_best_non_rl") or {}).get("best_non_rl")
+        if best is None:
+            continue
+        cand: dict[int, float] = {}
+        other: dict[int, float] = {}
+        sources = []
+        for doc_name, doc in docs:
+            prob = doc.get("problems", {}).get(name)
+            if prob is None:
+                continue
+            for key in ("reference_point", "budget"):
+                if prob.get(key) != base.get(key):
+                    raise ConfigError(f"--pool: {doc_name}: problem {name!r} has {key}={prob.get(key)!r}, "
+                                      f"{first_name} has {base.get(key)!r}; only runs of the same problem pool")
+            c, b = _final_per_seed(prob, candidate), _final_per_seed(prob, best)
+            seeds = sorted(set(c) & set(b))
+            for seed in seeds:
+                for pooled, new in ((cand, c), (other, b)):
+                    if seed in pooled and pooled[seed] != new[seed]:
+                        raise ConfigError(f"--pool: {doc_name}: problem {name!r} seed {seed} differs from an earlier "
+                                          f"file's; give each seed set once")
+                    pooled[seed] = new[seed]
+            sources.append({"file": doc_name, "seeds": seeds})
+        out[name] = {"best_non_rl": best, "chosen_in": first_name, "sources": sources,
+                     "candidate_final_mean": float(np.mean(list(cand.values()))) if cand else None,
+                     "best_non_rl_final_mean": float(np.mean(list(other.values()))) if other else None,
+                     "paired_final_hv": paired_comparison(cand, other)}
+    pairs = [p["paired_final_hv"] for p in out.values() if p["paired_final_hv"].get("seeds")]
+    return {"candidate": candidate, "problems": out,
+            "at_or_above": sum(p["mean_difference"] >= 0 for p in pairs),
+            "ci_above_zero": sum(bool(p["ci_above_zero"]) for p in pairs), "compared": len(pairs)}
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = _parse(argv)
     if args.markdown:
         doc = json.loads(args.markdown.read_text())
         print(markdown(doc))
         return dict(doc)
+    if args.pool:
+        pooled = pool_seed_sets([(_rel(f), json.loads(f.read_text())) for f in args.pool], candidate=args.candidate)
+        pooled["command"] = " ".join(["benchmarks/suite.py", *(sys.argv[1:] if argv is None else argv)])
+        path = args.json or RESULTS / "suite_pooled.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(pooled, indent=1) + "\n")
+        print(json.dumps({k: pooled[k] for k in ("at_or_above", "ci_above_zero", "compared")}, indent=1))
+        return pooled
     problems, strategies, seeds, trials = _settings(args)
     out_root = args.out or ROOT / "runs" / ("suite_quick" if args.quick else "suite")
     json_path = args.json or RESULTS / ("suite_quick.json" if args.quick else "suite.json")

@@ -145,3 +145,45 @@ def test_a_non_rl_candidate_is_refused_naming_the_flag() -> None:
     suite = load_benchmark("suite")
     with pytest.raises(CompsearchError, match=r"--candidate='tpe' is not an RL strategy"):
         suite._settings(suite._parse(["--candidate", "tpe"]))
+
+
+def _doc(hirl: dict[str, float], gp: dict[str, float], *, best: str | None = "gp", ref: float = 0.5) -> dict:
+    """A suite document with one problem, final hypervolumes per seed of hirl and gp."""
+    def stats(per_seed: dict[str, float]) -> dict:
+        return {"hv": {"100%": {"per_seed": per_seed}}}
+
+    return {"problems": {"p": {"budget": 4, "reference_point": {"accuracy": ref},
+                               "hirl_vs_best_non_rl": {"best_non_rl": best},
+                               "strategies": {"hirl": stats(hirl), "gp": stats(gp)}}}}
+
+
+def test_pooled_seed_sets_by_hand(tmp_path: Path) -> None:
+    suite = load_benchmark("suite")
+    # seeds 0-1: differences +0.02, -0.01; seeds 5-6 (the second file, whose own best is ignored): +0.03, 0.00.
+    first = _doc({"0": 0.30, "1": 0.20}, {"0": 0.28, "1": 0.21})
+    fresh = _doc({"5": 0.40, "6": 0.25}, {"5": 0.37, "6": 0.25}, best="tpe")
+    out = suite.pool_seed_sets([("a.json", first), ("b.json", fresh)])
+    p = out["problems"]["p"]
+    assert p["best_non_rl"] == "gp" and [s["seeds"] for s in p["sources"]] == [[0, 1], [5, 6]]
+    pair = p["paired_final_hv"]
+    assert pair["seeds"] == [0, 1, 5, 6]
+    assert pair["differences"] == pytest.approx([0.02, -0.01, 0.03, 0.0])
+    assert pair["mean_difference"] == pytest.approx(0.01)
+    assert (pair["wins"], pair["losses"], pair["ties"]) == (2, 1, 1)
+    assert p["candidate_final_mean"] == pytest.approx(0.2875) and p["best_non_rl_final_mean"] == pytest.approx(0.2775)
+    assert (out["at_or_above"], out["compared"]) == (1, 1)
+    # the command line writes the same document
+    fa, fb, dst = tmp_path / "a.json", tmp_path / "b.json", tmp_path / "pooled.json"
+    fa.write_text(json.dumps(first))
+    fb.write_text(json.dumps(fresh))
+    suite.main(["--pool", str(fa), str(fb), "--json", str(dst)])
+    assert json.loads(dst.read_text())["problems"]["p"]["paired_final_hv"]["mean_difference"] == pytest.approx(0.01)
+
+
+def test_pooling_refuses_other_problems_and_conflicting_seeds() -> None:
+    suite = load_benchmark("suite")
+    first = _doc({"0": 0.30}, {"0": 0.28})
+    with pytest.raises(CompsearchError, match="reference_point"):
+        suite.pool_seed_sets([("a.json", first), ("b.json", _doc({"5": 0.4}, {"5": 0.3}, ref=0.6))])
+    with pytest.raises(CompsearchError, match="seed 0 differs"):
+        suite.pool_seed_sets([("a.json", first), ("b.json", _doc({"0": 0.31}, {"0": 0.28}))])
