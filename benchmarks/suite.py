@@ -418,6 +418,20 @@ def _final_per_seed(problem: Mapping[str, Any], strategy: str) -> dict[int, floa
     return {int(k): float(v) for k, v in stats["hv"]["100%"]["per_seed"].items()} if stats else {}
 
 
+def _suite_json(path: Path) -> dict[str, Any]:
+    """A suite JSON (``--pool``), or a :class:`ConfigError` naming the file and the fix."""
+    from compsearch.errors import ConfigError
+
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"--pool: cannot read {path} as JSON ({e}); give suite result files such as "
+                          f"benchmarks/results/suite_every.json") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("problems"), dict):
+        raise ConfigError(f"--pool: {path} has no 'problems' mapping: not a benchmarks/suite.py result")
+    return doc
+
+
 def pool_seed_sets(docs: Sequence[tuple[str, Mapping[str, Any]]], candidate: str = "hirl") -> dict[str, Any]:
     """``candidate`` against the best non-RL strategy over the seeds of several suite documents
     (``(name, doc)`` pairs), per problem of the first: that one names the best non-RL strategy (its
@@ -475,7 +489,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         print(markdown(doc))
         return dict(doc)
     if args.pool:
-        pooled = pool_seed_sets([(_rel(f), json.loads(f.read_text())) for f in args.pool], candidate=args.candidate)
+        from compsearch.errors import ConfigError
+
+        if not is_rl(args.candidate):
+            raise ConfigError(f"--candidate={args.candidate!r} is not an RL strategy (hirl, a hirl-* variant, amc or haq)")
+        pooled = pool_seed_sets([(_rel(f), _suite_json(f)) for f in args.pool], candidate=args.candidate)
         pooled["command"] = " ".join(["benchmarks/suite.py", *(sys.argv[1:] if argv is None else argv)])
         path = args.json or RESULTS / "suite_pooled.json"
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -187,3 +187,16 @@ def test_pooling_refuses_other_problems_and_conflicting_seeds() -> None:
         suite.pool_seed_sets([("a.json", first), ("b.json", _doc({"5": 0.4}, {"5": 0.3}, ref=0.6))])
     with pytest.raises(CompsearchError, match="seed 0 differs"):
         suite.pool_seed_sets([("a.json", first), ("b.json", _doc({"0": 0.31}, {"0": 0.28}))])
+
+
+def test_pool_names_a_file_that_is_not_a_suite_result(tmp_path: Path) -> None:
+    suite = load_benchmark("suite")
+    bad, other = tmp_path / "bad.json", tmp_path / "other.json"
+    bad.write_text("{not json")
+    other.write_text(json.dumps({"trials": 3}))
+    with pytest.raises(CompsearchError, match="--pool: cannot read .*bad.json"):
+        suite.main(["--pool", str(bad)])
+    with pytest.raises(CompsearchError, match="other.json has no 'problems'"):
+        suite.main(["--pool", str(other)])
+    with pytest.raises(CompsearchError, match="--candidate='gp' is not an RL strategy"):
+        suite.main(["--pool", str(other), "--candidate", "gp"])
