@@ -378,11 +378,18 @@ def _settings(args: argparse.Namespace) -> tuple[list[str], list[str], list[int]
     for flag, value in (("--seeds", seeds), ("--trials", trials)):
         if value < 1:
             raise ConfigError(f"{flag}={value} must be at least 1")
-    if not is_rl(args.candidate):
-        raise ConfigError(f"--candidate={args.candidate!r} is not an RL strategy (hirl, a hirl-* variant, amc or haq); "
-                          f"the comparison is against the best non-RL strategy")
+    _check_candidate(args.candidate)
     chosen = _seed_list(args.seed_list) if args.seed_list is not None else list(range(seeds))
     return problems, strategies, chosen, trials
+
+
+def _check_candidate(candidate: str) -> None:
+    """``--candidate`` must be an RL strategy: it is compared with the best non-RL one."""
+    from compsearch.errors import ConfigError
+
+    if not is_rl(candidate):
+        raise ConfigError(f"--candidate={candidate!r} is not an RL strategy (hirl, a hirl-* variant, amc or haq); "
+                          f"the comparison is against the best non-RL strategy")
 
 
 def _seed_list(text: str) -> list[int]:
@@ -489,10 +496,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         print(markdown(doc))
         return dict(doc)
     if args.pool:
-        from compsearch.errors import ConfigError
-
-        if not is_rl(args.candidate):
-            raise ConfigError(f"--candidate={args.candidate!r} is not an RL strategy (hirl, a hirl-* variant, amc or haq)")
+        _check_candidate(args.candidate)
         pooled = pool_seed_sets([(_rel(f), _suite_json(f)) for f in args.pool], candidate=args.candidate)
         pooled["command"] = " ".join(["benchmarks/suite.py", *(sys.argv[1:] if argv is None else argv)])
         path = args.json or RESULTS / "suite_pooled.json"
