@@ -425,17 +425,17 @@ def _final_per_seed(problem: Mapping[str, Any], strategy: str) -> dict[int, floa
     return {int(k): float(v) for k, v in stats["hv"]["100%"]["per_seed"].items()} if stats else {}
 
 
-def _suite_json(path: Path) -> dict[str, Any]:
-    """A suite JSON (``--pool``), or a :class:`ConfigError` naming the file and the fix."""
+def _suite_json(path: Path, flag: str = "--pool") -> dict[str, Any]:
+    """A suite JSON (read for ``flag``), or a :class:`ConfigError` naming the flag, the file and the fix."""
     from compsearch.errors import ConfigError
 
     try:
         doc = json.loads(path.read_text())
     except (OSError, ValueError) as e:
-        raise ConfigError(f"--pool: cannot read {path} as JSON ({e}); give suite result files such as "
+        raise ConfigError(f"{flag}: cannot read {path} as JSON ({e}); give suite result files such as "
                           f"benchmarks/results/suite_every.json") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("problems"), dict):
-        raise ConfigError(f"--pool: {path} has no 'problems' mapping: not a benchmarks/suite.py result")
+        raise ConfigError(f"{flag}: {path} has no 'problems' mapping: not a benchmarks/suite.py result")
     return doc
 
 
@@ -492,7 +492,7 @@ def pool_seed_sets(docs: Sequence[tuple[str, Mapping[str, Any]]], candidate: str
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = _parse(argv)
     if args.markdown:
-        doc = json.loads(args.markdown.read_text())
+        doc = _suite_json(args.markdown, "--markdown")
         print(markdown(doc))
         return dict(doc)
     if args.pool:

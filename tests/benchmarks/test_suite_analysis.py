@@ -189,7 +189,7 @@ def test_pooling_refuses_other_problems_and_conflicting_seeds() -> None:
         suite.pool_seed_sets([("a.json", first), ("b.json", _doc({"0": 0.31}, {"0": 0.28}))])
 
 
-def test_pool_names_a_file_that_is_not_a_suite_result(tmp_path: Path) -> None:
+def test_pool_and_markdown_name_a_file_that_is_not_a_suite_result(tmp_path: Path) -> None:
     suite = load_benchmark("suite")
     bad, other = tmp_path / "bad.json", tmp_path / "other.json"
     bad.write_text("{not json")
@@ -200,3 +200,7 @@ def test_pool_names_a_file_that_is_not_a_suite_result(tmp_path: Path) -> None:
         suite.main(["--pool", str(other)])
     with pytest.raises(CompsearchError, match="--candidate='gp' is not an RL strategy"):
         suite.main(["--pool", str(other), "--candidate", "gp"])
+    with pytest.raises(CompsearchError, match="--markdown: cannot read .*missing.json"):
+        suite.main(["--markdown", str(tmp_path / "missing.json")])
+    with pytest.raises(CompsearchError, match="--markdown: .*other.json has no 'problems'"):
+        suite.main(["--markdown", str(other)])
