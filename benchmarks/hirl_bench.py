@@ -48,7 +48,7 @@ import torch
 
 SPACE_CHOICES = dict(w_bits=(2, 3, 4, 5, 6, 8, 32), a_bits=(4, 8, 32), keep=(0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0))
 OBJECTIVES = (("accuracy", "maximize"), ("size_kb", "minimize"))
-RL = ("hirl", "hirl-full", "hirl-mutations", "hirl-flat", "hirl-real", "hirl-nofisher", "hirl-curriculum", "hirl-front", "amc", "haq")
+RL = ("hirl", "hirl-full", "hirl-mutations", "hirl-flat", "hirl-real", "hirl-nofisher", "hirl-curriculum", "hirl-front", "hirl-sweep", "amc", "haq")
 ORIGIN_ATTR = "compsearch:proposal_origin"
 
 

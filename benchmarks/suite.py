@@ -62,7 +62,7 @@ SUITE_DIR = ROOT / "studies" / "suite"
 PROBLEMS = ("digits_cnn", "digits_resnet", "digits_vit", "cartpole")
 # hirl and the non-RL strategies first: an unfinished seed then holds the main comparison.
 STRATEGIES = ("hirl", "sls", "tpe", "nsga2", "bo", "gp", "random", "hirl-full",
-              "hirl-mutations", "hirl-flat", "hirl-real", "hirl-nofisher", "hirl-curriculum", "hirl-front", "haq", "amc")
+              "hirl-mutations", "hirl-flat", "hirl-real", "hirl-nofisher", "hirl-curriculum", "hirl-front", "hirl-sweep", "haq", "amc")
 #: the strategy the ablations (``hirl-*``, and ``hirl`` itself) each change parts of
 ABLATION_BASE = "hirl-full"
 QUICK_PROBLEMS = ("digits_cnn", "cartpole")
@@ -442,9 +442,11 @@ def _suite_json(path: Path, flag: str = "--pool") -> dict[str, Any]:
 def pool_seed_sets(docs: Sequence[tuple[str, Mapping[str, Any]]], candidate: str = "hirl") -> dict[str, Any]:
     """``candidate`` against the best non-RL strategy over the seeds of several suite documents
     (``(name, doc)`` pairs), per problem of the first: that one names the best non-RL strategy (its
-    choice, made on its own seeds, is kept for the others), each document adds the seeds where both
-    strategies have a final hypervolume. The documents must share each problem's reference point
-    and budget, and a seed in two documents must hold the same values.
+    choice, made on its own seeds, is kept for the others). Each strategy's final hypervolumes are
+    gathered per seed over all documents (so the candidate may come from one run and the
+    baseline from another) and paired on the seeds both have. The documents must share each
+    problem's reference point and budget, and a strategy's seed in two documents must hold the
+    same value.
 
     Raises:
         ConfigError: a problem's reference point or budget differs between documents, or a seed
@@ -470,15 +472,18 @@ def pool_seed_sets(docs: Sequence[tuple[str, Mapping[str, Any]]], candidate: str
                 if prob.get(key) != base.get(key):
                     raise ConfigError(f"--pool: {doc_name}: problem {name!r} has {key}={prob.get(key)!r}, "
                                       f"{first_name} has {base.get(key)!r}; only runs of the same problem pool")
-            c, b = _final_per_seed(prob, candidate), _final_per_seed(prob, best)
-            seeds = sorted(set(c) & set(b))
-            for seed in seeds:
-                for pooled, new in ((cand, c), (other, b)):
-                    if seed in pooled and pooled[seed] != new[seed]:
-                        raise ConfigError(f"--pool: {doc_name}: problem {name!r} seed {seed} differs from an earlier "
-                                          f"file's; give each seed set once")
-                    pooled[seed] = new[seed]
-            sources.append({"file": doc_name, "seeds": seeds})
+            found = {}
+            for strategy, pooled in ((candidate, cand), (best, other)):
+                new = _final_per_seed(prob, strategy)
+                for seed, value in new.items():
+                    if seed in pooled and pooled[seed] != value:
+                        raise ConfigError(f"--pool: {doc_name}: problem {name!r} {strategy} seed {seed} differs from an "
+                                          f"earlier file's; give each seed set once")
+                    pooled[seed] = value
+                found[strategy] = sorted(new)
+            sources.append({"file": doc_name, "seeds": found})
+        paired = sorted(set(cand) & set(other))
+        cand, other = {s: cand[s] for s in paired}, {s: other[s] for s in paired}
         out[name] = {"best_non_rl": best, "chosen_in": first_name, "sources": sources,
                      "candidate_final_mean": float(np.mean(list(cand.values()))) if cand else None,
                      "best_non_rl_final_mean": float(np.mean(list(other.values()))) if other else None,

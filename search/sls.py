@@ -8,9 +8,11 @@ Per trial (``propose``), after ``startup_trials`` random ones:
    the proxy of random policies before ``min_real`` real evaluations) and :meth:`SLSSampler._train`
    runs (nothing here; the agents' training in ``hirl``);
 2. the proposal sources (:mod:`~compsearch.search.rl.proposals`) give candidates for this
-   proposal's goal (a budget target swept log-evenly over the cost range, or Chebyshev
-   weights), the reward part scores them (surrogate-predicted quality + exact cost), and the
-   best candidate that no finished or running trial has is proposed.
+   proposal's goal (from the ``goals`` part, :mod:`~compsearch.search.rl.goals`: a budget
+   target swept log-evenly over the cost range, or Chebyshev weights; ``hirl``'s default also
+   aims targets at the front's gaps when quality saturates), the reward part scores them
+   (surrogate-predicted quality + exact cost), and the best candidate that no finished or
+   running trial has is proposed.
 
 ``sls`` uses two sources: ``random`` points and ``mutation``s of the best finished trials
 (the same surrogate and mutations as ``hirl``, no agents). Where each proposal came from
@@ -32,6 +34,7 @@ from compsearch.errors import check_int_at_least, check_keywords
 from compsearch.search.common import CompressionSampler, Observation, params_key
 from compsearch.search.registry import DEFAULT_OBJECTIVES, SearchContext, register_strategy
 from compsearch.search.rl.critic import SurrogateRewards
+from compsearch.search.rl.goals import SweepGoals
 from compsearch.search.rl.layout import BlockLayout, block_layout
 from compsearch.search.rl.objective import StrategyObjective
 from compsearch.search.rl.options import route_options
@@ -100,6 +103,7 @@ class SLSSampler(CompressionSampler):
         config: :class:`SLSConfig`.
         rewards: the reward part (:class:`~compsearch.search.rl.critic.SurrogateRewards`).
         sources: the proposal sources (default: 64 random points and 16 mutations).
+        goals: where each proposal's goal comes from (:mod:`~compsearch.search.rl.goals`; default the sweep).
         objectives: ``(metric, direction)`` in the study's value order.
         constraints: ``max_<metric>`` / ``min_<metric>`` bounds.
         context: a full :class:`SearchContext` (overrides the arguments above it).
@@ -107,7 +111,7 @@ class SLSSampler(CompressionSampler):
 
     def __init__(
         self, space: Space, *, evaluator: Any = None, seed: int | None = None, config: SLSConfig | None = None,
-        rewards: Any = None, sources: Sequence[Any] | None = None, objectives: Sequence[tuple[str, str]] = DEFAULT_OBJECTIVES,
+        rewards: Any = None, sources: Sequence[Any] | None = None, goals: Any = None, objectives: Sequence[tuple[str, str]] = DEFAULT_OBJECTIVES,
         constraints: Mapping[str, float] | None = None, context: SearchContext | None = None,
     ) -> None:
         ctx = context or SearchContext(space=space, seed=seed, evaluator=evaluator, objectives=tuple(objectives), constraints=dict(constraints or {}))
@@ -116,6 +120,7 @@ class SLSSampler(CompressionSampler):
         self.seed = resolve_seed(ctx.seed)
         self.rewards = rewards if rewards is not None else SurrogateRewards()
         self.sources = tuple(sources) if sources is not None else (RandomProposals(), MutationProposals())
+        self.goals = goals if goals is not None else SweepGoals()
         self._check_sources()
         self._objective: StrategyObjective | None = None
         self._critic: Any = None
@@ -137,7 +142,7 @@ class SLSSampler(CompressionSampler):
     def from_context(cls, ctx: SearchContext, **options: Any) -> SLSSampler:
         """Registry factory: ``options`` are :class:`SLSConfig` fields, the parts ``rewards`` /
         ``sources``, or the aliases of :data:`SLS_ALIASES` (see :mod:`~compsearch.search.rl.options`)."""
-        parts = {"rewards": SurrogateRewards(), "sources": (RandomProposals(), MutationProposals())}
+        parts = {"rewards": SurrogateRewards(), "sources": (RandomProposals(), MutationProposals()), "goals": SweepGoals()}
         config, parts = route_options("sls", SLSConfig(), parts, {k: v for k, v in options.items() if k != "config"}, SLS_ALIASES)
         if "config" in options:
             config = options["config"]
@@ -175,7 +180,7 @@ class SLSSampler(CompressionSampler):
             if not self._ready:
                 return self._random(avoid, "startup")
             index = len(history) + len(pending)
-            goal = obj.proposal_goal(index)
+            goal = self.goals.goal(obj, history, index, self.seed)
             ctx = PoolContext(obj, history, goal, np.random.default_rng([self.seed, index, 5]), self._hierarchy())
             self._before_pick(index)
             got = pick(self.sources, ctx, avoid, lambda c, n: self._critic.scores(obj, c, n, goal, history))

@@ -96,7 +96,7 @@ class HiRLSampler(SLSSampler):
         sensitivity: unit name -> Fisher sensitivity (overrides ``evaluator.sensitivity()``).
         seed: fixes every random choice (None = nondeterministic).
         config: :class:`HiRLConfig`.
-        allocation, low_level, rewards, prior, sources, curriculum: the parts (module docstring).
+        allocation, low_level, rewards, prior, sources, curriculum, goals: the parts (module docstring).
         objectives: ``(metric, direction)`` in the study's value order.
         constraints: ``max_<metric>`` / ``min_<metric>`` bounds, e.g. ``{"max_size_kb": 4.0}``.
         context: a full :class:`SearchContext` (overrides the arguments above it).
@@ -109,7 +109,7 @@ class HiRLSampler(SLSSampler):
     def __init__(
         self, space: Any, *, evaluator: Any = None, sensitivity: Mapping[str, float] | None = None, seed: int | None = None,
         config: HiRLConfig | None = None, allocation: Any = None, low_level: Any = None, rewards: Any = None, prior: Any = None,
-        sources: Sequence[Any] | None = None, curriculum: Any = None, objectives: Sequence[tuple[str, str]] = DEFAULT_OBJECTIVES,
+        sources: Sequence[Any] | None = None, curriculum: Any = None, goals: Any = None, objectives: Sequence[tuple[str, str]] = DEFAULT_OBJECTIVES,
         constraints: Mapping[str, float] | None = None, context: SearchContext | None = None,
         warm_start: str | None = None, name: str = "hirl",
     ) -> None:
@@ -119,7 +119,7 @@ class HiRLSampler(SLSSampler):
             raise TypeError(f"config must be a HiRLConfig, got {type(config).__name__}")
         super().__init__(
             space, evaluator=evaluator, seed=seed, config=config, rewards=rewards or d["rewards"],
-            sources=sources if sources is not None else d["sources"], objectives=objectives, constraints=constraints, context=context,
+            sources=sources if sources is not None else d["sources"], goals=goals or d["goals"], objectives=objectives, constraints=constraints, context=context,
         )
         self.config: HiRLConfig = config
         self.allocation = allocation or d["allocation"]

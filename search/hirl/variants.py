@@ -4,7 +4,11 @@
 name                parts
 =================== ======================================================================
 ``hirl``            :func:`default_parts`: agents, greedy rollout and mutations of the best
-                    trials scored by the surrogate; no high level, no Fisher prior
+                    trials scored by the surrogate; no high level, no Fisher prior; budget
+                    targets at the front's gaps as often as quality saturates
+                    (:class:`~compsearch.search.rl.goals.SaturationGaps`)
+``hirl-sweep``      ``hirl`` with every budget target from the sweep (the default before
+                    saturation gaps; :class:`~compsearch.search.rl.goals.SweepGoals`)
 ``hirl-full``       :func:`full_parts`: the hierarchy as HiReLC describes it (high level of
                     K=3 voting agents, Fisher prior), proposals from the agents and their
                     greedy rollout only
@@ -18,9 +22,10 @@ name                parts
                     gain (:class:`~compsearch.search.rl.critic.FrontRewards`), not the best for its goal
 =================== ======================================================================
 
-The ablations change one part of ``hirl-full`` each; ``hirl`` is ``hirl-full`` with the three
-parts they did not credit swapped at once (``hirl-mutations`` + ``hirl-flat`` +
-``hirl-nofisher``), measured as a whole since the parts' effects need not add up. ``sls``
+The ablations change one part of ``hirl-full`` each; ``hirl-sweep`` is ``hirl-full`` with the
+three parts they did not credit swapped at once (``hirl-mutations`` + ``hirl-flat`` +
+``hirl-nofisher``), measured as a whole since the parts' effects need not add up, and ``hirl``
+is ``hirl-sweep`` with saturation gaps (measured against it on fresh seeds). ``sls``
 (:mod:`compsearch.search.sls`) proposes only random points and mutations, scored by the same
 surrogate: beside ``hirl-full`` and ``hirl-mutations`` it separates what the agents contribute.
 """
@@ -38,6 +43,7 @@ from compsearch.search.rl.critic import (
     RealRewards,
     SurrogateRewards,
 )
+from compsearch.search.rl.goals import SaturationGaps, SweepGoals
 from compsearch.search.rl.ppo import SharedLowLevel
 from compsearch.search.rl.proposals import AgentProposals, GreedyProposal, MutationProposals
 from compsearch.search.rl.state import FisherPrior, NoPrior
@@ -48,6 +54,7 @@ def default_parts() -> dict[str, Any]:
     return {
         "allocation": FixedAllocation(), "low_level": SharedLowLevel(), "rewards": SurrogateRewards(), "prior": NoPrior(),
         "sources": (AgentProposals(), GreedyProposal(), MutationProposals()), "curriculum": NoCurriculum(),
+        "goals": SaturationGaps(),
     }
 
 
@@ -55,6 +62,7 @@ def full_parts() -> dict[str, Any]:
     """The parts of ``hirl-full``, the hierarchy as HiReLC describes it (module docstring)."""
     return {
         **default_parts(), "allocation": EnsembleAllocation(), "prior": FisherPrior(), "sources": (AgentProposals(), GreedyProposal()),
+        "goals": SweepGoals(),
     }
 
 
@@ -68,6 +76,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "hirl-nofisher": {**FULL, "prior": NoPrior()},
     "hirl-curriculum": {**FULL, "curriculum": BudgetCurriculum()},
     "hirl-front": {**FULL, "rewards": FrontRewards()},
+    "hirl-sweep": {**default_parts(), "goals": SweepGoals()},
 }
 
 

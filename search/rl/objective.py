@@ -7,7 +7,9 @@ surrogate. One *goal* ``g`` in ``(0, 1]`` conditions each episode and proposal:
 
 * ``budget`` mode: ``g = T``, the target of the primary cost ratio. Proposal ``n``
   uses ``T = sweep_target(vdc(n + 1), r_min, r_max)`` (``vdc`` = base-2 van der Corput),
-  so successive proposals spread log-evenly along the cost axis of the front; training
+  so successive proposals spread log-evenly along the cost axis of the front (the default
+  ``goals`` part of ``hirl``, :mod:`~compsearch.search.rl.goals`, replaces some of these by
+  :meth:`StrategyObjective.gap_goal` when quality saturates); training
   episodes draw ``T`` log-uniformly from the same range (goal-conditioned agents).
   ``r_min`` is the ratio of the cheapest choices, ``r_max`` = 1 or the constraint's ratio.
 * ``chebyshev`` mode: ``g = w_0``, the weight of the first objective; the others share
@@ -127,6 +129,44 @@ class StrategyObjective:
     def proposal_goal(self, index: int) -> float:
         """Goal of proposal number ``index`` (low-discrepancy sweep)."""
         return float(self._goal(np.array([van_der_corput(index + 1)]), self.ratio_min)[0])
+
+    def saturation(self, history: Sequence[Observation]) -> float:
+        """Fraction of the finished trials (finite learned values) whose first learned objective
+        ties its best value (within ``1e-9`` relative); 0 with none."""
+        _, y = self._finished(history)
+        if not len(y):
+            return 0.0
+        top = float(y[:, 0].max())
+        return float(np.mean(y[:, 0] >= top - 1e-9 * max(1.0, abs(top))))
+
+    def gap_goal(self, history: Sequence[Observation]) -> float | None:
+        """Budget target aimed at the largest gap of the feasible front of the finished trials.
+
+        The front (cost ratio up, first learned objective up, constraint-feasible, ratio at most
+        ``ratio_max``) splits the cost axis at its points, from ``ratio_min``: each gap is the
+        rectangle between two consecutive points (the first from ``ratio_min`` and the worst
+        quality seen), sized in log cost ratio over ``log(ratio_max / ratio_min)`` times quality
+        over the seen range. Returns the geometric midpoint of the largest gap's cost interval,
+        or None with no feasible trial or no gap of positive size.
+        """
+        actions, y = self._finished(history)
+        if not len(y):
+            return None
+        metrics = self.cost.metrics(actions)
+        ratio, q = self._ratio(actions, metrics), y[:, 0]
+        ok = (self._violation(y, metrics) <= 0) & (ratio <= self.ratio_max * (1 + 1e-9))
+        if not ok.any():
+            return None
+        edges_r, edges_q = [max(self.ratio_min, 1e-12)], [float(q.min())]
+        for i in np.lexsort((-q[ok], ratio[ok])):
+            if q[ok][i] > edges_q[-1] or len(edges_r) == 1:
+                edges_r.append(float(ratio[ok][i]))
+                edges_q.append(float(q[ok][i]))
+        r, qq = np.array(edges_r), np.array(edges_q)
+        width = np.log(np.maximum(r[1:], r[:-1]) / r[:-1]) / max(np.log(self.ratio_max / r[0]), 1e-12)
+        area = width * (qq[1:] - qq[:-1]) / max(float(np.ptp(q)), 1e-12)
+        k = int(np.argmax(area))
+        return float(np.sqrt(r[k] * r[k + 1])) if area[k] > 0 else None
 
     def _chebyshev(self, goals: np.ndarray) -> np.ndarray:
         m = len(self.objectives)

@@ -1,7 +1,7 @@
 """Strategy options from a spec or ``get_strategy(..., **options)`` routed onto config and parts.
 
 A strategy built from parts (allocator, low level, rewards, prior, proposal sources,
-curriculum) takes as options: a part by its name (an object, e.g. ``rewards=RealRewards()``),
+curriculum, goals) takes as options: a part by its name (an object, e.g. ``rewards=RealRewards()``),
 a field of its frozen config (``startup_trials=5``), or a short *alias* for one field of one part
 (``k=5`` sets ``EnsembleAllocation.k``, ``pool=32`` sets ``AgentProposals.n``), so a TOML spec can
 tune the parts with plain values. A source alias set to 0 drops that source (``mutations=0``).

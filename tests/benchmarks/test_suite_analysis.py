@@ -164,7 +164,7 @@ def test_pooled_seed_sets_by_hand(tmp_path: Path) -> None:
     fresh = _doc({"5": 0.40, "6": 0.25}, {"5": 0.37, "6": 0.25}, best="tpe")
     out = suite.pool_seed_sets([("a.json", first), ("b.json", fresh)])
     p = out["problems"]["p"]
-    assert p["best_non_rl"] == "gp" and [s["seeds"] for s in p["sources"]] == [[0, 1], [5, 6]]
+    assert p["best_non_rl"] == "gp" and [s["seeds"] for s in p["sources"]] == [{"hirl": [0, 1], "gp": [0, 1]}, {"hirl": [5, 6], "gp": [5, 6]}]
     pair = p["paired_final_hv"]
     assert pair["seeds"] == [0, 1, 5, 6]
     assert pair["differences"] == pytest.approx([0.02, -0.01, 0.03, 0.0])
@@ -178,6 +178,20 @@ def test_pooled_seed_sets_by_hand(tmp_path: Path) -> None:
     fb.write_text(json.dumps(fresh))
     suite.main(["--pool", str(fa), str(fb), "--json", str(dst)])
     assert json.loads(dst.read_text())["problems"]["p"]["paired_final_hv"]["mean_difference"] == pytest.approx(0.01)
+
+
+def test_pooling_pairs_a_candidate_and_a_baseline_from_different_files() -> None:
+    suite = load_benchmark("suite")
+    stored = _doc({"0": 0.30, "1": 0.20}, {"0": 0.28, "1": 0.21})  # gp's seeds 0-1 (hirl's ignored)
+    new = {"problems": {"p": {"budget": 4, "reference_point": {"accuracy": 0.5}, "hirl_vs_best_non_rl": {"best_non_rl": None},
+                              "strategies": {"hirl-x": {"hv": {"100%": {"per_seed": {"0": 0.29, "1": 0.25, "2": 0.9}}}}}}}}
+    p = suite.pool_seed_sets([("stored.json", stored), ("new.json", new)], candidate="hirl-x")["problems"]["p"]
+    # seed 2 has no gp value: not paired; differences 0.29 - 0.28 and 0.25 - 0.21
+    assert p["paired_final_hv"]["seeds"] == [0, 1]
+    assert p["paired_final_hv"]["differences"] == pytest.approx([0.01, 0.04])
+    assert p["candidate_final_mean"] == pytest.approx(0.27) and p["best_non_rl_final_mean"] == pytest.approx(0.245)
+    assert p["sources"] == [{"file": "stored.json", "seeds": {"hirl-x": [], "gp": [0, 1]}},
+                            {"file": "new.json", "seeds": {"hirl-x": [0, 1, 2], "gp": []}}]
 
 
 def test_pooling_refuses_other_problems_and_conflicting_seeds() -> None:

@@ -77,7 +77,7 @@ OBJECTIVES = (("accuracy", "maximize"), ("size_bits", "minimize"))
 OPTIONS: dict[str, dict[str, Any]] = {"tpe": {"n_startup_trials": 3}, "gp": {"n_startup_trials": 4},
                                       "nsga2": {"population_size": 4}, "nsga3": {"population_size": 4}}
 DETERMINISTIC = ["random", "tpe", "nsga2", "nsga3", "gp", "bo", "greedy-sensitivity", "uniform4", "uniform8"]
-LEARNING = ["hirl", "hirl-mutations", "hirl-flat", "hirl-real", "hirl-nofisher", "hirl-curriculum", "hirl-front", "hirl-full", "sls", "n2n", "amc", "haq"]
+LEARNING = ["hirl", "hirl-sweep", "hirl-mutations", "hirl-flat", "hirl-real", "hirl-nofisher", "hirl-curriculum", "hirl-front", "hirl-full", "sls", "n2n", "amc", "haq"]
 
 
 def _params(name: str, n: int, *, kill_after: int | None = None, seed: int = 3) -> list[tuple[Any, ...]]:

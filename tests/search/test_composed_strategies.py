@@ -24,7 +24,7 @@ OPTIONS: dict[str, dict[str, Any]] = {
 }
 
 
-HEAVY = {"amc", "gp", "n2n", "hirl-nofisher", "hirl-mutations", "hirl-curriculum", "hirl-front"}  # 3-7 s each on 2 cores: slow
+HEAVY = {"amc", "gp", "n2n", "hirl-nofisher", "hirl-mutations", "hirl-curriculum", "hirl-front", "hirl-sweep"}  # 3-7 s each on 2 cores: slow
 DEFAULT = [pytest.param(n, marks=pytest.mark.slow) if n in HEAVY else n for n in ALL]
 
 

@@ -23,6 +23,7 @@ from compsearch.search.hirl.variants import variant_parts
 from compsearch.search.registry import get_strategy
 from compsearch.search.rl.allocation import EnsembleAllocation, FixedAllocation
 from compsearch.search.rl.critic import RealRewards, SurrogateRewards
+from compsearch.search.rl.goals import SaturationGaps, SweepGoals
 from compsearch.search.rl.ppo import PerBlockLowLevel
 from compsearch.search.rl.proposals import AgentProposals, GreedyProposal, MutationProposals
 from compsearch.search.rl.reward import unit_cost_oracle
@@ -133,7 +134,7 @@ def test_variants_run_and_record_where_proposals_came_from(name: str) -> None:
     origins = [t.system_attrs[ORIGIN_ATTR] for t in study.trials]
     assert origins[:2] == ["startup", "startup"] and all(o != "startup" for o in origins[3:])
     allowed = {"startup", "fallback"} | {n for o in origins for n in o.split("+")}
-    if name != "hirl-mutations":  # the agents' proposals only
+    if name not in ("hirl-mutations", "hirl-sweep"):  # the agents' proposals only
         allowed &= {"startup", "fallback", "agents", "greedy", "distinct"}
     assert {n for o in origins for n in o.split("+")} <= allowed
 
@@ -154,12 +155,16 @@ def test_the_parts_are_objects_passed_in() -> None:
     assert isinstance(hirl(0, name="hirl-flat").allocation, FixedAllocation)
     assert isinstance(hirl(0, name="hirl-real").rewards, RealRewards)
     assert [type(s) for s in hirl(0, name="hirl-mutations").sources] == [AgentProposals, GreedyProposal, MutationProposals]
-    # each ablation swaps one part of hirl-full; hirl swaps three (sources, allocation, prior)
+    assert isinstance(default.goals, SaturationGaps) and isinstance(full.goals, SweepGoals)
+    assert isinstance(hirl(0, name="hirl-sweep").goals, SweepGoals)
+    # each ablation swaps one part of hirl-full; hirl-sweep swaps three (sources, allocation,
+    # prior) and hirl those three and the goals
     full_parts = variant_parts("hirl-full")
-    for name in set(VARIANTS) - {"hirl-full"}:
-        changed = {k for k, v in variant_parts(name).items() if v != full_parts[k]}
-        assert len(changed) == (3 if name == "hirl" else 1), name
-    assert {k for k, v in variant_parts("hirl").items() if v != full_parts[k]} == {"sources", "allocation", "prior"}
+    swapped = {"sources", "allocation", "prior"}
+    for name in set(VARIANTS) - {"hirl-full", "hirl", "hirl-sweep"}:
+        assert len({k for k, v in variant_parts(name).items() if v != full_parts[k]}) == 1, name
+    assert {k for k, v in variant_parts("hirl-sweep").items() if v != full_parts[k]} == swapped
+    assert {k for k, v in variant_parts("hirl").items() if v != full_parts[k]} == swapped | {"goals"}
     custom = HiRLSampler(SPACE, seed=0, allocation=EnsembleAllocation(k=5), sources=(MutationProposals(n=4),))
     assert custom.allocation.k == 5 and custom.sources == (MutationProposals(n=4),)
 

@@ -31,7 +31,7 @@ from compsearch.search.registry import get_strategy, list_strategies
 from compsearch.spaces import get_space
 
 #: strategies whose 5-trial study takes seconds here (learning agents, GP fits): run by `make test-all`
-HEAVY = {"amc", "haq", "gp", "botorch-optuna", "hirl-flat", "hirl-nofisher", "hirl-mutations", "hirl-curriculum", "hirl-front"}
+HEAVY = {"amc", "haq", "gp", "botorch-optuna", "hirl-flat", "hirl-nofisher", "hirl-mutations", "hirl-curriculum", "hirl-front", "hirl-sweep"}
 STRATEGIES = [pytest.param(n, marks=pytest.mark.slow) if n in HEAVY else n for n in list_strategies()]
 OBJECTIVES = (("return", "maximize"), ("size_kb", "minimize"))
 CONSTRAINTS = {"min_return": 5.0}
