@@ -1,9 +1,9 @@
 """Where each proposal's goal comes from (a part of ``sls`` and ``hirl``).
 
-* :class:`SweepGoals` (the default): proposal ``n`` uses
+* :class:`SweepGoals` (``sls``'s and ``hirl-full``'s): proposal ``n`` uses
   :meth:`~compsearch.search.rl.objective.StrategyObjective.proposal_goal`, the low-discrepancy
   sweep over the cost range.
-* :class:`SaturationGaps`: in budget mode with one learned objective, proposal ``n`` aims at the
+* :class:`SaturationGaps` (``hirl``'s): in budget mode with one learned objective, proposal ``n`` aims at the
   largest gap of the feasible front (:meth:`~compsearch.search.rl.objective.StrategyObjective.gap_goal`)
   with probability ``s``, the fraction of finished trials whose quality ties the best one
   (:meth:`~compsearch.search.rl.objective.StrategyObjective.saturation`); otherwise the sweep.

@@ -158,10 +158,11 @@ class StrategyObjective:
         if not ok.any():
             return None
         edges_r, edges_q = [max(self.ratio_min, 1e-12)], [float(q.min())]
-        for i in np.lexsort((-q[ok], ratio[ok])):
-            if q[ok][i] > edges_q[-1] or len(edges_r) == 1:
-                edges_r.append(float(ratio[ok][i]))
-                edges_q.append(float(q[ok][i]))
+        feasible_r, feasible_q = ratio[ok], q[ok]
+        for i in np.lexsort((-feasible_q, feasible_r)):  # by cost, best quality first at equal cost
+            if feasible_q[i] > edges_q[-1] or len(edges_r) == 1:
+                edges_r.append(float(feasible_r[i]))
+                edges_q.append(float(feasible_q[i]))
         r, qq = np.array(edges_r), np.array(edges_q)
         width = np.log(np.maximum(r[1:], r[:-1]) / r[:-1]) / max(np.log(self.ratio_max / r[0]), 1e-12)
         area = width * (qq[1:] - qq[:-1]) / max(float(np.ptp(q)), 1e-12)
