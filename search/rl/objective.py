@@ -149,6 +149,8 @@ class StrategyObjective:
         over the seen range. Returns the geometric midpoint of the largest gap's cost interval,
         or None with no feasible trial or no gap of positive size.
         """
+        from compsearch.metrics import pareto_mask
+
         actions, y = self._finished(history)
         if not len(y):
             return None
@@ -157,13 +159,11 @@ class StrategyObjective:
         ok = (self._violation(y, metrics) <= 0) & (ratio <= self.ratio_max * (1 + 1e-9))
         if not ok.any():
             return None
-        edges_r, edges_q = [max(self.ratio_min, 1e-12)], [float(q.min())]
-        feasible_r, feasible_q = ratio[ok], q[ok]
-        for i in np.lexsort((-feasible_q, feasible_r)):  # by cost, best quality first at equal cost
-            if feasible_q[i] > edges_q[-1] or len(edges_r) == 1:
-                edges_r.append(float(feasible_r[i]))
-                edges_q.append(float(feasible_q[i]))
-        r, qq = np.array(edges_r), np.array(edges_q)
+        points = np.stack([ratio[ok], q[ok]], axis=1)
+        front = points[pareto_mask(points, ("minimize", "maximize"))]
+        front = front[np.argsort(front[:, 0], kind="stable")]
+        r = np.concatenate([[max(self.ratio_min, 1e-12)], front[:, 0]])
+        qq = np.concatenate([[float(q.min())], front[:, 1]])
         width = np.log(np.maximum(r[1:], r[:-1]) / r[:-1]) / max(np.log(self.ratio_max / r[0]), 1e-12)
         area = width * (qq[1:] - qq[:-1]) / max(float(np.ptp(q)), 1e-12)
         k = int(np.argmax(area))
