@@ -147,21 +147,23 @@ def test_a_non_rl_candidate_is_refused_naming_the_flag() -> None:
         suite._settings(suite._parse(["--candidate", "tpe"]))
 
 
-def _doc(hirl: dict[str, float], gp: dict[str, float], *, best: str | None = "gp", ref: float = 0.5) -> dict:
-    """A suite document with one problem, final hypervolumes per seed of hirl and gp."""
-    def stats(per_seed: dict[str, float]) -> dict:
-        return {"hv": {"100%": {"per_seed": per_seed}}}
+def _doc(hirl: dict[str, float], gp: dict[str, float], *, best: str | None = "gp", ref: float = 0.5,
+         hirl_half: dict[str, float] | None = None) -> dict:
+    """A suite document with one problem, final hypervolumes per seed of hirl and gp (and hirl's at 50 %)."""
+    def stats(per_seed: dict[str, float], half: dict[str, float] | None = None) -> dict:
+        return {"hv": {"100%": {"per_seed": per_seed}, **({"50%": {"per_seed": half}} if half else {})}}
 
     return {"problems": {"p": {"budget": 4, "reference_point": {"accuracy": ref},
                                "hirl_vs_best_non_rl": {"best_non_rl": best},
-                               "strategies": {"hirl": stats(hirl), "gp": stats(gp)}}}}
+                               "strategies": {"hirl": stats(hirl, hirl_half), "gp": stats(gp)}}}}
 
 
 def test_pooled_seed_sets_by_hand(tmp_path: Path) -> None:
     suite = load_benchmark("suite")
     # seeds 0-1: differences +0.02, -0.01; seeds 5-6 (the second file, whose own best is ignored): +0.03, 0.00.
-    first = _doc({"0": 0.30, "1": 0.20}, {"0": 0.28, "1": 0.21})
-    fresh = _doc({"5": 0.40, "6": 0.25}, {"5": 0.37, "6": 0.25}, best="tpe")
+    # hirl after half the budget: 0.27, 0.19, 0.36, 0.27 -> mean 0.2725 < gp's final mean 0.2775: not reached.
+    first = _doc({"0": 0.30, "1": 0.20}, {"0": 0.28, "1": 0.21}, hirl_half={"0": 0.27, "1": 0.19})
+    fresh = _doc({"5": 0.40, "6": 0.25}, {"5": 0.37, "6": 0.25}, best="tpe", hirl_half={"5": 0.36, "6": 0.27})
     out = suite.pool_seed_sets([("a.json", first), ("b.json", fresh)])
     p = out["problems"]["p"]
     assert p["best_non_rl"] == "gp" and [s["seeds"] for s in p["sources"]] == [{"hirl": [0, 1], "gp": [0, 1]}, {"hirl": [5, 6], "gp": [5, 6]}]
@@ -172,6 +174,12 @@ def test_pooled_seed_sets_by_hand(tmp_path: Path) -> None:
     assert (pair["wins"], pair["losses"], pair["ties"]) == (2, 1, 1)
     assert p["candidate_final_mean"] == pytest.approx(0.2875) and p["best_non_rl_final_mean"] == pytest.approx(0.2775)
     assert (out["at_or_above"], out["compared"]) == (1, 1)
+    assert p["candidate_half_budget_mean"] == pytest.approx(0.2725)
+    assert p["reaches_within_half_budget"] is False and out["reach_within_half_budget"] == 0
+    # seed 6 at half the budget 0.29 instead of 0.27: mean 0.2775, equal to gp's final mean -> reached
+    fresh["problems"]["p"]["strategies"]["hirl"]["hv"]["50%"]["per_seed"]["6"] = 0.29
+    again = suite.pool_seed_sets([("a.json", first), ("b.json", fresh)])
+    assert again["problems"]["p"]["reaches_within_half_budget"] is True and again["reach_within_half_budget"] == 1
     # the command line writes the same document
     fa, fb, dst = tmp_path / "a.json", tmp_path / "b.json", tmp_path / "pooled.json"
     fa.write_text(json.dumps(first))
