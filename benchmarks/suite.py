@@ -362,6 +362,9 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--pool", type=Path, nargs="+", metavar="JSON", help="no evaluation: the candidate against the best "
                    "non-RL strategy of the first suite JSON, paired over the seeds of every JSON given (seed sets run "
                    "apart, e.g. fresh seeds); writes --json (default benchmarks/results/suite_pooled.json)")
+    p.add_argument("--pool-as", nargs=2, action="append", default=[], metavar=("JSON", "STRATEGY"),
+                   help="with --pool: one more suite JSON whose STRATEGY studies count as the candidate's (studies of "
+                   "the same parts stored under another name); repeatable")
     return p.parse_args(argv)
 
 
@@ -383,12 +386,12 @@ def _settings(args: argparse.Namespace) -> tuple[list[str], list[str], list[int]
     return problems, strategies, chosen, trials
 
 
-def _check_candidate(candidate: str) -> None:
-    """``--candidate`` must be an RL strategy: it is compared with the best non-RL one."""
+def _check_candidate(candidate: str, flag: str = "--candidate") -> None:
+    """``--candidate`` (or ``flag``) must be an RL strategy: it is compared with the best non-RL one."""
     from compsearch.errors import ConfigError
 
     if not is_rl(candidate):
-        raise ConfigError(f"--candidate={candidate!r} is not an RL strategy (hirl, a hirl-* variant, amc or haq); "
+        raise ConfigError(f"{flag}={candidate!r} is not an RL strategy (hirl, a hirl-* variant, amc or haq); "
                           f"the comparison is against the best non-RL strategy")
 
 
@@ -440,7 +443,8 @@ def _suite_json(path: Path, flag: str = "--pool") -> dict[str, Any]:
     return doc
 
 
-def pool_seed_sets(docs: Sequence[tuple[str, Mapping[str, Any]]], candidate: str = "hirl") -> dict[str, Any]:
+def pool_seed_sets(docs: Sequence[tuple[str, Mapping[str, Any]]], candidate: str = "hirl",
+                   names: Mapping[str, str] | None = None) -> dict[str, Any]:
     """``candidate`` against the best non-RL strategy over the seeds of several suite documents
     (``(name, doc)`` pairs), per problem of the first: that one names the best non-RL strategy (its
     choice, made on its own seeds, is kept for the others). Each strategy's final hypervolumes are
@@ -450,7 +454,9 @@ def pool_seed_sets(docs: Sequence[tuple[str, Mapping[str, Any]]], candidate: str
     same value. ``reaches_within_half_budget``: the candidate's mean hypervolume at the 50 %
     checkpoint (``ceil(budget / 2)`` evaluations) over the paired seeds is at least the best
     non-RL strategy's final mean over the same seeds; hypervolume curves never fall, so for an
-    even budget this is :func:`hirl_vs_best`'s test on the pooled mean curve.
+    even budget this is :func:`hirl_vs_best`'s test on the pooled mean curve. ``names`` maps a
+    document's name to the name the candidate's studies have there (e.g. the same parts run
+    under their registered name); the others use ``candidate``.
 
     Raises:
         ConfigError: a problem's reference point or budget differs between documents, or a seed
@@ -478,7 +484,8 @@ def pool_seed_sets(docs: Sequence[tuple[str, Mapping[str, Any]]], candidate: str
                     raise ConfigError(f"--pool: {doc_name}: problem {name!r} has {key}={prob.get(key)!r}, "
                                       f"{first_name} has {base.get(key)!r}; only runs of the same problem pool")
             found = {}
-            for strategy, pooled in ((candidate, cand), (best, other)):
+            own = (names or {}).get(doc_name, candidate)
+            for strategy, pooled in ((own, cand), (best, other)):
                 new = _final_per_seed(prob, strategy)
                 for seed, value in new.items():
                     if seed in pooled and pooled[seed] != value:
@@ -486,7 +493,7 @@ def pool_seed_sets(docs: Sequence[tuple[str, Mapping[str, Any]]], candidate: str
                                           f"earlier file's; give each seed set once")
                     pooled[seed] = value
                 found[strategy] = sorted(new)
-            half.update(_final_per_seed(prob, candidate, "50%"))
+            half.update(_final_per_seed(prob, own, "50%"))
             sources.append({"file": doc_name, "seeds": found})
         paired = sorted(set(cand) & set(other))
         cand, other = {s: cand[s] for s in paired}, {s: other[s] for s in paired}
@@ -512,9 +519,18 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         doc = _suite_json(args.markdown, "--markdown")
         print(markdown(doc))
         return dict(doc)
+    if args.pool_as and not args.pool:
+        from compsearch.errors import ConfigError
+
+        raise ConfigError("--pool-as adds a file to --pool: give the seed sets to pool with --pool too")
     if args.pool:
         _check_candidate(args.candidate)
-        pooled = pool_seed_sets([(_rel(f), _suite_json(f)) for f in args.pool], candidate=args.candidate)
+        for path, name in args.pool_as:
+            _check_candidate(name, f"--pool-as {path}")
+        docs = [(_rel(f), _suite_json(f)) for f in args.pool]
+        extra = [(_rel(Path(f)), _suite_json(Path(f), "--pool-as")) for f, _ in args.pool_as]
+        pooled = pool_seed_sets(docs + extra, candidate=args.candidate,
+                                names={name: strategy for (name, _), (_, strategy) in zip(extra, args.pool_as, strict=True)})
         pooled["command"] = " ".join(["benchmarks/suite.py", *(sys.argv[1:] if argv is None else argv)])
         path = args.json or RESULTS / "suite_pooled.json"
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -202,6 +202,27 @@ def test_pooling_pairs_a_candidate_and_a_baseline_from_different_files() -> None
                             {"file": "new.json", "seeds": {"hirl-x": [0, 1, 2], "gp": []}}]
 
 
+def test_pool_as_counts_another_name_as_the_candidate_in_one_file(tmp_path: Path) -> None:
+    suite = load_benchmark("suite")
+    # a.json: hirl (seeds 0-1) is some other policy, gp the baseline; b.json: the candidate's parts stored as "hirl"
+    first = _doc({"0": 0.30, "1": 0.20}, {"0": 0.28, "1": 0.21})
+    cand = {"problems": {"p": {"budget": 4, "reference_point": {"accuracy": 0.5}, "hirl_vs_best_non_rl": {"best_non_rl": "gp"},
+                               "strategies": {"hirl-x": {"hv": {"100%": {"per_seed": {"0": 0.29, "1": 0.25}}}}}}}}
+    fresh = _doc({"5": 0.40}, {"5": 0.37}, hirl_half={"5": 0.36})
+    fa, fc, fb = tmp_path / "a.json", tmp_path / "c.json", tmp_path / "b.json"
+    for path, doc in ((fa, first), (fc, cand), (fb, fresh)):
+        path.write_text(json.dumps(doc))
+    out = suite.main(["--pool", str(fa), str(fc), "--candidate", "hirl-x", "--pool-as", str(fb), "hirl",
+                      "--json", str(tmp_path / "pooled.json")])
+    pair = out["problems"]["p"]["paired_final_hv"]
+    # hirl-x 0.29, 0.25 from c.json and b.json's hirl 0.40, against gp 0.28, 0.21, 0.37; a.json's hirl is not counted
+    assert pair["seeds"] == [0, 1, 5] and pair["differences"] == pytest.approx([0.01, 0.04, 0.03])
+    with pytest.raises(CompsearchError, match="--pool-as adds a file to --pool"):
+        suite.main(["--pool-as", str(fb), "hirl"])
+    with pytest.raises(CompsearchError, match=r"--pool-as .*b.json='gp' is not an RL strategy"):
+        suite.main(["--pool", str(fa), "--pool-as", str(fb), "gp"])
+
+
 def test_pooling_refuses_other_problems_and_conflicting_seeds() -> None:
     suite = load_benchmark("suite")
     first = _doc({"0": 0.30}, {"0": 0.28})
