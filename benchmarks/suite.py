@@ -41,6 +41,8 @@ Usage::
     .venv/bin/python benchmarks/suite.py --markdown benchmarks/results/suite.json   # the tables
     .venv/bin/python benchmarks/suite.py --pool benchmarks/results/suite_every.json \
         benchmarks/results/suite_heldout_*.json --json benchmarks/results/suite_pooled.json  # seed sets together
+    .venv/bin/python benchmarks/suite.py --pool A.json B.json --candidate hirl-sat \
+        --pool-as C.json hirl     # C.json's hirl studies are the candidate's parts under another name
 """
 
 from __future__ import annotations
