@@ -531,6 +531,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             _check_candidate(name, f"--pool-as {path}")
         docs = [(_rel(f), _suite_json(f)) for f in args.pool]
         extra = [(_rel(Path(f)), _suite_json(Path(f), "--pool-as")) for f, _ in args.pool_as]
+        given = [name for name, _ in docs + extra]
+        if len(set(given)) < len(given):
+            from compsearch.errors import ConfigError
+
+            twice = sorted({n for n in given if given.count(n) > 1})
+            raise ConfigError(f"--pool/--pool-as: {twice} given more than once; give each suite JSON once")
         pooled = pool_seed_sets(docs + extra, candidate=args.candidate,
                                 names={name: strategy for (name, _), (_, strategy) in zip(extra, args.pool_as, strict=True)})
         pooled["command"] = " ".join(["benchmarks/suite.py", *(sys.argv[1:] if argv is None else argv)])

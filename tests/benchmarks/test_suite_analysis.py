@@ -221,6 +221,8 @@ def test_pool_as_counts_another_name_as_the_candidate_in_one_file(tmp_path: Path
         suite.main(["--pool-as", str(fb), "hirl"])
     with pytest.raises(CompsearchError, match=r"--pool-as .*b.json='gp' is not an RL strategy"):
         suite.main(["--pool", str(fa), "--pool-as", str(fb), "gp"])
+    with pytest.raises(CompsearchError, match=r"--pool/--pool-as: \[.*b.json'\] given more than once"):
+        suite.main(["--pool", str(fa), str(fb), "--pool-as", str(fb), "hirl"])
 
 
 def test_pooling_refuses_other_problems_and_conflicting_seeds() -> None:
