@@ -39,6 +39,7 @@ Usage::
     .venv/bin/python benchmarks/suite.py --merge runs/suite_b --analyse-only  # bring them back, analyse
     .venv/bin/python benchmarks/suite.py --analyse-only --candidate hirl-front  # a variant judged in hirl's place
     .venv/bin/python benchmarks/suite.py --markdown benchmarks/results/suite.json   # the tables
+    .venv/bin/python benchmarks/suite.py --markdown benchmarks/results/suite_pooled.json  # a --pool result
     .venv/bin/python benchmarks/suite.py --pool benchmarks/results/suite_every.json \
         benchmarks/results/suite_heldout_*.json --json benchmarks/results/suite_pooled.json  # seed sets together
     .venv/bin/python benchmarks/suite.py --pool A.json B.json --candidate hirl-sat \
@@ -301,11 +302,36 @@ def _ablation_row(name: str, pair: Mapping[str, Any]) -> str:
             f"{len(pair['seeds'])} |")
 
 
+def pooled_markdown(doc: Mapping[str, Any]) -> str:
+    """A :func:`pool_seed_sets` document as one table: per problem the candidate minus the best
+    non-RL strategy (final HV, paired over the pooled seeds) and its mean after half the budget."""
+    me = doc["candidate"]
+    lines = [f"| problem | best non-RL | {me} minus it | 95% CI | Wilcoxon p | wins/losses | seeds | "
+             f"{me} after half the budget / best non-RL final |", "|---|---|---|---|---|---|---|---|"]
+    for name, res in doc["problems"].items():
+        pair = res["paired_final_hv"]
+        if not pair.get("seeds"):
+            lines.append(f"| {name} | {res['best_non_rl']} | - | - | - | - | 0 | - |")
+            continue
+        ci, p_value = _ci_and_p(pair)
+        half = res.get("candidate_half_budget_mean")
+        reach = "-" if half is None else (f"{half:.4f} / {res['best_non_rl_final_mean']:.4f} "
+                                          f"({'reached' if res['reaches_within_half_budget'] else 'not reached'})")
+        lines.append(f"| {name} | {res['best_non_rl']} | {pair['mean_difference']:+.4f} | {ci} | {p_value} | "
+                     f"{pair['wins']}/{pair['losses']} | {len(pair['seeds'])} | {reach} |")
+    counts = ", ".join(f"{k.replace('_', ' ')} {doc[k]}" for k in ("at_or_above", "ci_above_zero", "reach_within_half_budget")
+                       if k in doc)
+    return "\n".join([*lines, "", f"of {doc['compared']} problems compared: {counts}"])
+
+
 def markdown(doc: Mapping[str, Any]) -> str:
     """Per problem: one row per strategy (hypervolume at 25/50/100 % with bootstrap CIs and
-    seed counts, relative to the best-known front) and the hirl-vs-best-non-RL line; then ranks."""
+    seed counts, relative to the best-known front) and the hirl-vs-best-non-RL line; then ranks.
+    A pooled document (:func:`pool_seed_sets`) gets :func:`pooled_markdown`'s table."""
     from compsearch.studies.summary import budget_index
 
+    if "compared" in doc and "ranks" not in doc:
+        return pooled_markdown(doc)
     lines = []
     for name, res in doc["problems"].items():
         budget = res["budget"]

@@ -176,6 +176,9 @@ def test_pooled_seed_sets_by_hand(tmp_path: Path) -> None:
     assert (out["at_or_above"], out["compared"]) == (1, 1)
     assert p["candidate_half_budget_mean"] == pytest.approx(0.2725)
     assert p["reaches_within_half_budget"] is False and out["reach_within_half_budget"] == 0
+    table = suite.markdown(out)  # a pooled document gets its own table
+    assert "| p | gp | +0.0100 | [" in table and "| 2/1 | 4 | 0.2725 / 0.2775 (not reached) |" in table
+    assert table.endswith("of 1 problems compared: at or above 1, ci above zero 0, reach within half budget 0")
     # seed 6 at half the budget 0.29 instead of 0.27: mean 0.2775, equal to gp's final mean -> reached
     fresh["problems"]["p"]["strategies"]["hirl"]["hv"]["50%"]["per_seed"]["6"] = 0.29
     again = suite.pool_seed_sets([("a.json", first), ("b.json", fresh)])
