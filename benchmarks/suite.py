@@ -451,7 +451,8 @@ def merge_sources(src_root: Path, out_root: Path, problems: Sequence[str]) -> No
         _log(f"{p}: merged {_rel(src_root / p)} into {_rel(out_root / p)}: " + "; ".join(result.lines()))
 
 
-def _final_per_seed(problem: Mapping[str, Any], strategy: str, checkpoint: str = "100%") -> dict[int, float]:
+def _per_seed_hv(problem: Mapping[str, Any], strategy: str, checkpoint: str = "100%") -> dict[int, float]:
+    """``seed -> hypervolume`` of ``strategy`` at ``checkpoint`` (``"100%"``: final) in a suite document's problem."""
     stats = problem.get("strategies", {}).get(strategy)
     per_seed = (stats or {}).get("hv", {}).get(checkpoint, {}).get("per_seed", {})
     return {int(k): float(v) for k, v in per_seed.items()}
@@ -514,14 +515,14 @@ def pool_seed_sets(docs: Sequence[tuple[str, Mapping[str, Any]]], candidate: str
             found = {}
             own = (names or {}).get(doc_name, candidate)
             for strategy, pooled in ((own, cand), (best, other)):
-                new = _final_per_seed(prob, strategy)
+                new = _per_seed_hv(prob, strategy)
                 for seed, value in new.items():
                     if seed in pooled and pooled[seed] != value:
                         raise ConfigError(f"--pool: {doc_name}: problem {name!r} {strategy} seed {seed} differs from an "
                                           f"earlier file's; give each seed set once")
                     pooled[seed] = value
                 found[strategy] = sorted(new)
-            half.update(_final_per_seed(prob, own, "50%"))
+            half.update(_per_seed_hv(prob, own, "50%"))
             sources.append({"file": doc_name, "seeds": found})
         paired = sorted(set(cand) & set(other))
         cand, other = {s: cand[s] for s in paired}, {s: other[s] for s in paired}

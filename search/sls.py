@@ -93,6 +93,11 @@ def resolve_seed(seed: int | None) -> int:
     return int(np.random.default_rng(seed).integers(2**31 - 1)) if seed is None else int(seed)
 
 
+def sls_parts() -> dict[str, Any]:
+    """``sls``'s default parts: surrogate rewards, 64 random points and 16 mutations, the sweep."""
+    return {"rewards": SurrogateRewards(), "sources": (RandomProposals(), MutationProposals()), "goals": SweepGoals()}
+
+
 class SLSSampler(CompressionSampler):
     """Surrogate-guided local search (module docstring).
 
@@ -118,9 +123,10 @@ class SLSSampler(CompressionSampler):
         super().__init__(ctx)
         self.config = config or SLSConfig()
         self.seed = resolve_seed(ctx.seed)
-        self.rewards = rewards if rewards is not None else SurrogateRewards()
-        self.sources = tuple(sources) if sources is not None else (RandomProposals(), MutationProposals())
-        self.goals = goals if goals is not None else SweepGoals()
+        d = sls_parts()
+        self.rewards = rewards if rewards is not None else d["rewards"]
+        self.sources = tuple(sources if sources is not None else d["sources"])
+        self.goals = goals if goals is not None else d["goals"]
         self._check_sources()
         self._objective: StrategyObjective | None = None
         self._critic: Any = None
@@ -141,9 +147,8 @@ class SLSSampler(CompressionSampler):
     @classmethod
     def from_context(cls, ctx: SearchContext, **options: Any) -> SLSSampler:
         """Registry factory: ``options`` are :class:`SLSConfig` fields, the parts ``rewards`` /
-        ``sources``, or the aliases of :data:`SLS_ALIASES` (see :mod:`~compsearch.search.rl.options`)."""
-        parts = {"rewards": SurrogateRewards(), "sources": (RandomProposals(), MutationProposals()), "goals": SweepGoals()}
-        config, parts = route_options("sls", SLSConfig(), parts, {k: v for k, v in options.items() if k != "config"}, SLS_ALIASES)
+        ``sources`` / ``goals``, or the aliases of :data:`SLS_ALIASES` (see :mod:`~compsearch.search.rl.options`)."""
+        config, parts = route_options("sls", SLSConfig(), sls_parts(), {k: v for k, v in options.items() if k != "config"}, SLS_ALIASES)
         if "config" in options:
             config = options["config"]
         return cls(ctx.space, context=ctx, config=config, **parts)
