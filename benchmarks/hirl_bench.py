@@ -19,6 +19,14 @@
   trials, so its proposal can differ from the one the run made (that sampler retrained along
   the way, with its own random state). ``--option name=value`` (repeatable, JSON value)
   overrides a strategy option, e.g. ``--option kappa=0`` (no optimism bonus).
+* ``--what surrogate --run DIR [--strategy hirl] --after 10,20,30 [--next 10]``: how well the
+  surrogate predicts the quality of the trials the strategy actually proposed next. For every seed's
+  study of ``--strategy`` and every ``k`` of ``--after``: fit on the first ``k`` finished trials,
+  predict the next ``--next``; Spearman rank correlation of predicted against real quality, and the
+  regret of picking the predicted best among them (best real quality minus the picked one's). Models:
+  ``hirl``'s MLP ensemble (its default settings and features), a Gaussian process (scikit-learn,
+  Matern 5/2 with one length scale per feature, a noise term, targets normalised) and ridge
+  regression (regularisation chosen by leave-one-out), on the same features.
 * ``--what proxy``: a cheap real problem for ablations of the parts that need many runs: the
   digits CNN's logit MSE against the uncompressed model (``proxy``, one forward per "evaluation",
   no fine-tuning) against ``size_kb``; every strategy / part setting in ``--variants`` over
@@ -30,16 +38,18 @@ Usage::
     .venv/bin/python benchmarks/hirl_bench.py --what compare --run runs/h5_quick
     .venv/bin/python benchmarks/hirl_bench.py --what proxy --trials 40 --seeds 3
     .venv/bin/python benchmarks/hirl_bench.py --what replay --run runs/bench_agents/minatar_breakout_dqn --study hirl-s0 --after 3,9
+    .venv/bin/python benchmarks/hirl_bench.py --what surrogate --run runs/suite/digits_vit --after 10,20,30
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -157,20 +167,27 @@ def origins(run_dir: str) -> dict[str, Any]:
     }
 
 
-def replay(run_dir: str, study_name: str, after: Sequence[int], options: dict[str, Any]) -> dict[str, Any]:
-    """The study's next proposal after its first ``k`` finished trials, each ``k`` in ``after`` (module docstring)."""
+@contextlib.contextmanager
+def _no_agent_training(run_dir: str, what: str) -> Iterator[None]:
+    """Refuse to train an RL agent: the run folder must hold the agent its spec names."""
     from compsearch.evaluators import sb3_train
 
     learn = sb3_train.learn
 
     def no_training(*_: Any, **__: Any) -> Any:
-        raise SystemExit(f"--what replay: the run folder {run_dir} has no stored agent for its spec; it would be trained")
+        raise SystemExit(f"--what {what}: the run folder {run_dir} has no stored agent for its spec; it would be trained")
 
     sb3_train.learn = no_training  # type: ignore[assignment]
     try:
-        return _replay(run_dir, study_name, after, options)
+        yield
     finally:
         sb3_train.learn = learn  # type: ignore[assignment]
+
+
+def replay(run_dir: str, study_name: str, after: Sequence[int], options: dict[str, Any]) -> dict[str, Any]:
+    """The study's next proposal after its first ``k`` finished trials, each ``k`` in ``after`` (module docstring)."""
+    with _no_agent_training(run_dir, "replay"):
+        return _replay(run_dir, study_name, after, options)
 
 
 def _replay(run_dir: str, study_name: str, after: Sequence[int], options: dict[str, Any]) -> dict[str, Any]:
@@ -218,6 +235,87 @@ def _replay(run_dir: str, study_name: str, after: Sequence[int], options: dict[s
             "proposal": {**rows[-1], "origin": sampler.origins.get(trial.number)}, "learned_from": rows[:-1],
         }
     return out
+
+
+def next_trial_fit(predicted: Sequence[float], real: Sequence[float]) -> dict[str, float]:
+    """Spearman correlation of ``predicted`` against ``real`` (0 when either is constant) and the
+    regret of picking the predicted best: ``max(real) - real[argmax(predicted)]``."""
+    from scipy.stats import spearmanr
+
+    pred, true = np.asarray(predicted, float), np.asarray(real, float)
+    rho = float(spearmanr(pred, true).statistic) if len(pred) > 1 and np.ptp(pred) > 0 and np.ptp(true) > 0 else 0.0
+    return {"spearman": rho, "regret": float(true.max() - true[int(np.argmax(pred))])}
+
+
+def _surrogate_models() -> dict[str, Any]:
+    """name -> ``fit_predict(x, y, x_next, seed)`` (first learned column), module docstring."""
+    from sklearn.gaussian_process import GaussianProcessRegressor
+    from sklearn.gaussian_process.kernels import ConstantKernel, Matern, WhiteKernel
+    from sklearn.linear_model import RidgeCV
+
+    from compsearch.search.rl.critic import SurrogateRewards
+    from compsearch.search.rl.surrogate import SurrogateEnsemble
+
+    def ensemble(x: np.ndarray, y: np.ndarray, xt: np.ndarray, seed: int) -> np.ndarray:
+        model = SurrogateEnsemble(in_dim=x.shape[1], out_dim=y.shape[1], config=SurrogateRewards().surrogate, seed=seed).fit(x, y)
+        return model.predict(xt)[0][:, 0]
+
+    def gp(x: np.ndarray, y: np.ndarray, xt: np.ndarray, seed: int) -> np.ndarray:
+        kernel = ConstantKernel(1.0, (1e-3, 1e3)) * Matern(np.ones(x.shape[1]), (1e-2, 1e3), nu=2.5) + WhiteKernel(1e-2, (1e-6, 1.0))
+        return GaussianProcessRegressor(kernel, normalize_y=True, n_restarts_optimizer=2, random_state=seed).fit(x, y[:, 0]).predict(xt)
+
+    def ridge(x: np.ndarray, y: np.ndarray, xt: np.ndarray, seed: int) -> np.ndarray:
+        return RidgeCV(alphas=np.logspace(-3, 3, 13)).fit(x, y[:, 0]).predict(xt)
+
+    return {"hirl_ensemble": ensemble, "gp": gp, "ridge": ridge}
+
+
+def surrogate_fit(run_dir: str, strategy: str, after: Sequence[int], n_next: int) -> dict[str, Any]:
+    """The surrogate's predictions of the trials ``strategy`` proposed next (module docstring)."""
+    with _no_agent_training(run_dir, "surrogate"):
+        return _surrogate_fit(run_dir, strategy, after, n_next)
+
+
+def _surrogate_fit(run_dir: str, strategy: str, after: Sequence[int], n_next: int) -> dict[str, Any]:
+    import warnings
+
+    from compsearch.search.common import observations
+    from compsearch.search.registry import SearchContext
+    from compsearch.search.rl.layout import block_layout
+    from compsearch.search.rl.objective import StrategyObjective
+    from compsearch.studies.run import prepare
+
+    spec, studies = _run_studies(run_dir)
+    seeds = sorted(seed for name, seed in studies if name == strategy)
+    if not seeds:
+        raise SystemExit(f"--strategy {strategy!r}: {run_dir} has no study of it; it holds {sorted({n for n, _ in studies})}")
+    run = prepare(spec, run_dir)
+    models = _surrogate_models()
+    rows: dict[str, dict[int, list[dict[str, float]]]] = {m: {k: [] for k in after} for m in models}
+    for seed in seeds:
+        ctx = SearchContext(space=run.space, seed=seed, evaluator=run.evaluator(seed), objectives=run.objectives, constraints={})
+        obj = StrategyObjective(ctx, run.directions, layout=block_layout(run.space, merge=True))
+        hist = observations(None, run.space, studies[(strategy, seed)])  # type: ignore[arg-type]  # the trials are given
+        for k in after:
+            if k + n_next > len(hist):
+                raise SystemExit(f"--after {k} --next {n_next}: {strategy}-s{seed} has {len(hist)} finished trials")
+            x, y = obj.real_data(hist[:k])
+            xt, yt = obj.real_data(hist[k:k + n_next])
+            for name, fit_predict in models.items():
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # the GP's length-scale bounds warnings on small data
+                    rows[name][k].append(next_trial_fit(fit_predict(x, y, xt, seed + 31 * k), yt[:, 0]))
+    return {
+        "run": run_dir, "strategy": strategy, "seeds": seeds, "next": n_next, "quality": obj.learned[0].metric, "features": int(x.shape[1]),
+        "models": {
+            name: {
+                "spearman": {k: round(float(np.mean([r["spearman"] for r in v])), 3) for k, v in per_k.items()},
+                "regret": {k: round(float(np.mean([r["regret"] for r in v])), 4) for k, v in per_k.items()},
+                "mean_spearman": round(float(np.mean([r["spearman"] for v in per_k.values() for r in v])), 3),
+            }
+            for name, per_k in rows.items()
+        },
+    }
 
 
 # ---- the proxy problem -------------------------------------------------------------------------
@@ -302,10 +400,10 @@ def _options(p: argparse.ArgumentParser, pairs: Sequence[str]) -> dict[str, Any]
 
 def main(argv: Sequence[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    p.add_argument("--what", choices=("sample", "compare", "origins", "proxy", "replay"), default="sample")
-    p.add_argument("--run", help="run folder (compare, origins, replay)")
+    p.add_argument("--what", choices=("sample", "compare", "origins", "proxy", "replay", "surrogate"), default="sample")
+    p.add_argument("--run", help="run folder (compare, origins, replay, surrogate)")
     p.add_argument("--study", help="study name, e.g. hirl-s0 (replay)")
-    p.add_argument("--after", default="3,6,9", help="comma-separated counts of finished trials (replay)")
+    p.add_argument("--after", default="3,6,9", help="comma-separated counts of finished trials (replay, surrogate)")
     p.add_argument("--option", action="append", default=[], metavar="NAME=JSON", help="strategy option override (replay)")
     p.add_argument("--trials", type=int, default=30)
     p.add_argument("--seeds", type=int, default=3)
@@ -313,13 +411,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--model", default="digits_cnn", help="model of the proxy problem (a registered or timm name)")
     p.add_argument("--base-steps", type=int, default=600, help="base-model training steps (proxy)")
     p.add_argument("--symmetric", action="store_true", help="fix scheme=symmetric in the space (proxy)")
-    p.add_argument("--strategy", default="hirl", help="the hirl variant timed (sample)")
+    p.add_argument("--strategy", default="hirl", help="the hirl variant timed (sample); the strategy whose studies are read (surrogate)")
+    p.add_argument("--next", type=int, default=10, help="trials predicted after each --after count (surrogate)")
     p.add_argument("--variants", default="hirl,hirl-full,hirl-flat,hirl-nofisher,sls,random,tpe",
                    help="comma-separated strategies; 'name:opt=value;opt=value' for options (proxy)")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    if args.what in ("compare", "origins", "replay") and not args.run:
+    if args.what in ("compare", "origins", "replay", "surrogate") and not args.run:
         p.error(f"--what {args.what} needs --run DIR (a studies-runner run folder)")
     if args.what == "sample":
         result: Any = {"strategy": args.strategy, "sample_relative": time_sample_relative(trials=args.trials, strategy=args.strategy)}
@@ -331,6 +430,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         if not args.study:
             p.error("--what replay needs --study NAME (e.g. hirl-s0)")
         result = replay(args.run, args.study, [int(k) for k in args.after.split(",")], _options(p, args.option))
+    elif args.what == "surrogate":
+        result = surrogate_fit(args.run, args.strategy, [int(k) for k in args.after.split(",")], args.next)
     else:
         extra = {"scheme": "symmetric"} if args.symmetric else {}
         result = proxy_problem(

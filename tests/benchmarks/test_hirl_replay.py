@@ -61,3 +61,34 @@ def test_replay_names_the_studies_it_has_and_leaves_agent_training_as_it_was(sls
 def test_replay_refuses_more_trials_than_the_study_finished(sls_run: Path) -> None:
     with pytest.raises(SystemExit, match=r"--after 9: sls-s0 has 5 finished trials; give counts 1\.\.5"):
         load_benchmark("hirl_bench").replay(str(sls_run), "sls-s0", [4, 9], {})
+
+
+def test_next_trial_fit_by_hand() -> None:
+    fit = load_benchmark("hirl_bench").next_trial_fit
+    # same order -> rho 1, the predicted best (index 2) is the real best -> regret 0
+    assert fit([0.1, 0.3, 0.9], [0.5, 0.6, 0.8]) == pytest.approx({"spearman": 1.0, "regret": 0.0})
+    # reversed -> rho -1; the pick is index 0 (real 0.8), the best is 0.9 -> regret 0.1
+    assert fit([0.9, 0.3, 0.1], [0.8, 0.85, 0.9]) == pytest.approx({"spearman": -1.0, "regret": 0.1})
+    # ranks (1, 3, 2) against (1, 2, 3): d^2 = 0 + 1 + 1, rho = 1 - 6 * 2 / (3 * 8) = 0.5; pick index 1 (0.6 of best 0.7)
+    assert fit([0.0, 2.0, 1.0], [0.5, 0.6, 0.7]) == pytest.approx({"spearman": 0.5, "regret": 0.1})
+    assert fit([1.0, 1.0], [0.2, 0.4])["spearman"] == 0.0  # a constant prediction ranks nothing
+
+
+def test_surrogate_fit_scores_each_model_on_the_trials_that_came_next(sls_run: Path) -> None:
+    out = load_benchmark("hirl_bench").surrogate_fit(str(sls_run), "sls", [3], 2)
+    real = [t.values[0] for t in _trials(sls_run)[3:5]]
+    assert out["seeds"] == [0] and out["next"] == 2 and out["quality"] == "accuracy"
+    assert set(out["models"]) == {"hirl_ensemble", "gp", "ridge"}
+    for model in out["models"].values():
+        # two trials predicted: either ranked right (rho 1, no regret) or wrong (rho -1, regret = their gap),
+        # or nothing to rank (rho 0)
+        rho, regret = model["spearman"][3], model["regret"][3]
+        assert (rho, regret) in {(1.0, 0.0), (-1.0, round(abs(real[0] - real[1]), 4))} or rho == 0.0
+
+
+def test_surrogate_fit_names_what_is_missing(sls_run: Path) -> None:
+    bench = load_benchmark("hirl_bench")
+    with pytest.raises(SystemExit, match=r"--strategy 'hirl'.*\['sls'\]"):
+        bench.surrogate_fit(str(sls_run), "hirl", [3], 2)
+    with pytest.raises(SystemExit, match=r"--after 4 --next 2: sls-s0 has 5 finished trials"):
+        bench.surrogate_fit(str(sls_run), "sls", [4], 2)
