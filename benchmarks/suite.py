@@ -345,7 +345,7 @@ def markdown(doc: Mapping[str, Any]) -> str:
             lines.append(f"| {s} | {_fmt(st['hv']['25%'])} | {_fmt(st['hv']['50%'])} | {_fmt(st['hv']['100%'])} | "
                          f"{_fmt(st['relative_hv'])} | {len(done['complete_seeds'])} |")
         if res.get("strategies_not_started"):
-            lines += ["", f"not started yet: {', '.join(res['strategies_not_started'])}"]
+            lines += ["", f"no studies in the run folder (not started, or not run on this problem): {', '.join(res['strategies_not_started'])}"]
         v = res["hirl_vs_best_non_rl"]
         if v.get("best_non_rl"):
             pair = v["paired_final_hv"]

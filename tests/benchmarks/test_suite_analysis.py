@@ -64,6 +64,8 @@ def test_analyse_problem_restricts_seeds_and_strategies() -> None:
     # A requested strategy or seed the run has not started makes the problem partial.
     more = suite.analyse_problem(SUMMARY, strategies=["tpe", "bo"], seeds=[0, 5])
     assert more["strategies_not_started"] == ["bo"] and not more["complete"]
+    text = suite.markdown({"problems": {"hand": more}, "ranks": suite.aggregate({"hand": more})})
+    assert "; partial)" in text and "no studies in the run folder (not started, or not run on this problem): bo" in text
     assert more["completion"]["tpe"]["missing_seeds"] == [5]
     # The front still pools every strategy the run holds.
     assert out["best_known_front"]["hypervolume"] == pytest.approx(0.26)
